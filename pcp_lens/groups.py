@@ -1,0 +1,263 @@
+"""Named groups of token ids and the metrics that score logits against them.
+
+The paper's *top-k negativity* is the share of the k largest next-token logits that are negative
+words (k = 10). :func:`topk_share` computes that share for every group at once, for logits of any
+leading shape; :func:`prob_mass` and :func:`mean_logit` are the softmax-mass and mean-logit analogues.
+
+A *metric* is any callable ``logits -> Tensor``. :class:`GroupMetric` is the library's own: it also
+declares which positions it reads (``metric.positions``), so that patching and lenses compute
+logits only there.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+Metric = Callable[[Tensor], Tensor]
+Stat = Literal["topk", "prob", "logit"]
+
+
+@dataclass(frozen=True)
+class TokenGroups:
+    """Named, validated groups of token ids over a vocabulary of size ``d_vocab``.
+
+    Groups may overlap (the paper's positive list contains the trigger); overlaps are reported by
+    :meth:`overlaps` and by a warning at construction.
+
+    Example:
+        >>> g = TokenGroups({"negative": [3, 4], "positive": [5, 6, 7]}, d_vocab=10)
+        >>> g.names, g.sizes.tolist()
+        (('negative', 'positive'), [2, 3])
+    """
+
+    groups: Mapping[str, Sequence[int]]
+    d_vocab: int
+    _mask: Tensor = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.d_vocab, int) or self.d_vocab < 1:
+            raise ValueError(f"d_vocab must be a positive int, got {self.d_vocab!r}")
+        if not self.groups:
+            raise ValueError("groups must name at least one group, got an empty mapping")
+        clean: dict[str, tuple[int, ...]] = {}
+        for name, ids in self.groups.items():
+            t = torch.as_tensor(list(ids) if not isinstance(ids, Tensor) else ids)
+            if t.numel() == 0:
+                raise ValueError(f"group {name!r} is empty; every group needs at least one token id")
+            if t.is_floating_point() or t.dtype == torch.bool:
+                raise ValueError(f"group {name!r} must hold integer token ids, got dtype {t.dtype}")
+            bad = t[(t < 0) | (t >= self.d_vocab)]
+            if bad.numel():
+                raise ValueError(
+                    f"group {name!r} has token ids out of range: {bad[:5].tolist()}; "
+                    f"allowed: 0..{self.d_vocab - 1} (d_vocab={self.d_vocab})"
+                )
+            clean[name] = tuple(sorted(set(t.flatten().tolist())))
+        mask = torch.zeros(len(clean), self.d_vocab, dtype=torch.bool)
+        for i, ids in enumerate(clean.values()):
+            mask[i, list(ids)] = True
+        object.__setattr__(self, "groups", clean)
+        object.__setattr__(self, "_mask", mask)
+        if ov := self.overlaps():
+            warnings.warn(f"token groups overlap: {ov}", stacklevel=3)
+
+    @classmethod
+    def from_words(
+        cls,
+        tokenizer: Any,
+        words: Mapping[str, Iterable[str]],
+        d_vocab: int | None = None,
+        with_space: bool = True,
+    ) -> TokenGroups:
+        """Build groups from words, keeping every single-token form (``word`` and ``" word"``).
+
+        Words that are not a single token in either form are skipped with a warning (a multi-token
+        word has no single next-token logit to rank).
+        """
+        out: dict[str, list[int]] = {}
+        skipped: list[str] = []
+        for name, ws in words.items():
+            ids: list[int] = []
+            for w in ws:
+                forms = [w, " " + w] if with_space else [w]
+                found = False
+                for f in forms:
+                    enc = tokenizer.encode(f, add_special_tokens=False)
+                    if len(enc) == 1:
+                        ids.append(int(enc[0]))
+                        found = True
+                if not found:
+                    skipped.append(w)
+            out[name] = ids
+        if skipped:
+            warnings.warn(f"{len(skipped)} words are not single tokens: {skipped[:10]}", stacklevel=2)
+        return cls(out, d_vocab if d_vocab is not None else len(tokenizer))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Group names in order."""
+        return tuple(self.groups)
+
+    @property
+    def sizes(self) -> Tensor:
+        """Number of token ids per group."""
+        return self._mask.sum(-1)
+
+    def mask(self, device: torch.device | str | None = None) -> Tensor:
+        """Membership matrix ``[n_groups, d_vocab]`` (bool) on ``device``."""
+        return self._mask.to(device) if device is not None else self._mask
+
+    def overlaps(self) -> dict[tuple[str, str], int]:
+        """Number of shared token ids for each overlapping pair of groups."""
+        n = self._mask.float() @ self._mask.float().T
+        names = self.names
+        return {
+            (names[i], names[j]): int(n[i, j])
+            for i in range(len(names))
+            for j in range(i + 1, len(names))
+            if n[i, j] > 0
+        }
+
+    def index(self, group: str) -> int:
+        """Position of ``group`` in :attr:`names`."""
+        try:
+            return self.names.index(group)
+        except ValueError:
+            raise ValueError(f"unknown group {group!r}; groups are {list(self.names)}") from None
+
+
+def _check(logits: Tensor, groups: TokenGroups) -> None:
+    if logits.shape[-1] != groups.d_vocab:
+        raise ValueError(
+            f"logits have {logits.shape[-1]} entries in the last dimension but the groups were "
+            f"built for d_vocab={groups.d_vocab}"
+        )
+
+
+def topk_share(
+    logits: Float[Tensor, "... d_vocab"], groups: TokenGroups, k: int = 10
+) -> Float[Tensor, "... n_groups"]:
+    """Share of the ``k`` largest logits that belong to each group (the paper's top-k negativity).
+
+    Example:
+        >>> g = TokenGroups({"neg": [0, 1], "pos": [2]}, d_vocab=4)
+        >>> topk_share(torch.tensor([3.0, 2.0, 1.0, 0.0]), g, k=2).tolist()
+        [1.0, 0.0]
+    """
+    _check(logits, groups)
+    if not isinstance(k, int) or k < 1 or k > groups.d_vocab:
+        raise ValueError(f"k must be an int in 1..{groups.d_vocab} (d_vocab), got {k!r}")
+    idx = logits.topk(k, dim=-1).indices  # [..., k]
+    member = groups.mask(logits.device).T[idx]  # [..., k, n_groups]
+    return member.to(logits.dtype if logits.is_floating_point() else torch.float32).mean(-2)
+
+
+def prob_mass(
+    logits: Float[Tensor, "... d_vocab"], groups: TokenGroups
+) -> Float[Tensor, "... n_groups"]:
+    """Softmax probability mass that each group receives.
+
+    Example:
+        >>> g = TokenGroups({"a": [0], "b": [1, 2, 3]}, d_vocab=4)
+        >>> prob_mass(torch.zeros(4), g).tolist()
+        [0.25, 0.75]
+    """
+    _check(logits, groups)
+    probs = logits.float().softmax(-1)
+    return probs @ groups.mask(logits.device).T.float()
+
+
+def mean_logit(
+    logits: Float[Tensor, "... d_vocab"], groups: TokenGroups
+) -> Float[Tensor, "... n_groups"]:
+    """Mean raw logit over each group's token ids.
+
+    Example:
+        >>> g = TokenGroups({"a": [0, 1], "b": [2]}, d_vocab=3)
+        >>> mean_logit(torch.tensor([1.0, 3.0, 5.0]), g).tolist()
+        [2.0, 5.0]
+    """
+    _check(logits, groups)
+    m = groups.mask(logits.device).T.float()
+    return (logits.float() @ m) / m.sum(0)
+
+
+def group_scores(
+    logits: Float[Tensor, "... d_vocab"], groups: TokenGroups, stat: Stat = "topk", k: int = 10
+) -> Float[Tensor, "... n_groups"]:
+    """Dispatch to :func:`topk_share`, :func:`prob_mass` or :func:`mean_logit` by name."""
+    if stat == "topk":
+        return topk_share(logits, groups, k)
+    if stat == "prob":
+        return prob_mass(logits, groups)
+    if stat == "logit":
+        return mean_logit(logits, groups)
+    raise ValueError(f"stat must be one of 'topk', 'prob', 'logit', got {stat!r}")
+
+
+def select_positions(
+    x: Float[Tensor, "batch pos *rest"], positions: Sequence[int]
+) -> Float[Tensor, "batch n_positions *rest"]:
+    """Index the position axis (dim 1), with a clear error for positions out of range."""
+    n = x.shape[1]
+    for p in positions:
+        if not -n <= p < n:
+            raise ValueError(f"position out of range: {p}, sequences have positions 0..{n - 1}")
+    return x[:, list(positions)]
+
+
+@dataclass(frozen=True)
+class GroupMetric:
+    """A group score at chosen positions, averaged over the batch: a metric ``logits -> scalar``.
+
+    ``positions`` tells patching and lenses where logits are needed; ``reduce="none"`` returns the
+    per-prompt, per-position values ``[batch, n_positions]`` instead of their mean.
+
+    Example:
+        >>> g = TokenGroups({"neg": [0, 1], "pos": [2, 3]}, d_vocab=8)
+        >>> neg = GroupMetric(g, "neg", k=2)
+        >>> logits = torch.zeros(5, 3, 8); logits[..., 0] = 1; logits[..., 1] = 1
+        >>> float(neg(logits))
+        1.0
+    """
+
+    groups: TokenGroups
+    group: str
+    stat: Stat = "topk"
+    k: int = 10
+    positions: tuple[int, ...] = (-1,)
+    reduce: Literal["mean", "none"] = "mean"
+
+    def __post_init__(self) -> None:
+        self.groups.index(self.group)
+        group_scores(torch.zeros(self.groups.d_vocab), self.groups, self.stat, self.k)
+        if self.reduce not in ("mean", "none"):
+            raise ValueError(f"reduce must be 'mean' or 'none', got {self.reduce!r}")
+        object.__setattr__(self, "positions", tuple(int(p) for p in self.positions))
+        if not self.positions:
+            raise ValueError("positions must name at least one position")
+
+    def score(self, selected: Float[Tensor, "batch n_positions d_vocab"]) -> Tensor:
+        """Score logits already restricted to :attr:`positions`."""
+        s = group_scores(selected, self.groups, self.stat, self.k)[..., self.groups.index(self.group)]
+        return s.mean() if self.reduce == "mean" else s
+
+    def __call__(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Tensor:
+        return self.score(select_positions(logits, self.positions))
+
+
+def group_metrics(
+    groups: TokenGroups,
+    stat: Stat = "topk",
+    k: int = 10,
+    positions: Sequence[int] = (-1,),
+) -> dict[str, GroupMetric]:
+    """One :class:`GroupMetric` per group, keyed by group name."""
+    return {g: GroupMetric(groups, g, stat, k, tuple(positions)) for g in groups.names}

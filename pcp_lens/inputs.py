@@ -1,0 +1,118 @@
+"""Turning user inputs (strings or token tensors) into checked token batches.
+
+Position-reading techniques (ablation tables, lenses, patching) need every sequence to have the same
+length, because "the last position" must mean the same token in every row; they refuse ragged input
+instead of padding it silently. Statistics collection pads on the right and masks the padding out,
+which is exact for causal models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from pcp_lens._tl import HookedTransformer
+
+Inputs = Tensor | str | Sequence[str] | Sequence[Tensor]
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Tokens ``[batch, pos]`` with a mask of real (non-padding) positions."""
+
+    tokens: Int[Tensor, "batch pos"]
+    mask: Bool[Tensor, "batch pos"]
+
+    @property
+    def ragged(self) -> bool:
+        """True if some row is padded."""
+        return not bool(self.mask.all())
+
+    def batches(self, batch_size: int) -> Iterator[TokenBatch]:
+        """Split into consecutive batches of at most ``batch_size`` rows."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for i in range(0, self.tokens.shape[0], batch_size):
+            yield TokenBatch(self.tokens[i : i + batch_size], self.mask[i : i + batch_size])
+
+
+def as_tokens(
+    model: HookedTransformer,
+    inputs: Inputs,
+    *,
+    allow_ragged: bool = False,
+    prepend_bos: bool | None = None,
+    name: str = "inputs",
+) -> TokenBatch:
+    """Tokenize strings (or check a token tensor) and put them on the model's device.
+
+    Args:
+        model: supplies the tokenizer, ``d_vocab`` and device.
+        inputs: a ``[batch, pos]`` integer tensor, a string, a list of strings or of 1-d tensors.
+        allow_ragged: right-pad unequal lengths and return a mask; otherwise unequal lengths raise.
+        prepend_bos: passed to ``model.to_tokens`` (default: the model's own setting).
+        name: the argument name used in error messages.
+
+    Example:
+        >>> from pcp_lens.testing import tiny_model
+        >>> as_tokens(tiny_model(), torch.tensor([[1, 2], [3, 4]])).tokens.shape
+        torch.Size([2, 2])
+    """
+    if isinstance(inputs, Tensor):
+        if inputs.dim() == 1:
+            inputs = inputs[None]
+        if inputs.dim() != 2 or inputs.is_floating_point():
+            raise ValueError(
+                f"{name} must be an integer tensor [batch, pos], got {inputs.dtype} of shape "
+                f"{tuple(inputs.shape)}"
+            )
+        rows: list[Tensor] = list(inputs)
+    else:
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if len(inputs) == 0:
+            raise ValueError(f"{name} is empty")
+        if all(isinstance(x, str) for x in inputs):
+            if model.tokenizer is None:
+                raise ValueError(f"{name} are strings but the model has no tokenizer; pass tokens")
+            rows = [model.to_tokens(x, prepend_bos=prepend_bos)[0] for x in inputs]  # type: ignore[arg-type]
+        elif all(isinstance(x, Tensor) for x in inputs):
+            rows = [torch.as_tensor(x).flatten() for x in inputs]
+        else:
+            raise ValueError(f"{name} must be strings or token tensors, not a mix")
+    lengths = torch.tensor([len(r) for r in rows])
+    if lengths.min() < 1:
+        raise ValueError(f"{name} contains an empty sequence")
+    if not allow_ragged and (lengths != lengths[0]).any():
+        raise ValueError(
+            f"{name} have unequal lengths {sorted(set(lengths.tolist()))} (in tokens); this "
+            "function reads fixed positions, so pass sequences of equal length (e.g. group your "
+            "prompts by token length) — padding them would silently shift 'the last position'"
+        )
+    n, p = len(rows), int(lengths.max())
+    tokens = torch.zeros(n, p, dtype=torch.long)
+    mask = torch.zeros(n, p, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        tokens[i, : len(r)] = r.long().cpu()
+        mask[i, : len(r)] = True
+    bad = tokens[(tokens < 0) | (tokens >= model.cfg.d_vocab)]
+    if bad.numel():
+        raise ValueError(
+            f"{name} contain token ids out of range: {bad.unique()[:5].tolist()}; allowed "
+            f"0..{model.cfg.d_vocab - 1} (d_vocab={model.cfg.d_vocab})"
+        )
+    device = model.cfg.device
+    return TokenBatch(tokens.to(device), mask.to(device))
+
+
+def check_same_shape(a: TokenBatch, b: TokenBatch, names: tuple[str, str]) -> None:
+    """Refuse paired batches (clean/corrupted, source/target) of different shapes."""
+    if a.tokens.shape != b.tokens.shape:
+        raise ValueError(
+            f"{names[0]} and {names[1]} must have the same shape [batch, pos], got "
+            f"{tuple(a.tokens.shape)} and {tuple(b.tokens.shape)}"
+        )
