@@ -17,7 +17,7 @@ from torch import Tensor
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens import ActivationCache, HookedTransformer, HookedTransformerConfig
 
     try:  # TransformerLens 3.x
         from transformer_lens.utilities import get_act_name
@@ -34,6 +34,7 @@ with warnings.catch_warnings():
         )
 
 __all__ = [
+    "ActivationCache",
     "HookPoint",
     "HookedTransformer",
     "HookedTransformerConfig",
@@ -125,10 +126,12 @@ def processing_fingerprint(model: HookedTransformer) -> dict[str, Any]:
 
 def _flag(model: HookedTransformer, name: str, default: bool) -> bool:
     # TransformerLens records the processing it applied on the model itself only in some versions.
-    value = getattr(model.cfg, name, None)
-    if value is None:
-        value = getattr(model, name, default)
-    return bool(value)
+    # Only real bools count: ``HookedTransformer`` has *methods* named ``center_writing_weights``,
+    # ``center_unembed`` and ``fold_value_biases``, which are truthy.
+    for value in (getattr(model.cfg, name, None), getattr(model, name, None)):
+        if isinstance(value, bool):
+            return value
+    return default
 
 
 def new_model(cfg: HookedTransformerConfig, **kwargs: Any) -> HookedTransformer:
@@ -142,7 +145,7 @@ def attached_hook_count(model: HookedTransformer) -> int:
     """Count the non-permanent hooks attached anywhere on ``model`` (0 after every pcp_lens call)."""
     n = 0
     for hp in model.hook_dict.values():
-        n += len(hp.fwd_hooks) + len(hp.bwd_hooks)
+        n += sum(not h.is_permanent for h in (*hp.fwd_hooks, *hp.bwd_hooks))
     return n
 
 
@@ -189,3 +192,139 @@ def to_device(t: Tensor, model: HookedTransformer) -> Tensor:
 def model_dtype(model: HookedTransformer) -> torch.dtype:
     """The model's compute dtype."""
     return model.cfg.dtype
+
+
+def kv_hook_names(layer: int) -> tuple[str, str]:
+    """Hooks holding block ``layer``'s keys and values, exactly as its KV cache stores them."""
+    return get_act_name("k", layer), get_act_name("v", layer)
+
+
+class FinalLogits:
+    """Final LayerNorm + unembedding, with the transposed unembedding prepared once.
+
+    TransformerLens's ``Unembed.forward`` copies ``W_U.T`` into contiguous memory on every call
+    (154 MB for GPT-2 small); a function that unembeds many small batches does that copy once
+    here and keeps the same arithmetic (``F.linear`` on the transposed weight) and hook points.
+    """
+
+    def __init__(self, model: HookedTransformer):
+        self.model = model
+        self.w_t = model.unembed.W_U.T.contiguous()
+
+    def __call__(
+        self, resid: Float[Tensor, "batch pos d_model"]
+    ) -> Float[Tensor, "batch pos d_vocab"]:
+        unembed = self.model.unembed
+        x = self.model.ln_final(resid)
+        hook_in = getattr(unembed, "hook_in", None)
+        hook_out = getattr(unembed, "hook_out", None)
+        x = hook_in(x) if hook_in is not None else x
+        logits = torch.nn.functional.linear(x, self.w_t, unembed.b_U)
+        return hook_out(logits) if hook_out is not None else logits
+
+
+def check_resumable(model: HookedTransformer) -> None:
+    """Refuse architectures whose blocks cannot be resumed mid-sequence from cached keys/values."""
+    cfg = model.cfg
+    problems = []
+    if getattr(cfg, "parallel_attn_mlp", False):
+        problems.append("parallel_attn_mlp=True")
+    if cfg.positional_embedding_type == "shortformer":
+        problems.append("shortformer positional embeddings")
+    if getattr(cfg, "use_attn_in", False) or getattr(cfg, "use_split_qkv_input", False):
+        problems.append("use_attn_in/use_split_qkv_input (per-head inputs)")
+    if problems:
+        raise ValueError(
+            "batched patching resumes blocks from cached residuals and keys/values, which is not "
+            f"supported for this model: {', '.join(problems)}"
+        )
+
+
+# -- added for ablation.py / lens.py ---------------------------------------------------------
+
+
+def final_residual(model: HookedTransformer, tokens: Tensor) -> Float[Tensor, "batch pos d_model"]:
+    """Run every block and return the residual stream that enters the final LayerNorm.
+
+    No logits are computed, so callers can unembed only the positions they need (``d_vocab`` may be
+    50k). Hooks attached to the model fire as in a normal forward pass.
+    """
+    return model(tokens, stop_at_layer=model.cfg.n_layers)
+
+
+def final_ln_scale(
+    model: HookedTransformer, resid: Float[Tensor, "... d_model"]
+) -> Float[Tensor, "... 1"]:
+    """The scale the final LayerNorm divides ``resid`` by (TransformerLens ``ln_final.hook_scale``).
+
+    Computed by TransformerLens's own ``ln_final`` on each vector; ones if the model has no final
+    normalisation (``normalization_type=None``).
+    """
+    hp = getattr(getattr(model, "ln_final", None), "hook_scale", None)
+    if hp is None:
+        return torch.ones(*resid.shape[:-1], 1, dtype=resid.dtype, device=resid.device)
+    got: list[Tensor] = []
+
+    def grab(scale: Tensor, hook: HookPoint) -> None:
+        got.append(scale)
+
+    shape = resid.shape
+    with model.hooks(fwd_hooks=[(hp.name, grab)]):
+        model.ln_final(resid.reshape(-1, 1, shape[-1]).to(model.cfg.dtype))
+    return got[-1].reshape(*shape[:-1], 1)
+
+
+def unembed_raw(
+    model: HookedTransformer, x: Float[Tensor, "... d_model"]
+) -> Float[Tensor, "... d_vocab"]:
+    """Apply only the unembedding (``x @ W_U + b_U``), no final LayerNorm."""
+    shape = x.shape
+    logits = model.unembed(x.reshape(-1, 1, shape[-1]).to(model.cfg.dtype))
+    return logits.reshape(*shape[:-1], logits.shape[-1])
+
+
+def unembed_cached(
+    model: HookedTransformer,
+    x: Float[Tensor, "... d_model"],
+    scale: Float[Tensor, "... 1"],
+) -> Float[Tensor, "... d_vocab"]:
+    """Final LayerNorm with a given (cached) scale, then its affine weights, then the unembedding.
+
+    The normalisation is ``ActivationCache.apply_ln_to_stack``'s: centre ``x`` (LayerNorm models
+    only) and divide by ``scale``, the scale of the *full* residual stream at that position; then
+    the final LayerNorm's ``w`` and ``b`` (where it has them) and ``W_U``, ``b_U``.
+    """
+    nt = model.cfg.normalization_type
+    if nt in ("LN", "LNPre"):
+        x = x - x.mean(-1, keepdim=True)
+    if nt in ("LN", "LNPre", "RMS", "RMSPre"):
+        x = x / scale
+    ln = getattr(model, "ln_final", None)
+    w = getattr(ln, "w", None)
+    if w is not None:
+        x = x * w
+        b = getattr(ln, "b", None)
+        if b is not None:
+            x = x + b
+    return unembed_raw(model, x)
+
+
+def head_outputs(
+    model: HookedTransformer,
+    layer: int,
+    z: Float[Tensor, "... n_heads d_head"],
+    bias: bool = True,
+) -> Float[Tensor, "... n_heads d_model"]:
+    """Each head's contribution to ``attn_out``: ``z_h @ W_O[h]``, plus ``b_O`` if ``bias``.
+
+    With ``bias=True`` every head carries the full output bias (as the paper's pruned-head rows
+    do), so ``sum_h out_h - (n_heads - 1) * b_O == attn_out``.
+    """
+    attn = model.blocks[layer].attn
+    out = torch.einsum("...hd,hdm->...hm", z.to(attn.W_O.dtype), attn.W_O)
+    return out + attn.b_O if bias else out
+
+
+def head_dims(model: HookedTransformer) -> tuple[int, int]:
+    """``(n_heads, d_head)`` of the model's attention layers."""
+    return model.cfg.n_heads, model.cfg.d_head

@@ -83,6 +83,8 @@ class TokenGroups:
         """
         out: dict[str, list[int]] = {}
         skipped: list[str] = []
+        unk = getattr(tokenizer, "unk_token_id", None)
+        unk_token = getattr(tokenizer, "unk_token", None)
         for name, ws in words.items():
             ids: list[int] = []
             for w in ws:
@@ -90,7 +92,8 @@ class TokenGroups:
                 found = False
                 for f in forms:
                     enc = tokenizer.encode(f, add_special_tokens=False)
-                    if len(enc) == 1:
+                    # a word-level tokenizer maps unknown words to its unk token: not the word
+                    if len(enc) == 1 and (enc[0] != unk or f.strip() == unk_token):
                         ids.append(int(enc[0]))
                         found = True
                 if not found:
@@ -141,6 +144,11 @@ def _check(logits: Tensor, groups: TokenGroups) -> None:
         )
 
 
+def _float_dtype(logits: Tensor) -> torch.dtype:
+    # at least float32 (half logits are summed in float32), but never drop float64 to float32
+    return torch.promote_types(logits.dtype, torch.float32)
+
+
 def topk_share(
     logits: Float[Tensor, "... d_vocab"], groups: TokenGroups, k: int = 10
 ) -> Float[Tensor, "... n_groups"]:
@@ -170,8 +178,9 @@ def prob_mass(
         [0.25, 0.75]
     """
     _check(logits, groups)
-    probs = logits.float().softmax(-1)
-    return probs @ groups.mask(logits.device).T.float()
+    dt = _float_dtype(logits)
+    probs = logits.to(dt).softmax(-1)
+    return probs @ groups.mask(logits.device).T.to(dt)
 
 
 def mean_logit(
@@ -185,8 +194,9 @@ def mean_logit(
         [2.0, 5.0]
     """
     _check(logits, groups)
-    m = groups.mask(logits.device).T.float()
-    return (logits.float() @ m) / m.sum(0)
+    dt = _float_dtype(logits)
+    m = groups.mask(logits.device).T.to(dt)
+    return (logits.to(dt) @ m) / m.sum(0)
 
 
 def group_scores(
@@ -261,3 +271,27 @@ def group_metrics(
 ) -> dict[str, GroupMetric]:
     """One :class:`GroupMetric` per group, keyed by group name."""
     return {g: GroupMetric(groups, g, stat, k, tuple(positions)) for g in groups.names}
+
+
+@dataclass(frozen=True)
+class PositionMetric:
+    """Wrap ``fn(selected_logits) -> scalar`` into a metric that declares the positions it reads.
+
+    ``fn`` receives logits at ``positions`` only (``[batch, n_positions, d_vocab]``), so patching
+    and lenses need not compute the rest.
+
+    Example:
+        >>> diff = PositionMetric(lambda lg: (lg[:, -1, 3] - lg[:, -1, 5]).mean(), positions=(-1,))
+        >>> float(diff(torch.arange(20.0).reshape(1, 2, 10)))
+        -2.0
+    """
+
+    fn: Callable[[Tensor], Tensor]
+    positions: tuple[int, ...] = (-1,)
+
+    def score(self, selected: Float[Tensor, "batch n_positions d_vocab"]) -> Tensor:
+        """Score logits already restricted to :attr:`positions`."""
+        return self.fn(selected)
+
+    def __call__(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Tensor:
+        return self.fn(select_positions(logits, self.positions))

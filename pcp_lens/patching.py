@@ -1,0 +1,358 @@
+"""Causal (activation) patching: put one run's site outputs into another run, many sites per pass.
+
+For every site and position, the *target* run is repeated with that site's output at that position
+taken from the *source* run; the metric of the patched run and its indirect effect
+``IE = metric(patched) - metric(target)`` form a table like the paper's Tab. XII.
+
+Same numbers as ``transformer_lens.patching.get_act_patch_*``, with far less arithmetic:
+
+1. **Batched.** Patched runs of many sites are stacked along the batch dimension.
+2. **Resumed.** A patch at layer L cannot change anything before it, so each patched run starts
+   from the target's cached residual stream: block L is run only at the patched positions (with
+   the patch applied by a hook inside the block), and the blocks after L continue from there.
+   Runs of later sites join the batch as it passes their layer.
+3. **Causal.** A patch at position p cannot change positions before p, so those positions are
+   never recomputed: their keys and values come from the target's cache, as in incremental
+   decoding.
+4. **Sparse logits.** A metric that declares ``positions`` (like :class:`~pcp_lens.GroupMetric`)
+   only gets logits there; other metrics get full logits, the unaffected prefix copied from the
+   target run.
+
+The user's own hooks stay in force: the target and source runs and every patched block run under
+whatever hooks are attached when this function is called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from pcp_lens import _tl
+from pcp_lens._tl import HookedTransformer
+from pcp_lens.groups import select_positions
+from pcp_lens.inputs import Inputs, as_tokens, check_same_shape
+from pcp_lens.sites import Site, SiteLike, all_sites, as_sites
+
+Direction = Literal["clean_to_corrupted", "corrupted_to_clean", "both"]
+PATCHABLE = ("attn", "mlp", "resid_pre", "resid_mid", "resid_post")
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One patched run: a site at a position window ``[p0, p1)`` (B rows, one per prompt)."""
+
+    site: Site
+    p0: int
+    p1: int
+
+
+def causal_patching(
+    model: HookedTransformer,
+    clean: Inputs,
+    corrupted: Inputs,
+    metric: Callable[[Tensor], Tensor],
+    sites: SiteLike | Iterable[SiteLike] | None = None,
+    positions: Literal["each", "all"] | Sequence[int] = "each",
+    direction: Direction = "clean_to_corrupted",
+    max_batch_tokens: int = 32768,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Patch each site's output from one run into another and tabulate metric and indirect effect.
+
+    Args:
+        model: the model (in eval mode; dropout would make patched runs noisy).
+        clean: tokens ``[batch, pos]`` or strings of equal token length.
+        corrupted: same shape as ``clean``.
+        metric: ``logits [batch, pos, d_vocab] -> scalar tensor``. If it has ``positions`` and a
+            ``score(selected_logits)`` method (as :class:`~pcp_lens.GroupMetric` does), logits are
+            computed only at those positions.
+        sites: sites to patch (default: every ``attn`` and ``mlp`` site). Kinds ``attn``, ``mlp``,
+            ``resid_pre``, ``resid_mid``, ``resid_post`` and attention heads (``"attn1.h3"``,
+            patched at ``hook_z``).
+        positions: ``"each"`` patches every position separately, a list patches those positions
+            separately, ``"all"`` patches the whole sequence at once.
+        direction: ``"clean_to_corrupted"`` runs the corrupted input with clean activations
+            (TransformerLens's convention), ``"corrupted_to_clean"`` the reverse, ``"both"`` both.
+        max_batch_tokens: memory budget: at most this many (row × position) residual vectors per
+            forward pass; lower it for big models.
+        progress: show a tqdm bar.
+
+    Returns:
+        Tidy DataFrame with columns ``direction, site, layer, kind, head, position, value,
+        baseline, effect`` (``position`` is -1 for ``"all"``; ``effect = value - baseline``, the
+        indirect effect; ``baseline`` is the metric of the unpatched target run).
+
+    Example:
+        >>> from pcp_lens.testing import tiny_model
+        >>> model = tiny_model()
+        >>> clean, corrupted = torch.randint(0, 50, (2, 4, 5))
+        >>> df = causal_patching(model, clean, corrupted, lambda lg: lg[:, -1, 0].mean(),
+        ...                      progress=False)
+        >>> len(df), sorted(df.columns)[:3]
+        (20, ['baseline', 'direction', 'effect'])
+    """
+    cb = as_tokens(model, clean, name="clean")
+    xb = as_tokens(model, corrupted, name="corrupted")
+    check_same_shape(cb, xb, ("clean", "corrupted"))
+    site_list = as_sites(sites, model) if sites is not None else all_sites(model)
+    for s in site_list:
+        if s.kind not in PATCHABLE:
+            raise ValueError(
+                f"cannot patch site {s.name!r} of kind {s.kind!r}; allowed kinds: "
+                f"{', '.join(PATCHABLE)} (and attention heads)"
+            )
+    _tl.check_resumable(model)
+    if max_batch_tokens < 1:
+        raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+    if direction not in ("clean_to_corrupted", "corrupted_to_clean", "both"):
+        raise ValueError(
+            "direction must be 'clean_to_corrupted', 'corrupted_to_clean' or 'both', "
+            f"got {direction!r}"
+        )
+    n = cb.tokens.shape[1]
+    units = _units(site_list, positions, n)
+    plan = (
+        [("clean_to_corrupted", cb.tokens, xb.tokens), ("corrupted_to_clean", xb.tokens, cb.tokens)]
+        if direction == "both"
+        else [(direction, *((cb.tokens, xb.tokens) if direction == "clean_to_corrupted"
+                            else (xb.tokens, cb.tokens)))]
+    )
+    frames = []
+    for name, source, target in plan:
+        values, baseline = _patch(model, source, target, metric, units, max_batch_tokens, progress)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "direction": name,
+                    "site": [u.site.name for u in units],
+                    "layer": [u.site.layer for u in units],
+                    "kind": [u.site.kind for u in units],
+                    "head": pd.array([u.site.head for u in units], dtype="Int64"),
+                    "position": [u.p0 if u.p1 - u.p0 == 1 else -1 for u in units],
+                    "value": values,
+                    "baseline": baseline,
+                }
+            )
+        )
+    df = pd.concat(frames, ignore_index=True)
+    df["effect"] = df["value"] - df["baseline"]
+    return df
+
+
+def patching_grid(
+    df: pd.DataFrame, kind: str, column: str = "value", direction: str | None = None
+) -> Float[Tensor, "layer pos"]:
+    """The ``[layer, position]`` grid of one kind, shaped like TransformerLens's patching output.
+
+    Example:
+        >>> df = pd.DataFrame({"direction": "d", "kind": "mlp", "head": pd.NA, "layer": [0, 0, 1, 1],
+        ...                    "position": [0, 1, 0, 1], "value": [1.0, 2, 3, 4]})
+        >>> patching_grid(df, "mlp").tolist()
+        [[1.0, 2.0], [3.0, 4.0]]
+    """
+    sel = df[(df["kind"] == kind) & df["head"].isna()]
+    if direction is not None:
+        sel = sel[sel["direction"] == direction]
+    if sel["direction"].nunique() > 1:
+        raise ValueError("the table has both directions; pass direction=...")
+    wide = sel.pivot(index="layer", columns="position", values=column).sort_index()
+    return torch.tensor(wide.to_numpy(dtype=float))
+
+
+def _units(sites: list[Site], positions: Literal["each", "all"] | Sequence[int], n: int) -> list[_Unit]:
+    if isinstance(positions, str):
+        if positions == "all":
+            return [_Unit(s, 0, n) for s in sites]
+        if positions != "each":
+            raise ValueError(f"positions must be 'each', 'all' or a list of ints, got {positions!r}")
+        pos = list(range(n))
+    else:
+        pos = []
+        for p in positions:
+            if not isinstance(p, int) or not -n <= p < n:
+                raise ValueError(f"position out of range: {p!r}, sequences have positions 0..{n - 1}")
+            pos.append(p % n)
+    return [_Unit(s, p, p + 1) for s in sites for p in pos]
+
+
+def _needed_hooks(units: list[_Unit], n_layers: int) -> tuple[set[str], set[str]]:
+    """Hooks to cache from the source run and from the target run."""
+    src = {u.site.hook_name for u in units}
+    tgt = {_tl.block_input_name(layer) for layer in range(n_layers)}
+    tgt |= {_tl.hook_name("resid_post", layer) for layer in range(n_layers)}
+    tgt |= {name for layer in range(n_layers) for name in _tl.kv_hook_names(layer)}
+    return src, tgt
+
+
+@torch.no_grad()
+def _patch(
+    model: HookedTransformer,
+    source: Tensor,
+    target: Tensor,
+    metric: Callable[[Tensor], Tensor],
+    units: list[_Unit],
+    max_batch_tokens: int,
+    progress: bool,
+) -> tuple[list[float], float]:
+    n_layers = model.cfg.n_layers
+    src_names, tgt_names = _needed_hooks(units, n_layers)
+    _, src_cache = model.run_with_cache(source, names_filter=lambda name: name in src_names)
+    target_logits, tgt_cache = model.run_with_cache(
+        target, names_filter=lambda name: name in tgt_names
+    )
+    baseline = float(_as_scalar(metric(target_logits)))
+    final_logits = _tl.FinalLogits(model)
+    positions = getattr(metric, "positions", None)
+    sparse = positions is not None and callable(getattr(metric, "score", None))
+    if sparse:
+        metric_pos = sorted({p % target.shape[1] for p in positions})  # type: ignore[union-attr]
+        target_logits = select_positions(target_logits, positions)  # type: ignore[arg-type]
+
+    # group units sharing a position window; within a group, order by layer so runs join the
+    # batch as it passes their layer
+    groups: dict[tuple[int, int], list[_Unit]] = {}
+    for u in units:
+        groups.setdefault((u.p0, u.p1), []).append(u)
+    values: dict[_Unit, float] = {}
+    n_batches = sum(
+        -(-len(g) * source.shape[0] * (target.shape[1] - p0) // max_batch_tokens)
+        for (p0, _), g in groups.items()
+    )
+    bar = tqdm(total=max(n_batches, 1), desc="patching", disable=not progress, leave=False)
+    for (p0, p1), group in groups.items():
+        group.sort(key=lambda u: u.site.sort_key())
+        rows_per_unit = source.shape[0] * (target.shape[1] - p0)
+        per_chunk = max(1, max_batch_tokens // rows_per_unit)
+        for i in range(0, len(group), per_chunk):
+            chunk = group[i : i + per_chunk]
+            resid = _run_chunk(model, src_cache, tgt_cache, chunk, p0, p1)
+            b = source.shape[0]
+            if sparse:
+                local = [p - p0 for p in metric_pos if p >= p0]
+                logits = final_logits(resid[:, local])
+                for j, u in enumerate(chunk):
+                    full = _with_prefix(target_logits, logits[j * b : (j + 1) * b], metric_pos, p0)
+                    values[u] = float(_as_scalar(metric.score(full)))  # type: ignore[attr-defined]
+            else:
+                logits = final_logits(resid)
+                for j, u in enumerate(chunk):
+                    full = torch.cat([target_logits[:, :p0], logits[j * b : (j + 1) * b]], dim=1)
+                    values[u] = float(_as_scalar(metric(full)))
+            bar.update(1)
+    bar.close()
+    return [values[u] for u in units], baseline
+
+
+def _with_prefix(
+    target_sel: Tensor, computed: Tensor, metric_pos: list[int], p0: int
+) -> Float[Tensor, "batch n_positions d_vocab"]:
+    """Metric-position logits: unaffected ones (before ``p0``) from the target run."""
+    if metric_pos[0] >= p0:
+        return computed
+    out = target_sel.clone()
+    k = sum(p >= p0 for p in metric_pos)
+    out[:, len(metric_pos) - k :] = computed
+    return out
+
+
+def _run_chunk(
+    model: HookedTransformer,
+    src_cache: _tl.ActivationCache,
+    tgt_cache: _tl.ActivationCache,
+    units: list[_Unit],
+    p0: int,
+    p1: int,
+) -> Float[Tensor, "rows suffix d_model"]:
+    """Residual stream after the last block for each unit's patched run (B rows per unit)."""
+    n_layers = model.cfg.n_layers
+    b = tgt_cache[_tl.block_input_name(0)].shape[0]
+
+    def prefix_kv(layer: int, n_units: int) -> tuple[Tensor, Tensor] | None:
+        if p0 == 0:
+            return None
+        k, v = (tgt_cache[name][:, :p0] for name in _tl.kv_hook_names(layer))
+        return k.repeat(n_units, 1, 1, 1), v.repeat(n_units, 1, 1, 1)
+
+    # a resid_pre patch at layer L enters block L whole; every other patch at layer L leaves the
+    # positions after p1 untouched until block L+1, so block L runs only on [p0, p1)
+    entering: dict[int, list[_Unit]] = {}
+    leaving: dict[int, list[_Unit]] = {}
+    for u in units:
+        into = entering if u.site.kind == "resid_pre" else leaving
+        into.setdefault(u.site.layer, []).append(u)  # type: ignore[arg-type]
+
+    def join(active: Tensor | None, new: Tensor) -> Tensor:
+        return new if active is None else torch.cat([active, new])
+
+    active: Tensor | None = None
+    for layer in range(n_layers):
+        if layer in entering:
+            us = entering[layer]
+            x = tgt_cache[_tl.block_input_name(layer)][:, p0:].repeat(len(us), 1, 1)
+            for j, u in enumerate(us):
+                x[j * b : (j + 1) * b, : p1 - p0] = src_cache[u.site.hook_name][:, p0:p1]
+            active = join(active, x)
+        if active is not None:
+            active = _tl.run_blocks(
+                model, active, layer, layer + 1, [prefix_kv(layer, active.shape[0] // b)]
+            )
+        if layer in leaving:
+            active = join(
+                active, _patched_block(model, src_cache, tgt_cache, leaving[layer], layer, p0, p1)
+            )
+    assert active is not None
+    return active
+
+
+def _patched_block(
+    model: HookedTransformer,
+    src_cache: _tl.ActivationCache,
+    tgt_cache: _tl.ActivationCache,
+    units: list[_Unit],
+    layer: int,
+    p0: int,
+    p1: int,
+) -> Float[Tensor, "rows suffix d_model"]:
+    """Run block ``layer`` at positions ``[p0, p1)`` with each unit's patch (applied by a hook after
+    the attention has read its input), then append the target's unchanged residual after ``p1``."""
+    b = tgt_cache[_tl.block_input_name(0)].shape[0]
+    x = tgt_cache[_tl.block_input_name(layer)][:, p0:p1].repeat(len(units), 1, 1)
+    hooks: list[tuple[str, Callable]] = []
+    for j, u in enumerate(units):
+        rows = slice(j * b, (j + 1) * b)
+        patch = src_cache[u.site.hook_name][:, p0:p1]
+        hooks.append((u.site.hook_name, _setter(rows, patch, u.site.head)))
+    kv = None
+    if p0 > 0:
+        k, v = (tgt_cache[name][:, :p0] for name in _tl.kv_hook_names(layer))
+        kv = (k.repeat(len(units), 1, 1, 1), v.repeat(len(units), 1, 1, 1))
+    with model.hooks(fwd_hooks=hooks):
+        out = _tl.run_blocks(model, x, layer, layer + 1, [kv])
+    after = tgt_cache[_tl.hook_name("resid_post", layer)][:, p1:].repeat(len(units), 1, 1)
+    return torch.cat([out, after], dim=1)
+
+
+def _setter(rows: slice, patch: Tensor, head: int | None) -> Callable[[Tensor, object], Tensor]:
+    def hook(act: Tensor, hook: object) -> Tensor:
+        act = act.clone()
+        if head is None:
+            act[rows] = patch
+        else:
+            act[rows, :, head] = patch[:, :, head]
+        return act
+
+    return hook
+
+
+def _as_scalar(x: Tensor | float) -> Tensor:
+    t = torch.as_tensor(x)
+    if t.numel() != 1:
+        raise ValueError(f"metric must return a scalar, got a tensor of shape {tuple(t.shape)}")
+    return t.reshape(())
