@@ -40,9 +40,11 @@ def main() -> None:
     clean = torch.randint(0, model.cfg.d_vocab, (args.batch, args.seq), generator=g)
     corrupted = torch.randint(0, model.cfg.d_vocab, (args.batch, args.seq), generator=g)
     metric = PositionMetric(lambda lg: (lg[:, -1, 11] - lg[:, -1, 12]).mean(), positions=(-1,))
-    print(f"model: {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, "
-          f"d_vocab {model.cfg.d_vocab}; {args.batch} prompts x {args.seq} tokens; "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"model: {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, "
+        f"d_vocab {model.cfg.d_vocab}; {args.batch} prompts x {args.seq} tokens; "
+        f"torch threads {torch.get_num_threads()}"
+    )
 
     t_tl, t_ours = [], []
     for _ in range(args.repeats):
@@ -60,8 +62,10 @@ def main() -> None:
         t_ours.append(time.perf_counter() - t0)
     diff = max((ref[k] - patching_grid(df, k)).abs().max().item() for k in ("attn", "mlp"))
     tl, ours = min(t_tl), min(t_ours)
-    print(f"| method | seconds |\n|---|---|\n| TransformerLens get_act_patch_attn_out + "
-          f"mlp_out | {tl:.2f} |\n| pcp_lens causal_patching | {ours:.2f} |")
+    print(
+        f"| method | seconds |\n|---|---|\n| TransformerLens get_act_patch_attn_out + "
+        f"mlp_out | {tl:.2f} |\n| pcp_lens causal_patching | {ours:.2f} |"
+    )
     print(f"speed-up: {tl / ours:.1f}x   max |difference|: {diff:.2e}")
 
 

@@ -7,9 +7,9 @@ between TransformerLens 2.x and 3.x live here, so a TransformerLens upgrade touc
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from jaxtyping import Float
@@ -142,7 +142,7 @@ def new_model(cfg: HookedTransformerConfig, **kwargs: Any) -> HookedTransformer:
 
 
 def attached_hook_count(model: HookedTransformer) -> int:
-    """Count the non-permanent hooks attached anywhere on ``model`` (0 after every pcp_lens call)."""
+    """Count the non-permanent hooks attached anywhere on ``model`` (0 after pcp_lens returns)."""
     n = 0
     for hp in model.hook_dict.values():
         n += sum(not h.is_permanent for h in (*hp.fwd_hooks, *hp.bwd_hooks))
@@ -328,3 +328,12 @@ def head_outputs(
 def head_dims(model: HookedTransformer) -> tuple[int, int]:
     """``(n_heads, d_head)`` of the model's attention layers."""
     return model.cfg.n_heads, model.cfg.d_head
+
+
+def run_with_cache(
+    model: HookedTransformer, tokens: Tensor, names: Iterable[str]
+) -> tuple[Float[Tensor, "batch pos d_vocab"], ActivationCache]:
+    """Forward pass caching only the hooks in ``names`` (caching everything costs memory)."""
+    wanted = set(names)
+    logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name in wanted)
+    return cast(Tensor, logits), cache

@@ -2,7 +2,8 @@
 
 The paper's *top-k negativity* is the share of the k largest next-token logits that are negative
 words (k = 10). :func:`topk_share` computes that share for every group at once, for logits of any
-leading shape; :func:`prob_mass` and :func:`mean_logit` are the softmax-mass and mean-logit analogues.
+leading shape; :func:`prob_mass` and :func:`mean_logit` are the softmax-mass and mean-logit
+analogues.
 
 A *metric* is any callable ``logits -> Tensor``. :class:`GroupMetric` is the library's own: it also
 declares which positions it reads (``metric.positions``), so that patching and lenses compute
@@ -50,7 +51,9 @@ class TokenGroups:
         for name, ids in self.groups.items():
             t = torch.as_tensor(list(ids) if not isinstance(ids, Tensor) else ids)
             if t.numel() == 0:
-                raise ValueError(f"group {name!r} is empty; every group needs at least one token id")
+                raise ValueError(
+                    f"group {name!r} is empty; every group needs at least one token id"
+                )
             if t.is_floating_point() or t.dtype == torch.bool:
                 raise ValueError(f"group {name!r} must hold integer token ids, got dtype {t.dtype}")
             bad = t[(t < 0) | (t >= self.d_vocab)]
@@ -100,7 +103,9 @@ class TokenGroups:
                     skipped.append(w)
             out[name] = ids
         if skipped:
-            warnings.warn(f"{len(skipped)} words are not single tokens: {skipped[:10]}", stacklevel=2)
+            warnings.warn(
+                f"{len(skipped)} words are not single tokens: {skipped[:10]}", stacklevel=2
+            )
         return cls(out, d_vocab if d_vocab is not None else len(tokenizer))
 
     @property
@@ -256,7 +261,9 @@ class GroupMetric:
 
     def score(self, selected: Float[Tensor, "batch n_positions d_vocab"]) -> Tensor:
         """Score logits already restricted to :attr:`positions`."""
-        s = group_scores(selected, self.groups, self.stat, self.k)[..., self.groups.index(self.group)]
+        s = group_scores(selected, self.groups, self.stat, self.k)[
+            ..., self.groups.index(self.group)
+        ]
         return s.mean() if self.reduce == "mean" else s
 
     def __call__(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Tensor:

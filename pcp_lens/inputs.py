@@ -84,6 +84,8 @@ def as_tokens(
             rows = [torch.as_tensor(x).flatten() for x in inputs]
         else:
             raise ValueError(f"{name} must be strings or token tensors, not a mix")
+    if len(rows) == 0:
+        raise ValueError(f"{name} is empty")
     lengths = torch.tensor([len(r) for r in rows])
     if lengths.min() < 1:
         raise ValueError(f"{name} contains an empty sequence")

@@ -121,8 +121,16 @@ def causal_patching(
     plan = (
         [("clean_to_corrupted", cb.tokens, xb.tokens), ("corrupted_to_clean", xb.tokens, cb.tokens)]
         if direction == "both"
-        else [(direction, *((cb.tokens, xb.tokens) if direction == "clean_to_corrupted"
-                            else (xb.tokens, cb.tokens)))]
+        else [
+            (
+                direction,
+                *(
+                    (cb.tokens, xb.tokens)
+                    if direction == "clean_to_corrupted"
+                    else (xb.tokens, cb.tokens)
+                ),
+            )
+        ]
     )
     frames = []
     for name, source, target in plan:
@@ -152,32 +160,40 @@ def patching_grid(
     """The ``[layer, position]`` grid of one kind, shaped like TransformerLens's patching output.
 
     Example:
-        >>> df = pd.DataFrame({"direction": "d", "kind": "mlp", "head": pd.NA, "layer": [0, 0, 1, 1],
-        ...                    "position": [0, 1, 0, 1], "value": [1.0, 2, 3, 4]})
+        >>> df = pd.DataFrame({"direction": "d", "kind": "mlp", "head": pd.NA,
+        ...                    "layer": [0, 0, 1, 1], "position": [0, 1, 0, 1],
+        ...                    "value": [1.0, 2, 3, 4]})
         >>> patching_grid(df, "mlp").tolist()
         [[1.0, 2.0], [3.0, 4.0]]
     """
-    sel = df[(df["kind"] == kind) & df["head"].isna()]
+    keep = (df["kind"] == kind) & df["head"].isna()
     if direction is not None:
-        sel = sel[sel["direction"] == direction]
-    if sel["direction"].nunique() > 1:
+        keep &= df["direction"] == direction
+    sel = pd.DataFrame(df.loc[keep])
+    if len(set(sel["direction"])) > 1:
         raise ValueError("the table has both directions; pass direction=...")
     wide = sel.pivot(index="layer", columns="position", values=column).sort_index()
     return torch.tensor(wide.to_numpy(dtype=float))
 
 
-def _units(sites: list[Site], positions: Literal["each", "all"] | Sequence[int], n: int) -> list[_Unit]:
+def _units(
+    sites: list[Site], positions: Literal["each", "all"] | Sequence[int], n: int
+) -> list[_Unit]:
     if isinstance(positions, str):
         if positions == "all":
             return [_Unit(s, 0, n) for s in sites]
         if positions != "each":
-            raise ValueError(f"positions must be 'each', 'all' or a list of ints, got {positions!r}")
+            raise ValueError(
+                f"positions must be 'each', 'all' or a list of ints, got {positions!r}"
+            )
         pos = list(range(n))
     else:
         pos = []
         for p in positions:
             if not isinstance(p, int) or not -n <= p < n:
-                raise ValueError(f"position out of range: {p!r}, sequences have positions 0..{n - 1}")
+                raise ValueError(
+                    f"position out of range: {p!r}, sequences have positions 0..{n - 1}"
+                )
             pos.append(p % n)
     return [_Unit(s, p, p + 1) for s in sites for p in pos]
 
@@ -203,10 +219,8 @@ def _patch(
 ) -> tuple[list[float], float]:
     n_layers = model.cfg.n_layers
     src_names, tgt_names = _needed_hooks(units, n_layers)
-    _, src_cache = model.run_with_cache(source, names_filter=lambda name: name in src_names)
-    target_logits, tgt_cache = model.run_with_cache(
-        target, names_filter=lambda name: name in tgt_names
-    )
+    _, src_cache = _tl.run_with_cache(model, source, src_names)
+    target_logits, tgt_cache = _tl.run_with_cache(model, target, tgt_names)
     baseline = float(_as_scalar(metric(target_logits)))
     final_logits = _tl.FinalLogits(model)
     positions = getattr(metric, "positions", None)
@@ -324,7 +338,7 @@ def _patched_block(
     the attention has read its input), then append the target's unchanged residual after ``p1``."""
     b = tgt_cache[_tl.block_input_name(0)].shape[0]
     x = tgt_cache[_tl.block_input_name(layer)][:, p0:p1].repeat(len(units), 1, 1)
-    hooks: list[tuple[str, Callable]] = []
+    hooks: list[tuple[str | Callable, Callable]] = []
     for j, u in enumerate(units):
         rows = slice(j * b, (j + 1) * b)
         patch = src_cache[u.site.hook_name][:, p0:p1]

@@ -68,7 +68,9 @@ class Site:
             if self.layer is not None:
                 raise ValueError(f"layer must be None for kind 'embed', got {self.layer!r}")
         elif not isinstance(self.layer, int) or isinstance(self.layer, bool) or self.layer < 0:
-            raise ValueError(f"layer must be an int >= 0 for kind {self.kind!r}, got {self.layer!r}")
+            raise ValueError(
+                f"layer must be an int >= 0 for kind {self.kind!r}, got {self.layer!r}"
+            )
         if self.head is not None and (
             self.kind != "attn" or not isinstance(self.head, int) or self.head < 0
         ):

@@ -132,9 +132,10 @@ def stream_activations(
         rows = _position_mask(tb, positions)
         got: dict[str, Tensor] = {}
 
-        def grab(act: Tensor, hook: _tl.HookPoint) -> None:
-            a = act.reshape(act.shape[0], act.shape[1], -1)
-            got[hook.name] = a[rows]  # type: ignore[index]
+        def grab(
+            act: Tensor, hook: _tl.HookPoint, got: dict[str, Tensor] = got, rows: Tensor = rows
+        ) -> None:
+            got[hook.name] = act.reshape(act.shape[0], act.shape[1], -1)[rows]  # type: ignore[index]
 
         with torch.no_grad():
             model.run_with_hooks(

@@ -53,8 +53,10 @@ def tiny_model(
     return model
 
 
-def gpt2_small_shaped(seed: int = 0, d_vocab: int = 50257, n_ctx: int = 1024) -> HookedTransformer:
-    """A random model with GPT-2 small's shape (12 layers, d_model 768, 12 heads), for benchmarks."""
+def gpt2_small_shaped(
+    seed: int = 0, d_vocab: int = 50257, n_ctx: int = 1024
+) -> HookedTransformer:
+    """A random model shaped like GPT-2 small (12 layers, d_model 768, 12 heads), for benchmarks."""
     return tiny_model(
         n_layers=12, d_model=768, n_heads=12, d_vocab=d_vocab, n_ctx=n_ctx, seed=seed
     )

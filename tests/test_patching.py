@@ -84,19 +84,32 @@ def test_heads_match_transformer_lens(model, pair):
 
 def test_all_positions_and_resid_post_match_naive(model, pair):
     clean, corrupted = pair
-    sites = [Site(1, "attn"), Site(2, "mlp"), Site(0, "resid_post"), Site(3, "resid_pre"),
-             Site(1, "attn", 2)]
+    sites = [
+        Site(1, "attn"),
+        Site(2, "mlp"),
+        Site(0, "resid_post"),
+        Site(3, "resid_pre"),
+        Site(1, "attn", 2),
+    ]
     df = causal_patching(
         model, clean, corrupted, logit_diff, sites=sites, positions="all", progress=False
     )
     assert (df["position"] == -1).all()
-    for s, v in zip(sites, df["value"]):
-        assert v == pytest.approx(naive(model, clean, corrupted, logit_diff, s, slice(None)),
-                                  abs=1e-5)
-    df = causal_patching(model, clean, corrupted, logit_diff, sites=[Site(0, "resid_post")],
-                         positions=[2, -1], progress=False)
+    for s, v in zip(sites, df["value"], strict=True):
+        assert v == pytest.approx(
+            naive(model, clean, corrupted, logit_diff, s, slice(None)), abs=1e-5
+        )
+    df = causal_patching(
+        model,
+        clean,
+        corrupted,
+        logit_diff,
+        sites=[Site(0, "resid_post")],
+        positions=[2, -1],
+        progress=False,
+    )
     assert df["position"].tolist() == [2, 6]
-    for p, v in zip([2, 6], df["value"]):
+    for p, v in zip([2, 6], df["value"], strict=True):
         ref = naive(model, clean, corrupted, logit_diff, Site(0, "resid_post"), slice(p, p + 1))
         assert v == pytest.approx(ref, abs=1e-5)
 
@@ -110,7 +123,8 @@ def test_sparse_metric_and_chunking_give_same_numbers(model, pair):
             model, clean, corrupted, sparse, max_batch_tokens=budget, progress=False
         )
         assert torch.allclose(
-            torch.tensor(df["value"].to_numpy()), torch.tensor(dense["value"].to_numpy()),
+            torch.tensor(df["value"].to_numpy()),
+            torch.tensor(dense["value"].to_numpy()),
             atol=1e-6,
         )
 
@@ -123,8 +137,9 @@ def test_metric_reading_early_positions(model, pair):
     late = df[df["position"] > 4]
     assert (late["effect"].abs() == 0).all()
     for r in df[df["position"] <= 4].itertuples():
-        ref = naive(model, clean, corrupted, m, Site(r.layer, r.kind), slice(r.position,
-                                                                            r.position + 1))
+        ref = naive(
+            model, clean, corrupted, m, Site(r.layer, r.kind), slice(r.position, r.position + 1)
+        )
         assert r.value == pytest.approx(ref, abs=1e-5)
 
 
@@ -141,8 +156,9 @@ def test_group_metric_and_both_directions(model, pair):
     rev = causal_patching(model, corrupted, clean, metric, progress=False)
     assert rev["value"].tolist() == pytest.approx(back["value"].tolist(), abs=1e-6)
     # patching the last layer's resid_post at every position reproduces the source run
-    full = causal_patching(model, clean, corrupted, metric, sites=["resid_post3"],
-                           positions="all", progress=False)
+    full = causal_patching(
+        model, clean, corrupted, metric, sites=["resid_post3"], positions="all", progress=False
+    )
     assert full["value"].iloc[0] == pytest.approx(float(metric(model(clean))))
 
 
@@ -150,11 +166,13 @@ def test_composes_with_user_hooks(model, pair):
     clean, corrupted = pair
     zero = (Site(2, "attn").hook_name, lambda act, hook: act * 0)
     with model.hooks(fwd_hooks=[zero]):
-        df = causal_patching(model, clean, corrupted, logit_diff, sites=["mlp0", "mlp3"],
-                             progress=False)
+        df = causal_patching(
+            model, clean, corrupted, logit_diff, sites=["mlp0", "mlp3"], progress=False
+        )
         refs = [
             naive(model, clean, corrupted, logit_diff, Site.parse(s), slice(p, p + 1))
-            for s in ("mlp0", "mlp3") for p in range(7)
+            for s in ("mlp0", "mlp3")
+            for p in range(7)
         ]
     assert df["value"].tolist() == pytest.approx(refs, abs=1e-5)
     assert _tl.attached_hook_count(model) == 0
@@ -186,7 +204,6 @@ def test_bad_input(model, pair, kwargs, match):
 
 
 def test_error_in_metric_leaves_no_hooks(model, pair):
-    clean, corrupted = pair
     calls = []
 
     def flaky(lg):

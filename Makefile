@@ -1,0 +1,43 @@
+# Two entry points: `make demo` (set up, then run the main job) and `make test` (set up, then run
+# every check CI runs). Set-up installs the CPU build of torch *before* the package, so no
+# resolver pulls a multi-GB CUDA build on a CPU-only machine. On a machine with a GPU, or where
+# torch 2.13.0 is not on local disk, override e.g.:
+#   make test TORCH_SPEC="torch" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+
+.PHONY: setup demo reproduce test lint docs bench
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/pcp-lens demo
+
+reproduce: setup
+	$(BIN)/pcp-lens reproduce toy --out runs/toy
+
+lint: setup
+	$(BIN)/ruff check pcp_lens tests examples benchmarks scripts
+	$(BIN)/pyright
+
+docs: setup
+	$(BIN)/mkdocs build --strict -q
+
+test: lint docs
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python benchmarks/bench_patching.py
+	$(BIN)/python benchmarks/bench_hook_overhead.py
+	$(BIN)/python benchmarks/bench_stats_memory.py
+	$(BIN)/python benchmarks/bench_pcp.py
