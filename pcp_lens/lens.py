@@ -1,0 +1,291 @@
+"""Group logit lens: what each module's output alone says about the next token (Tab. II).
+
+Each module output — an attention layer's output, each attention head's output, an MLP's output,
+the residual stream after a layer, the embeddings — is projected to logits through the final
+LayerNorm and the unembedding and scored with token-group metrics at chosen positions. How the
+final LayerNorm is applied is the ``ln`` argument:
+
+* ``"isolated"`` (default, the paper's, METHODS §6): the final LayerNorm runs on the isolated
+  module output, with that vector's own mean and scale, then its affine weights:
+  ``logits = W_U · ln_final(out) + b_U``. This is what the authors' truncated models compute.
+* ``"cached"``: TransformerLens ``apply_ln_to_stack`` style: centre the output and divide it by the
+  final-LayerNorm scale *of the full residual stream* at that position (cached from the same
+  forward pass), then apply the LayerNorm's ``w`` and ``b`` and the unembedding. A direct
+  logit attribution view: outputs are compared on the model's own scale.
+* ``"none"``: unembedding only (``out @ W_U + b_U``), no normalisation.
+
+Per-head rows are ``z_h @ W_O[h] + b_O`` — each head carries the whole output bias, as the
+paper's pruned-head models do (``include_bias=False`` drops it). The ``embed`` row is the token
+plus positional embedding (the residual stream entering block 0), and a ``full model`` row holds
+the unmodified model. Logits are only computed at the chosen positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, cast
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from pcp_lens import _tl
+from pcp_lens._tl import HookedTransformer, HookPoint
+from pcp_lens.ablation import _named_metrics, _RowMean, resolve_positions, wide_table
+from pcp_lens.groups import TokenGroups, group_metrics
+from pcp_lens.inputs import Inputs, as_tokens
+from pcp_lens.sites import Site, SiteLike, all_sites, as_sites
+
+__all__ = ["LN_MODES", "group_lens", "lens_logits", "lens_table"]
+
+LnMode = Literal["isolated", "cached", "none"]
+LN_MODES: tuple[str, ...] = ("isolated", "cached", "none")
+Metric = Callable[[Tensor], Tensor]
+FULL = "full"
+FULL_PAPER = "full model"
+
+
+def _default_sites(model: HookedTransformer) -> list[Site]:
+    return all_sites(model, kinds=("embed", "attn", "mlp", "resid_post"), heads=True)
+
+
+def _source_hook(site: Site) -> str:
+    """The hook whose activation gives this row's vector."""
+    if site.kind == "embed":
+        return _tl.block_input_name(0)  # token + positional embedding
+    return site.hook_name  # hook_z for heads
+
+
+def _check_ln(ln: str) -> None:
+    if ln not in LN_MODES:
+        raise ValueError(f"ln must be one of {', '.join(map(repr, LN_MODES))}, got {ln!r}")
+
+
+def _vectors(
+    model: HookedTransformer,
+    tokens: Tensor,
+    sites: Sequence[Site],
+    idx: list[int],
+    include_bias: bool,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Each site's output vectors at positions ``idx``, and the final residual stream there."""
+    hooks_needed = list(dict.fromkeys(_source_hook(s) for s in sites))
+    got: dict[str, Tensor] = {}
+
+    def grab(act: Tensor, hook: HookPoint) -> None:
+        got[hook.name] = act[:, idx]  # type: ignore[index]
+
+    with _tl.attached(model, [(h, grab) for h in hooks_needed]):
+        final = _tl.final_residual(model, tokens)[:, idx]
+    heads: dict[int, Tensor] = {}
+    out: dict[str, Tensor] = {}
+    for s in sites:
+        act = got[_source_hook(s)]
+        if s.head is not None:
+            assert s.layer is not None
+            if s.layer not in heads:
+                heads[s.layer] = _tl.head_outputs(model, s.layer, act, bias=include_bias)
+            out[s.name] = heads[s.layer][:, :, s.head]
+        else:
+            out[s.name] = act
+    return out, final
+
+
+def _project(
+    model: HookedTransformer, x: Tensor, ln: str, scale: Tensor | None
+) -> Float[Tensor, "... d_vocab"]:
+    if ln == "isolated":
+        return _tl.unembed(model, x)
+    if ln == "cached":
+        assert scale is not None
+        return _tl.unembed_cached(model, x, scale)
+    return _tl.unembed_raw(model, x)
+
+
+def _prepare(
+    model: HookedTransformer,
+    inputs: Inputs,
+    sites: SiteLike | Iterable[SiteLike] | None,
+    positions: int | Sequence[int],
+    ln: str,
+) -> tuple[Tensor, list[Site], list[int]]:
+    _check_ln(ln)
+    tb = as_tokens(model, inputs)
+    ss = _default_sites(model) if sites is None else as_sites(sites, model)
+    idx = resolve_positions(positions, tb.tokens.shape[1], where="inputs")
+    if idx is None:
+        raise ValueError("positions must name positions for a lens (got None)")
+    return tb.tokens, ss, idx
+
+
+def lens_logits(
+    model: HookedTransformer,
+    inputs: Inputs,
+    sites: SiteLike | Iterable[SiteLike] | None = None,
+    positions: int | Sequence[int] = -1,
+    *,
+    ln: LnMode = "isolated",
+    include_bias: bool = True,
+) -> dict[str, Float[Tensor, "batch n_positions d_vocab"]]:
+    """Logits of each module output at ``positions``, plus the full model's (key ``"full"``).
+
+    Everything is computed in one batch: memory is rows × batch × positions × ``d_vocab``; for
+    large inputs use :func:`group_lens`, which batches and scores as it goes.
+
+    Args:
+        model: the model (not modified; no hook is left attached).
+        inputs: tokens or strings of equal length.
+        sites: rows (``"embed"``, ``"attn0"``, ``"attn0.h1"``, ``"mlp0"``, ``"resid_post0"``, ...);
+            default: embeddings, then per layer attention, its heads, MLP and ``resid_post``.
+        positions: positions at which to compute logits (negative ones count from the end).
+        ln: ``"isolated"`` (the paper's), ``"cached"`` or ``"none"``; see the module docs.
+        include_bias: add the attention output bias ``b_O`` to every head row (the paper does).
+
+    Returns:
+        ``{row name: logits [batch, n_positions, d_vocab]}`` in row order, ``"full"`` last.
+
+    Examples:
+        >>> from pcp_lens.testing import tiny_model
+        >>> model = tiny_model()
+        >>> out = lens_logits(model, torch.randint(0, 50, (3, 5)), ["mlp0", "attn1.h2"], [0, -1])
+        >>> {k: tuple(v.shape) for k, v in out.items()}
+        {'mlp0': (3, 2, 50), 'attn1.h2': (3, 2, 50), 'full': (3, 2, 50)}
+    """
+    tokens, ss, idx = _prepare(model, inputs, sites, positions, ln)
+    with torch.no_grad():
+        vecs, final = _vectors(model, tokens, ss, idx, include_bias)
+        scale = _tl.final_ln_scale(model, final) if ln == "cached" else None
+        out = {name: _project(model, v, ln, scale) for name, v in vecs.items()}
+        out[FULL] = _tl.unembed(model, final)
+    return out
+
+
+def _score(metric: Metric, logits: Tensor) -> Tensor:
+    """Score logits ``[batch, 1, d_vocab]`` of one position."""
+    score = getattr(metric, "score", None)
+    return cast(Tensor, score(logits) if callable(score) else metric(logits))
+
+
+def _metric_positions(metrics: Mapping[str, Metric]) -> list[int]:
+    ps: list[int] = []
+    for m in metrics.values():
+        for p in getattr(m, "positions", None) or ():
+            if int(p) not in ps:
+                ps.append(int(p))
+    return ps or [-1]
+
+
+def group_lens(
+    model: HookedTransformer,
+    inputs: Inputs,
+    metrics: TokenGroups | Metric | Mapping[str, Metric],
+    positions: int | Sequence[int] | None = None,
+    sites: SiteLike | Iterable[SiteLike] | None = None,
+    *,
+    ln: LnMode = "isolated",
+    include_bias: bool = True,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Score every module output's logit-lens logits with group metrics at chosen positions.
+
+    The paper's Tab. II in tidy form (pivot with :func:`lens_table`): for the 3-sentiment toy
+    model, p + t inputs, top-10 negativity and positivity at positions 0 and 1.
+
+    Args:
+        model: the model (not modified; no hook is left attached, even after an error).
+        inputs: tokens or strings of equal length.
+        metrics: :class:`~pcp_lens.TokenGroups` (top-10 share of every group), one metric, or
+            ``{name: metric}``. A metric is scored on the logits of one position at a time
+            (``[batch, 1, d_vocab]``): through its ``score`` method if it has one (a
+            :class:`~pcp_lens.GroupMetric`; its own ``positions`` are then ignored), else by
+            calling it. It must return a batch mean or per-prompt values.
+        positions: positions to score; default the positions the metrics declare, else ``-1``.
+        sites: rows; default embeddings, then per layer attention, its heads, MLP, ``resid_post``.
+        ln: ``"isolated"`` (the paper's), ``"cached"`` or ``"none"``; see the module docs.
+        include_bias: add ``b_O`` to every head row (the paper does).
+        batch_size: rows per forward pass.
+        progress: show a tqdm bar.
+
+    Returns:
+        A DataFrame with columns ``module`` (site name, or ``"full"``), ``paper_name``, ``layer``,
+        ``kind``, ``head``, ``metric``, ``position`` (as given), ``value``, ``n`` and ``ln``.
+
+    Examples:
+        >>> from pcp_lens.testing import tiny_model
+        >>> model = tiny_model(n_layers=1)
+        >>> groups = TokenGroups({"neg": range(10), "pos": range(10, 20)}, d_vocab=50)
+        >>> df = group_lens(model, torch.randint(0, 50, (4, 3)), groups, positions=[0, 1],
+        ...                 progress=False)
+        >>> lens_table(df).index.tolist()  # doctest: +NORMALIZE_WHITESPACE
+        ['embd', 'L1 attn', 'L1 att0', 'L1 att1', 'L1 att2', 'L1 att3', 'L1 mlp',
+         'L1 resid_post', 'full model']
+    """
+    named = group_metrics(metrics) if isinstance(metrics, TokenGroups) else _named_metrics(metrics)
+    pos = _metric_positions(named) if positions is None else positions
+    tokens, ss, idx = _prepare(model, inputs, sites, pos, ln)
+    given = [pos] if isinstance(pos, int) else list(pos)
+    rows: list[tuple[str, str, Site | None]] = [(s.name, s.paper_name, s) for s in ss]
+    rows.append((FULL, FULL_PAPER, None))
+    accs = {(r, m, j): _RowMean() for r, _, _ in rows for m in named for j in range(len(idx))}
+    batches = list(tokens.split(batch_size))
+    with torch.no_grad():
+        for batch in tqdm(batches, desc="lens", disable=not progress, leave=False):
+            vecs, final = _vectors(model, batch, ss, idx, include_bias)
+            vecs[FULL] = final
+            scale = _tl.final_ln_scale(model, final) if ln == "cached" else None
+            for name, _, _ in rows:
+                ln_row = "isolated" if name == FULL else ln
+                logits = _project(model, vecs[name], ln_row, scale)
+                for m, metric in named.items():
+                    for j in range(len(idx)):
+                        accs[(name, m, j)].add(
+                            _score(metric, logits[:, j : j + 1]), batch.shape[0], m
+                        )
+    records: list[dict[str, Any]] = []
+    for name, paper, s in rows:
+        for j, p in enumerate(given):
+            for m in named:
+                acc = accs[(name, m, j)]
+                records.append(
+                    {
+                        "module": name,
+                        "paper_name": paper,
+                        "layer": s.layer if s is not None else None,
+                        "kind": s.kind if s is not None else FULL,
+                        "head": s.head if s is not None else None,
+                        "metric": m,
+                        "position": p,
+                        "value": acc.value,
+                        "n": acc.n,
+                        "ln": ln,
+                    }
+                )
+    df = pd.DataFrame(records)
+    for col in ("layer", "head"):
+        df[col] = df[col].astype("Int64")
+    return df
+
+
+def lens_table(df: pd.DataFrame, names: Literal["paper", "short"] = "paper") -> pd.DataFrame:
+    """Pivot a :func:`group_lens` table into Tab. II's layout: modules × (position, metric).
+
+    Args:
+        df: the tidy table from :func:`group_lens`.
+        names: ``"paper"`` (``"L1 att0"``, ``"full model"``) or ``"short"`` (``"attn0.h0"``) labels.
+
+    Examples:
+        >>> from pcp_lens.testing import tiny_model
+        >>> model = tiny_model(n_layers=1)
+        >>> groups = TokenGroups({"neg": range(10), "pos": range(10, 20)}, d_vocab=50)
+        >>> df = group_lens(model, torch.randint(0, 50, (4, 3)), groups, [0, 1], ["mlp0"],
+        ...                 progress=False)
+        >>> lens_table(df).columns.tolist()
+        [(0, 'neg'), (0, 'pos'), (1, 'neg'), (1, 'pos')]
+    """
+    if names not in ("paper", "short"):
+        raise ValueError(f"names must be 'paper' or 'short', got {names!r}")
+    d = df.assign(_row=df["paper_name"] if names == "paper" else df["module"])
+    return wide_table(d, "_row", ["position", "metric"])
