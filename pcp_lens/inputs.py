@@ -70,7 +70,13 @@ def as_tokens(
                 f"{name} must be an integer tensor [batch, pos], got {inputs.dtype} of shape "
                 f"{tuple(inputs.shape)}"
             )
-        rows: list[Tensor] = list(inputs)
+        if inputs.shape[0] == 0:
+            raise ValueError(f"{name} is empty")
+        if inputs.shape[1] == 0:
+            raise ValueError(f"{name} contains an empty sequence")
+        # a rectangular tensor needs no padding: one copy, no per-row Python objects
+        tokens = inputs.to("cpu", torch.long, copy=True)
+        mask = torch.ones(tokens.shape, dtype=torch.bool)
     else:
         if isinstance(inputs, str):
             inputs = [inputs]
@@ -84,6 +90,19 @@ def as_tokens(
             rows = [torch.as_tensor(x).flatten() for x in inputs]
         else:
             raise ValueError(f"{name} must be strings or token tensors, not a mix")
+        tokens, mask = _pad(rows, allow_ragged, name)
+    bad = tokens[(tokens < 0) | (tokens >= model.cfg.d_vocab)]
+    if bad.numel():
+        raise ValueError(
+            f"{name} contain token ids out of range: {bad.unique()[:5].tolist()}; allowed "
+            f"0..{model.cfg.d_vocab - 1} (d_vocab={model.cfg.d_vocab})"
+        )
+    device = model.cfg.device
+    return TokenBatch(tokens.to(device), mask.to(device))
+
+
+def _pad(rows: list[Tensor], allow_ragged: bool, name: str) -> tuple[Tensor, Tensor]:
+    """Right-pad 1-d token rows into ``[batch, pos]`` tokens and a mask of real positions."""
     if len(rows) == 0:
         raise ValueError(f"{name} is empty")
     lengths = torch.tensor([len(r) for r in rows])
@@ -101,14 +120,7 @@ def as_tokens(
     for i, r in enumerate(rows):
         tokens[i, : len(r)] = r.long().cpu()
         mask[i, : len(r)] = True
-    bad = tokens[(tokens < 0) | (tokens >= model.cfg.d_vocab)]
-    if bad.numel():
-        raise ValueError(
-            f"{name} contain token ids out of range: {bad.unique()[:5].tolist()}; allowed "
-            f"0..{model.cfg.d_vocab - 1} (d_vocab={model.cfg.d_vocab})"
-        )
-    device = model.cfg.device
-    return TokenBatch(tokens.to(device), mask.to(device))
+    return tokens, mask
 
 
 def check_same_shape(a: TokenBatch, b: TokenBatch, names: tuple[str, str]) -> None:
