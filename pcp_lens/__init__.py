@@ -1,7 +1,21 @@
-"""pcp_lens: find, remove, insert and edit backdoor mechanisms in TransformerLens models."""
+"""pcp_lens: find, remove, insert and edit backdoor mechanisms in TransformerLens models.
 
+The public API, re-exported; each technique lives in the module named after it.
+"""
+
+from pcp_lens.ablation import (
+    ablation_hooks,
+    ablation_means,
+    ablation_sweep,
+    ablation_table,
+    mean_ablation,
+    mean_reference_code,
+    resample_ablation,
+    zero_ablation,
+)
 from pcp_lens.groups import (
     GroupMetric,
+    PositionMetric,
     TokenGroups,
     group_metrics,
     group_scores,
@@ -10,26 +24,68 @@ from pcp_lens.groups import (
     topk_share,
 )
 from pcp_lens.inputs import TokenBatch, as_tokens
+from pcp_lens.lens import group_lens, lens_logits, lens_table
+from pcp_lens.patching import causal_patching, patching_grid
+from pcp_lens.pcp import (
+    PCAFit,
+    PCPReplacement,
+    SitePCP,
+    factors_from_scales,
+    fit_pca,
+    fit_pcp,
+    least_squares_scales,
+    reference_code_directions,
+    scales_from_factors,
+)
 from pcp_lens.sites import Site, all_sites, as_sites
 from pcp_lens.stats import ActivationStats, RunningMoments, collect_stats
+from pcp_lens.tuning import TuneResult, score_inputs, sweep, tune, validation_loss
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationStats",
     "GroupMetric",
+    "PCAFit",
+    "PCPReplacement",
+    "PositionMetric",
     "RunningMoments",
     "Site",
+    "SitePCP",
     "TokenBatch",
     "TokenGroups",
+    "TuneResult",
     "__version__",
+    "ablation_hooks",
+    "ablation_means",
+    "ablation_sweep",
+    "ablation_table",
     "all_sites",
     "as_sites",
     "as_tokens",
+    "causal_patching",
     "collect_stats",
+    "factors_from_scales",
+    "fit_pca",
+    "fit_pcp",
+    "group_lens",
     "group_metrics",
     "group_scores",
+    "least_squares_scales",
+    "lens_logits",
+    "lens_table",
+    "mean_ablation",
     "mean_logit",
+    "mean_reference_code",
+    "patching_grid",
     "prob_mass",
+    "reference_code_directions",
+    "resample_ablation",
+    "scales_from_factors",
+    "score_inputs",
+    "sweep",
     "topk_share",
+    "tune",
+    "validation_loss",
+    "zero_ablation",
 ]

@@ -9,7 +9,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-__all__ = ["heatmap"]
+__all__ = ["heatmap", "scatter"]
 
 
 def _label(key: Any) -> str:
@@ -94,3 +94,48 @@ def heatmap(
                         color="black" if v > mid else "white",
                     )
     return fig
+
+
+def scatter(
+    points: dict[str, Any],
+    *,
+    ax: Axes | None = None,
+    title: str | None = None,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+) -> Figure:
+    """Scatter named groups of 2-d points, one colour per group (e.g. the paper's Fig. 3).
+
+    Args:
+        points: ``{group name: array [n, 2]}``.
+        ax: draw into these axes; by default a new figure.
+        title: axes title.
+        xlabel: x-axis label.
+        ylabel: y-axis label.
+
+    Returns:
+        The matplotlib ``Figure``.
+
+    Examples:
+        >>> fig = scatter({"pp": np.zeros((3, 2)), "pt": np.ones((3, 2))}, title="demo")
+        >>> [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        ['pp', 'pt']
+    """
+    if ax is None:
+        fig = Figure(figsize=(5.5, 4.5))
+        ax = fig.add_subplot()
+    else:
+        fig = ax.get_figure()  # type: ignore[assignment]
+    for name, xy in points.items():
+        arr = np.asarray(xy, dtype=float)
+        if arr.ndim != 2 or arr.shape[1] != 2:
+            raise ValueError(f"points[{name!r}] must have shape [n, 2], got {arr.shape}")
+        ax.scatter(arr[:, 0], arr[:, 1], s=12, alpha=0.7, label=name)
+    ax.legend(fontsize=8, markerscale=1.5)
+    if title:
+        ax.set_title(title, fontsize=10)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    return fig  # type: ignore[return-value]
