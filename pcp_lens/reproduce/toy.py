@@ -28,6 +28,7 @@ from pcp_lens.lens import group_lens
 from pcp_lens.patching import causal_patching
 from pcp_lens.pcp import PCPReplacement, fit_pcp
 from pcp_lens.reproduce import paper
+from pcp_lens.reproduce.report import write_report
 from pcp_lens.sites import all_sites
 from pcp_lens.toy.data import ToyData, eval_inputs
 from pcp_lens.toy.model import sentiment_groups
@@ -414,17 +415,26 @@ def run_toy_study(out: str | os.PathLike[str], cfg: StudyConfig | None = None) -
     Example:
         >>> run_toy_study("runs/toy", StudyConfig(quick=True))  # doctest: +SKIP
     """
-    from pcp_lens.reproduce.report import write_report
-
     cfg = cfg or StudyConfig()
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
+    # the toy model's matrices are 64 wide: thread start-up costs more than it saves
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(outp, cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(outp: Path, cfg: StudyConfig) -> dict:
     t0 = time.perf_counter()
     results: dict[str, Any] = {"config": cfg.__dict__, "torch": torch.__version__}
     replacements: dict[str, PCPReplacement] = {}
     for k in cfg.sentiments:
         results[f"{k}sent"] = study_model(k, cfg, outp, replacements)
+    (outp / "replacements").mkdir(exist_ok=True)
     for name, rep in replacements.items():
         rep.save(outp / "replacements" / f"{name}.safetensors")
     results["findings"] = findings(results)
