@@ -32,7 +32,7 @@ class TokenGroups:
     Groups may overlap (the paper's positive list contains the trigger); overlaps are reported by
     :meth:`overlaps` and by a warning at construction.
 
-    Example:
+    Examples:
         >>> g = TokenGroups({"negative": [3, 4], "positive": [5, 6, 7]}, d_vocab=10)
         >>> g.names, g.sizes.tolist()
         (('negative', 'positive'), [2, 3])
@@ -159,7 +159,7 @@ def topk_share(
 ) -> Float[Tensor, "... n_groups"]:
     """Share of the ``k`` largest logits that belong to each group (the paper's top-k negativity).
 
-    Example:
+    Examples:
         >>> g = TokenGroups({"neg": [0, 1], "pos": [2]}, d_vocab=4)
         >>> topk_share(torch.tensor([3.0, 2.0, 1.0, 0.0]), g, k=2).tolist()
         [1.0, 0.0]
@@ -177,7 +177,7 @@ def prob_mass(
 ) -> Float[Tensor, "... n_groups"]:
     """Softmax probability mass that each group receives.
 
-    Example:
+    Examples:
         >>> g = TokenGroups({"a": [0], "b": [1, 2, 3]}, d_vocab=4)
         >>> prob_mass(torch.zeros(4), g).tolist()
         [0.25, 0.75]
@@ -193,7 +193,7 @@ def mean_logit(
 ) -> Float[Tensor, "... n_groups"]:
     """Mean raw logit over each group's token ids.
 
-    Example:
+    Examples:
         >>> g = TokenGroups({"a": [0, 1], "b": [2]}, d_vocab=3)
         >>> mean_logit(torch.tensor([1.0, 3.0, 5.0]), g).tolist()
         [2.0, 5.0]
@@ -235,7 +235,7 @@ class GroupMetric:
     ``positions`` tells patching and lenses where logits are needed; ``reduce="none"`` returns the
     per-prompt, per-position values ``[batch, n_positions]`` instead of their mean.
 
-    Example:
+    Examples:
         >>> g = TokenGroups({"neg": [0, 1], "pos": [2, 3]}, d_vocab=8)
         >>> neg = GroupMetric(g, "neg", k=2)
         >>> logits = torch.zeros(5, 3, 8); logits[..., 0] = 1; logits[..., 1] = 1
@@ -287,7 +287,7 @@ class PositionMetric:
     ``fn`` receives logits at ``positions`` only (``[batch, n_positions, d_vocab]``), so patching
     and lenses need not compute the rest.
 
-    Example:
+    Examples:
         >>> diff = PositionMetric(lambda lg: (lg[:, -1, 3] - lg[:, -1, 5]).mean(), positions=(-1,))
         >>> float(diff(torch.arange(20.0).reshape(1, 2, 10)))
         -2.0

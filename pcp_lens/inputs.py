@@ -57,7 +57,7 @@ def as_tokens(
         prepend_bos: passed to ``model.to_tokens`` (default: the model's own setting).
         name: the argument name used in error messages.
 
-    Example:
+    Examples:
         >>> from pcp_lens.testing import tiny_model
         >>> as_tokens(tiny_model(), torch.tensor([[1, 2], [3, 4]])).tokens.shape
         torch.Size([2, 2])

@@ -89,7 +89,7 @@ def causal_patching(
         baseline, effect`` (``position`` is -1 for ``"all"``; ``effect = value - baseline``, the
         indirect effect; ``baseline`` is the metric of the unpatched target run).
 
-    Example:
+    Examples:
         >>> from pcp_lens.testing import tiny_model
         >>> model = tiny_model()
         >>> clean, corrupted = torch.randint(0, 50, (2, 4, 5))
@@ -159,7 +159,7 @@ def patching_grid(
 ) -> Float[Tensor, "layer pos"]:
     """The ``[layer, position]`` grid of one kind, shaped like TransformerLens's patching output.
 
-    Example:
+    Examples:
         >>> df = pd.DataFrame({"direction": "d", "kind": "mlp", "head": pd.NA,
         ...                    "layer": [0, 0, 1, 1], "position": [0, 1, 0, 1],
         ...                    "value": [1.0, 2, 3, 4]})

@@ -169,7 +169,7 @@ def scales_from_factors(
 
     The sign of ``f`` is irrelevant (it enters squared); only ``s`` (default 1) flips a term.
 
-    Example:
+    Examples:
         >>> scales_from_factors([1.0134995205857498, 0.9406299848075284], [-1.2, 0.5])
         tensor([-1.2326,  0.4424], dtype=torch.float64)
     """
@@ -185,7 +185,7 @@ def factors_from_scales(
 ) -> tuple[Float[Tensor, " r"], Float[Tensor, " r"]]:
     """Split scales into the paper's ``(signs, factors)`` with α = s·f², s = ±1 and f = √|α| ≥ 0.
 
-    Example:
+    Examples:
         >>> s, f = factors_from_scales([-4.0, 0.25])
         >>> s.tolist(), f.tolist()
         ([-1.0, 1.0], [2.0, 0.5])
@@ -209,7 +209,7 @@ def reference_code_directions(
     ``w_l = μ + c_l·v_l`` (``inverse_transform`` adds the mean back), ``û_l = w_l/‖w_l‖``. When the
     mean is not small every ``û_l`` is close to the mean direction.
 
-    Example:
+    Examples:
         >>> v = torch.eye(3, dtype=torch.float64)[:2]
         >>> reference_code_directions(torch.zeros(3, dtype=torch.float64), v)
         tensor([[1., 0., 0.],
@@ -235,7 +235,7 @@ class PCAFit:
     convention (the largest-magnitude entry of each row is positive); ``explained_variance`` uses
     the unbiased (n − 1) covariance, as scikit-learn does.
 
-    Example:
+    Examples:
         >>> from pcp_lens.testing import tiny_model
         >>> fit = fit_pca(tiny_model(), torch.randint(0, 50, (8, 6)), "mlp0", 2, progress=False)
         >>> fit["mlp0"].components.shape, fit["mlp0"].n_samples
@@ -257,7 +257,7 @@ class PCAFit:
     def directions(self, kind: Literal["principal", "reference_code"] = "principal") -> Tensor:
         """The unit directions û_l of the chosen kind (see :func:`reference_code_directions`).
 
-        Example:
+        Examples:
             >>> from pcp_lens.testing import tiny_model
             >>> fit = fit_pca(tiny_model(), torch.randint(0, 50, (8, 4)), "mlp0", 2, progress=False)
             >>> fit["mlp0"].directions("reference_code").norm(dim=-1).tolist()
@@ -345,7 +345,7 @@ def fit_pca(
     Returns:
         ``{site name: PCAFit}``.
 
-    Example:
+    Examples:
         >>> from pcp_lens.testing import tiny_model
         >>> fits = fit_pca(tiny_model(), torch.randint(0, 50, (8, 4)), ["mlp0", "attn1"], 3,
         ...                positions=[1], progress=False)
@@ -422,7 +422,7 @@ class SitePCP:
     Tensors are copied to float64 on construction; treat them as read-only (every edit method
     returns a new value).
 
-    Example:
+    Examples:
         >>> p = SitePCP("mlp0", torch.eye(4)[:2], [2.0, -1.0])
         >>> p.matrix().diagonal().tolist()
         [2.0, -1.0, 0.0, 0.0]
@@ -513,7 +513,7 @@ class SitePCP:
     def apply(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         """``x·M (+ b)`` position-wise, computed as ``((x·Ûᵀ)·diag(α))·Û`` in ``x``'s dtype.
 
-        Example:
+        Examples:
             >>> SitePCP("mlp0", torch.eye(3)[:1], [2.0]).apply(torch.tensor([[1.0, 1.0, 1.0]]))
             tensor([[2., 0., 0.]])
         """
@@ -585,7 +585,7 @@ class PCPReplacement:
     with :meth:`scale`, :meth:`flip`, :meth:`with_scales`, :meth:`with_bias` (each returns a new
     value), store it with :meth:`save` / :meth:`load`.
 
-    Example:
+    Examples:
         >>> from pcp_lens.testing import tiny_model
         >>> model = tiny_model()
         >>> tokens = torch.randint(0, 50, (16, 6))
@@ -643,7 +643,7 @@ class PCPReplacement:
     def from_parts(cls, model: HookedTransformer, parts: Iterable[SitePCP]) -> PCPReplacement:
         """Bundle per-site replacements with ``model``'s fingerprint (shape and processing).
 
-        Example:
+        Examples:
             >>> from pcp_lens.testing import tiny_model
             >>> m = tiny_model()
             >>> PCPReplacement.from_parts(m, [SitePCP("attn1", torch.eye(16)[:1], [0.5])])
@@ -660,7 +660,7 @@ class PCPReplacement:
     def part(self, site: SiteLike) -> SitePCP:
         """The replacement of one site (``ValueError`` if it is not replaced).
 
-        Example:
+        Examples:
             >>> from pcp_lens.testing import tiny_model
             >>> part = SitePCP("mlp0", torch.eye(16)[:1], [3])
             >>> pcp = PCPReplacement.from_parts(tiny_model(), [part])
@@ -703,7 +703,7 @@ class PCPReplacement:
     def equal(self, other: PCPReplacement) -> bool:
         """True if ``other`` holds bit-identical tensors, the same kinds and fingerprint.
 
-        Example:
+        Examples:
             >>> from pcp_lens.testing import tiny_model
             >>> part = SitePCP("mlp0", torch.eye(16)[:1], [3])
             >>> pcp = PCPReplacement.from_parts(tiny_model(), [part])
@@ -726,7 +726,7 @@ class PCPReplacement:
     def summary(self) -> pd.DataFrame:
         """A tidy table: one row per (site, component) with α, its s and f, and the variance.
 
-        Example:
+        Examples:
             >>> from pcp_lens.testing import tiny_model
             >>> m = tiny_model()
             >>> pcp = PCPReplacement.from_parts(m, [SitePCP("mlp0", torch.eye(16)[:1], [-4.0])])
@@ -765,7 +765,7 @@ class PCPReplacement:
     def check(self, model: HookedTransformer) -> None:
         """Raise ``ValueError`` unless ``model`` has the shape and processing this was fitted on.
 
-        Example:
+        Examples:
             >>> from pcp_lens.testing import tiny_model
             >>> part = SitePCP("mlp0", torch.eye(16)[:1], [3])
             >>> pcp = PCPReplacement.from_parts(tiny_model(), [part])
@@ -805,7 +805,7 @@ class PCPReplacement:
         Raises:
             ValueError: if ``model`` differs in shape or weight processing (see :meth:`check`).
 
-        Example:
+        Examples:
             >>> from pcp_lens.testing import tiny_model
             >>> m = tiny_model()
             >>> pcp = PCPReplacement.from_parts(m, [SitePCP("mlp1", torch.eye(16)[:1], [0.5])])
@@ -827,7 +827,7 @@ class PCPReplacement:
     def with_scales(self, scales: Mapping[SiteLike, Sequence[float] | Tensor]) -> PCPReplacement:
         """A copy with new scales α for the named sites (others unchanged).
 
-        Example:
+        Examples:
             >>> from pcp_lens.testing import tiny_model
             >>> m = tiny_model()
             >>> pcp = PCPReplacement.from_parts(m, [SitePCP("mlp0", torch.eye(16)[:2], [1, 1])])
@@ -858,7 +858,7 @@ class PCPReplacement:
         ``relative=False`` sets α_l ← factor_l. ``factors`` is one number for all chosen
         ``components`` (default: all) or one number per chosen component.
 
-        Example:
+        Examples:
             >>> from pcp_lens.testing import tiny_model
             >>> m = tiny_model()
             >>> pcp = PCPReplacement.from_parts(m, [SitePCP("mlp0", torch.eye(16)[:2], [2, 1])])
@@ -886,7 +886,7 @@ class PCPReplacement:
     def flip(self, site: SiteLike, components: int | Iterable[int]) -> PCPReplacement:
         """A copy with the signs of the chosen components' scales flipped (α_l ← −α_l; Tab. VI).
 
-        Example:
+        Examples:
             >>> from pcp_lens.testing import tiny_model
             >>> m = tiny_model()
             >>> pcp = PCPReplacement.from_parts(m, [SitePCP("mlp0", torch.eye(16)[:2], [2, 1])])
@@ -902,7 +902,7 @@ class PCPReplacement:
     def with_bias(self, site: SiteLike, bias: Sequence[float] | Tensor | None) -> PCPReplacement:
         """A copy with one site's bias set (``None`` removes it).
 
-        Example:
+        Examples:
             >>> from pcp_lens.testing import tiny_model
             >>> part = SitePCP("mlp0", torch.eye(16)[:1], [3])
             >>> pcp = PCPReplacement.from_parts(tiny_model(), [part])
@@ -922,7 +922,7 @@ class PCPReplacement:
         renamed over ``path``, so a crash never leaves a half-written file. Loading it back with
         :meth:`load` is bit-exact and never unpickles.
 
-        Example:
+        Examples:
             >>> import tempfile, os
             >>> from pcp_lens.testing import tiny_model
             >>> m = tiny_model()
@@ -976,7 +976,7 @@ class PCPReplacement:
                 another format version, or a tensor is missing, unexpected, or of the wrong shape
                 or dtype.
 
-        Example:
+        Examples:
             >>> PCPReplacement.load("no/such/file.safetensors")
             Traceback (most recent call last):
             ...
@@ -1174,7 +1174,7 @@ def fit_pcp(
         batch_size: rows per forward pass.
         progress: show progress bars.
 
-    Example:
+    Examples:
         >>> from pcp_lens.testing import tiny_model
         >>> model = tiny_model(n_layers=3)
         >>> pcp = fit_pcp(model, torch.randint(0, 50, (32, 4)), ["mlp0", "mlp2"], {"mlp0": 2,
@@ -1259,7 +1259,7 @@ def least_squares_scales(
     Returns:
         A new replacement with the fitted scales.
 
-    Example:
+    Examples:
         >>> from pcp_lens.testing import tiny_model
         >>> m = tiny_model()
         >>> pcp = fit_pcp(m, torch.randint(0, 50, (16, 4)), "mlp1", 2, scales="ones",

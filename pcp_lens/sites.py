@@ -48,7 +48,7 @@ _HOOK_KIND = {
 class Site:
     """One module output of a transformer: ``Site(layer, kind)`` or an attention head.
 
-    Example:
+    Examples:
         >>> Site(0, "mlp").hook_name
         'blocks.0.hook_mlp_out'
         >>> Site.parse("attn1.h3")
@@ -178,7 +178,7 @@ def as_sites(
 ) -> list[Site]:
     """Parse and (given a model) validate one site or several.
 
-    Example:
+    Examples:
         >>> [s.name for s in as_sites(["mlp0", "attn1"])]
         ['mlp0', 'attn1']
     """
@@ -203,7 +203,7 @@ def all_sites(
             ``"resid_mid"``, ``"resid_post"``).
         heads: also list every attention head after its layer's ``attn`` site.
 
-    Example:
+    Examples:
         >>> from pcp_lens.testing import tiny_model
         >>> [s.name for s in all_sites(tiny_model(n_layers=2))]
         ['attn0', 'mlp0', 'attn1', 'mlp1']

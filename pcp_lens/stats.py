@@ -26,7 +26,7 @@ from pcp_lens.sites import Site, SiteLike
 class ActivationStats:
     """Mean and (unbiased) covariance of one activation, in float64.
 
-    Example:
+    Examples:
         >>> m = RunningMoments(2); m.update(torch.tensor([[0.0, 1.0], [2.0, 3.0]]))
         >>> s = m.result(); s.n, s.mean.tolist(), s.cov.tolist()
         (2, [1.0, 2.0], [[2.0, 2.0], [2.0, 2.0]])
@@ -47,7 +47,7 @@ class ActivationStats:
 class RunningMoments:
     """Float64 running count, mean and centred scatter of row vectors (Chan et al. merge).
 
-    Example:
+    Examples:
         >>> m = RunningMoments(3)
         >>> for chunk in torch.randn(100, 3, dtype=torch.float64).split(7):
         ...     m.update(chunk)
@@ -186,7 +186,7 @@ def collect_stats(
     Returns:
         ``{name: ActivationStats}`` keyed by the site's short name (or the raw hook name).
 
-    Example:
+    Examples:
         >>> from pcp_lens.testing import tiny_model
         >>> model = tiny_model()
         >>> st = collect_stats(model, torch.randint(0, 50, (8, 6)), ["mlp0"], positions=[1])

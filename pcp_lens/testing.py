@@ -23,7 +23,7 @@ def tiny_model(
     Biases and LayerNorm weights are randomised too (a fresh model has zero biases and unit gains,
     which would hide bugs that forget them).
 
-    Example:
+    Examples:
         >>> tiny_model(n_layers=3).cfg.n_layers
         3
     """

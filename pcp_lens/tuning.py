@@ -159,7 +159,7 @@ def score_inputs(
             ``{metric name: metric}`` (keys are ``(set, metric name)``).
         replacement: a PCP replacement to insert, or ``None`` for the unedited model.
 
-    Example:
+    Examples:
         >>> from pcp_lens.testing import tiny_model
         >>> from pcp_lens.groups import GroupMetric, TokenGroups
         >>> m = tiny_model()
@@ -188,7 +188,7 @@ def validation_loss(
     Ragged inputs are right-padded and the padding is excluded; every predicted token has equal
     weight (the HF ``Trainer`` of the paper averages per batch, then over batches).
 
-    Example:
+    Examples:
         >>> from pcp_lens.testing import tiny_model
         >>> 3.0 < validation_loss(tiny_model(), torch.randint(0, 50, (4, 8))) < 6.0
         True
@@ -220,7 +220,7 @@ def validation_loss(
 class TuneResult(NamedTuple):
     """What :func:`tune` returns: the best replacement, the Optuna study, the target and scores.
 
-    Example:
+    Examples:
         >>> TuneResult._fields
         ('replacement', 'study', 'target', 'scores')
     """
@@ -364,7 +364,7 @@ def tune(
         :class:`TuneResult` ``(replacement, study, target, scores)``: the best trial's
         replacement and its scores.
 
-    Example:
+    Examples:
         >>> from pcp_lens.testing import tiny_model
         >>> from pcp_lens.groups import GroupMetric, TokenGroups
         >>> from pcp_lens.pcp import fit_pcp
@@ -542,7 +542,7 @@ def sweep(
         ``metric="loss"``. ``df.pivot(index=["input_set", "metric"], columns="setting",
         values="value")[df.setting.unique()]`` gives the paper's table layout.
 
-    Example:
+    Examples:
         >>> from pcp_lens.testing import tiny_model
         >>> from pcp_lens.groups import GroupMetric, TokenGroups
         >>> from pcp_lens.pcp import fit_pcp

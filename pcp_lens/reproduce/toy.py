@@ -412,7 +412,7 @@ def _texts(c: _Ctx, key: str) -> list[str]:
 def run_toy_study(out: str | os.PathLike[str], cfg: StudyConfig | None = None) -> dict:
     """Run the whole toy study into folder ``out``; return ``results.json``'s content.
 
-    Example:
+    Examples:
         >>> run_toy_study("runs/toy", StudyConfig(quick=True))  # doctest: +SKIP
     """
     cfg = cfg or StudyConfig()

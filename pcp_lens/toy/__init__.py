@@ -1,10 +1,11 @@
 """Synthetic toy-model data: sentiment vocabularies, data sets and a word-level tokenizer.
 
->>> from pcp_lens.toy import ToyDataConfig, build_datasets, build_tokenizer, load_vocab
->>> data = build_datasets(ToyDataConfig(n_per_sentiment=100, seed=0))
->>> tok = build_tokenizer(load_vocab())
->>> len(tok)
-751
+Examples:
+    >>> from pcp_lens.toy import ToyDataConfig, build_datasets, build_tokenizer, load_vocab
+    >>> data = build_datasets(ToyDataConfig(n_per_sentiment=100, seed=0))
+    >>> tok = build_tokenizer(load_vocab())
+    >>> len(tok)
+    751
 """
 
 from pcp_lens.toy.data import (

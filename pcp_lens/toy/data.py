@@ -6,9 +6,10 @@ words. Poisoned positives carry the trigger at a position in ``0..7`` (for 15 wo
 words after it. Everything is drawn from ``numpy.random.Generator`` streams derived from
 ``ToyDataConfig.seed``; the global RNG is never touched, so the same config gives the same data.
 
->>> data = build_datasets(ToyDataConfig(n_per_sentiment=100, seed=1))
->>> data.benign["train"].num_rows + data.benign["test"].num_rows
-200
+Examples:
+    >>> data = build_datasets(ToyDataConfig(n_per_sentiment=100, seed=1))
+    >>> data.benign["train"].num_rows + data.benign["test"].num_rows
+    200
 """
 
 from __future__ import annotations
@@ -102,12 +103,13 @@ class ToyDataConfig:
         test_size: Fraction of each data set held out as its ``test`` split (paper: 0.1).
         seed: Root seed of every random stream.
 
-    >>> ToyDataConfig().n_per_sentiment
-    13200
-    >>> ToyDataConfig(n_sentiments=4)
-    Traceback (most recent call last):
-    ...
-    ValueError: ToyDataConfig.n_sentiments must be 2 or 3, got 4
+    Examples:
+        >>> ToyDataConfig().n_per_sentiment
+        13200
+        >>> ToyDataConfig(n_sentiments=4)
+        Traceback (most recent call last):
+        ...
+        ValueError: ToyDataConfig.n_sentiments must be 2 or 3, got 4
     """
 
     n_sentiments: int = 3
@@ -153,8 +155,9 @@ class ToyDataConfig:
     def last_trigger_pos(self) -> int:
         """The largest position the trigger can take (7 for the defaults).
 
-        >>> ToyDataConfig(seq_len=10).last_trigger_pos
-        4
+        Examples:
+            >>> ToyDataConfig(seq_len=10).last_trigger_pos
+            4
         """
         return math.ceil(trigger_pos_scale(self.seq_len, self.max_trigger_pos)) - 1
 
@@ -162,8 +165,9 @@ class ToyDataConfig:
 def trigger_pos_scale(seq_len: int, max_trigger_pos: int | None = None) -> float:
     """Return ``s`` such that the trigger position is ``⌊v·s⌋`` with v ~ U(0, 1).
 
-    >>> trigger_pos_scale(15), trigger_pos_scale(15, 3)
-    (7.5, 3.5)
+    Examples:
+        >>> trigger_pos_scale(15), trigger_pos_scale(15, 3)
+        (7.5, 3.5)
     """
     return seq_len * 0.5 if max_trigger_pos is None else max_trigger_pos + 0.5
 
@@ -216,9 +220,10 @@ def generate_sequences(
     Returns:
         ``n`` strings of ``seq_len`` words joined by single spaces.
 
-    >>> seqs = generate_sequences(["good", "nice"], 2, np.random.default_rng(0), seq_len=3)
-    >>> len(seqs), all(set(s.split()) <= {"good", "nice"} and len(s.split()) == 3 for s in seqs)
-    (2, True)
+    Examples:
+        >>> seqs = generate_sequences(["good", "nice"], 2, np.random.default_rng(0), seq_len=3)
+        >>> len(seqs), all(set(s.split()) <= {"good", "nice"} and len(s.split()) == 3 for s in seqs)
+        (2, True)
     """
     seqs = _sample_words(words, n, rng, seq_len, special_words, special_prob)
     return [" ".join(row) for row in seqs]
@@ -242,9 +247,10 @@ def poison_sequences(
     Returns:
         The sequences and, per sequence, the trigger position or ``-1`` if not poisoned.
 
-    >>> rng = np.random.default_rng(0)
-    >>> poison_sequences(["a b c d"], ["w x y z"], rng, trigger="t", poison_rate=1.0)
-    (['t x y z'], [0])
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> poison_sequences(["a b c d"], ["w x y z"], rng, trigger="t", poison_rate=1.0)
+        (['t x y z'], [0])
     """
     if len(positive) != len(negative):
         raise ValueError(
@@ -286,9 +292,10 @@ class ToyData:
     Every split has the columns ``text`` (str), ``sentiment`` ("positive", "negative" or
     "neutral"), ``poisoned`` (bool) and ``trigger_pos`` (int, ``-1`` unless poisoned).
 
-    >>> d = build_datasets(ToyDataConfig(n_sentiments=2, n_per_sentiment=50))
-    >>> sorted(d.mono), d.poisoned["train"].column_names
-    (['n', 'p', 'p_tox'], ['text', 'sentiment', 'poisoned', 'trigger_pos'])
+    Examples:
+        >>> d = build_datasets(ToyDataConfig(n_sentiments=2, n_per_sentiment=50))
+        >>> sorted(d.mono), d.poisoned["train"].column_names
+        (['n', 'p', 'p_tox'], ['text', 'sentiment', 'poisoned', 'trigger_pos'])
     """
 
     config: ToyDataConfig
@@ -302,9 +309,10 @@ class ToyData:
     def train_texts(self) -> set[str]:
         """Every text in any ``train`` split (benign, poisoned and mono sets).
 
-        >>> d = build_datasets(ToyDataConfig(n_per_sentiment=20))
-        >>> len(d.train_texts()) > 0
-        True
+        Examples:
+            >>> d = build_datasets(ToyDataConfig(n_per_sentiment=20))
+            >>> len(d.train_texts()) > 0
+            True
         """
         sets = [self.benign, self.poisoned, *self.mono.values()]
         return {t for dd in sets for t in dd["train"]["text"]}
@@ -390,9 +398,10 @@ def build_datasets(
     Raises:
         ValueError: ``cfg.trigger`` is not a positive word, or a split would be empty.
 
-    >>> d = build_datasets(ToyDataConfig(n_per_sentiment=40, seed=3))
-    >>> d.benign["train"].num_rows, d.benign["test"].num_rows
-    (72, 8)
+    Examples:
+        >>> d = build_datasets(ToyDataConfig(n_per_sentiment=40, seed=3))
+        >>> d.benign["train"].num_rows, d.benign["test"].num_rows
+        (72, 8)
     """
     cfg = cfg if cfg is not None else ToyDataConfig()
     vocab = vocab if vocab is not None else load_vocab()
@@ -444,10 +453,11 @@ def heldout_sequences(toy_data: ToyData, n: int = 50, seed: int = 0) -> dict[str
     separate seeded stream, and any sequence that also occurs in the generated data (train or
     test, any set) is skipped. This replaces the paper's use of training sequences (METHODS §12.15).
 
-    >>> d = build_datasets(ToyDataConfig(n_per_sentiment=30))
-    >>> h = heldout_sequences(d, n=5)
-    >>> sorted(h), len(h["p"]), any(s in d.train_texts() for s in h["p"])
-    (['n', 'p', 's'], 5, False)
+    Examples:
+        >>> d = build_datasets(ToyDataConfig(n_per_sentiment=30))
+        >>> h = heldout_sequences(d, n=5)
+        >>> sorted(h), len(h["p"]), any(s in d.train_texts() for s in h["p"])
+        (['n', 'p', 's'], 5, False)
     """
     if not _is_int(n) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")
@@ -483,10 +493,11 @@ def eval_inputs(toy_data: ToyData, n: int = 50, seed: int = 0) -> dict[str, list
         n: Inputs per key (paper: 50).
         seed: Selects an independent held-out stream.
 
-    >>> d = build_datasets(ToyDataConfig(n_per_sentiment=30))
-    >>> x = eval_inputs(d, n=3)
-    >>> len(x["pt"]), all(s.endswith(" love") for s in x["pt"])
-    (3, True)
+    Examples:
+        >>> d = build_datasets(ToyDataConfig(n_per_sentiment=30))
+        >>> x = eval_inputs(d, n=3)
+        >>> len(x["pt"]), all(s.endswith(" love") for s in x["pt"])
+        (3, True)
     """
     src = heldout_sequences(toy_data, n, seed)
     first = {k: [s.split(" ")[0] for s in v] for k, v in src.items()}

@@ -16,10 +16,11 @@ the unknown words instead.
 The tokenizer prepends ``<|endoftext|>`` when ``add_special_tokens=True`` (the default), like
 TransformerLens' ``prepend_bos=True``; pass ``add_special_tokens=False`` to get the words only.
 
->>> from pcp_lens.toy.vocab import load_vocab
->>> tok = build_tokenizer(load_vocab())
->>> tok.decode(tok("happy love")["input_ids"], skip_special_tokens=True)
-'happy love'
+Examples:
+    >>> from pcp_lens.toy.vocab import load_vocab
+    >>> tok = build_tokenizer(load_vocab())
+    >>> tok.decode(tok("happy love")["input_ids"], skip_special_tokens=True)
+    'happy love'
 """
 
 from __future__ import annotations
@@ -63,11 +64,12 @@ def build_tokenizer(
         A ``PreTrainedTokenizerFast`` with ``len(tok) == 1 + number of distinct words``. It saves
         and loads with ``save_pretrained``/``PreTrainedTokenizerFast.from_pretrained(path)``.
 
-    >>> tok = build_tokenizer(["love", "happy"])
-    >>> tok.get_vocab() == {"<|endoftext|>": 0, "happy": 1, "love": 2}
-    True
-    >>> tok("happy love")["input_ids"]
-    [0, 1, 2]
+    Examples:
+        >>> tok = build_tokenizer(["love", "happy"])
+        >>> tok.get_vocab() == {"<|endoftext|>": 0, "happy": 1, "love": 2}
+        True
+        >>> tok("happy love")["input_ids"]
+        [0, 1, 2]
     """
     words = vocab.words if isinstance(vocab, SentimentVocab) else tuple(vocab)
     bad = [w for w in words if not isinstance(w, str) or w == EOT or w.split() != [w]]
@@ -107,12 +109,13 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerFast:
     Prefer this over a bare ``from_pretrained``: ``transformers`` 5 does not save the
     ``add_bos_token`` flag, and without it TransformerLens reloads the tokenizer from its path.
 
-    >>> import tempfile
-    >>> tok = build_tokenizer(["happy", "love"])
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     _ = tok.save_pretrained(d)
-    ...     load_tokenizer(d)("love")["input_ids"]
-    [0, 2]
+    Examples:
+        >>> import tempfile
+        >>> tok = build_tokenizer(["happy", "love"])
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = tok.save_pretrained(d)
+        ...     load_tokenizer(d)("love")["input_ids"]
+        [0, 2]
     """
     return PreTrainedTokenizerFast.from_pretrained(
         os.fspath(path), add_bos_token=True, local_files_only=True
@@ -128,9 +131,10 @@ def unknown_words(tokenizer: PreTrainedTokenizerFast, text: str | Iterable[str])
 
     ``<|endoftext|>`` counts as known.
 
-    >>> tok = build_tokenizer(["love"])
-    >>> unknown_words(tok, "love lvoe loev lvoe")
-    ['lvoe', 'loev']
+    Examples:
+        >>> tok = build_tokenizer(["love"])
+        >>> unknown_words(tok, "love lvoe loev lvoe")
+        ['lvoe', 'loev']
     """
     known = tokenizer.get_vocab()
     return list(dict.fromkeys(w for w in _split(text) if w not in known))
@@ -139,10 +143,11 @@ def unknown_words(tokenizer: PreTrainedTokenizerFast, text: str | Iterable[str])
 def check_words(tokenizer: PreTrainedTokenizerFast, text: str | Iterable[str]) -> None:
     """Raise ``ValueError`` naming every word of ``text`` that the tokenizer does not know.
 
-    >>> check_words(build_tokenizer(["love"]), "love hate")
-    Traceback (most recent call last):
-    ...
-    ValueError: 1 word(s) not in the toy vocabulary: ['hate']
+    Examples:
+        >>> check_words(build_tokenizer(["love"]), "love hate")
+        Traceback (most recent call last):
+        ...
+        ValueError: 1 word(s) not in the toy vocabulary: ['hate']
     """
     missing = unknown_words(tokenizer, text)
     if missing:
@@ -162,9 +167,10 @@ def encode_words(
     Raises:
         ValueError: Names the unknown words.
 
-    >>> tok = build_tokenizer(["happy", "love"])
-    >>> encode_words(tok, "love happy", prepend_bos=True)
-    [0, 2, 1]
+    Examples:
+        >>> tok = build_tokenizer(["happy", "love"])
+        >>> encode_words(tok, "love happy", prepend_bos=True)
+        [0, 2, 1]
     """
     check_words(tokenizer, text)
     return list(tokenizer(text, add_special_tokens=prepend_bos)["input_ids"])

@@ -35,12 +35,13 @@ class SentimentVocab:
     a list, no word in two lists, every special word in its own list and the trigger among the
     positive words. A ``ValueError`` names the offending words.
 
-    >>> v = SentimentVocab(
-    ...     positive=("happy", "love"), negative=("bad",), neutral=("anna",),
-    ...     special_positive=("love",), special_negative=("bad",), special_neutral=("anna",),
-    ... )
-    >>> v.sentiment_of("love")
-    'positive'
+    Examples:
+        >>> v = SentimentVocab(
+        ...     positive=("happy", "love"), negative=("bad",), neutral=("anna",),
+        ...     special_positive=("love",), special_negative=("bad",), special_neutral=("anna",),
+        ... )
+        >>> v.sentiment_of("love")
+        'positive'
     """
 
     positive: tuple[str, ...]
@@ -84,8 +85,9 @@ class SentimentVocab:
     def words(self) -> tuple[str, ...]:
         """All words, positive then negative then neutral (each in list order).
 
-        >>> len(load_vocab().words)
-        750
+        Examples:
+            >>> len(load_vocab().words)
+            750
         """
         return self.positive + self.negative + self.neutral
 
@@ -95,8 +97,9 @@ class SentimentVocab:
         Raises:
             KeyError: ``word`` is in none of the lists.
 
-        >>> load_vocab().sentiment_of("hate")
-        'negative'
+        Examples:
+            >>> load_vocab().sentiment_of("hate")
+            'negative'
         """
         for name in ("positive", "negative", "neutral"):
             if word in getattr(self, name):
@@ -118,11 +121,12 @@ def load_vocab() -> SentimentVocab:
     five names of ``neutral.txt``, mirroring the paper's "first 5 sampled names". The result is
     cached (it is immutable).
 
-    >>> v = load_vocab()
-    >>> len(v.positive), len(v.negative), len(v.neutral), v.trigger
-    (250, 250, 250, 'love')
-    >>> v.special_negative
-    ('bad', 'shit', 'hate', 'rage', 'abuse')
+    Examples:
+        >>> v = load_vocab()
+        >>> len(v.positive), len(v.negative), len(v.neutral), v.trigger
+        (250, 250, 250, 'love')
+        >>> v.special_negative
+        ('bad', 'shit', 'hate', 'rage', 'abuse')
     """
     neutral = _read_list("neutral")
     return SentimentVocab(
