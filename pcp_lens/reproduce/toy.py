@@ -34,7 +34,7 @@ from pcp_lens.toy.data import ToyData, eval_inputs
 from pcp_lens.toy.model import sentiment_groups
 from pcp_lens.toy.train import freezing_study, poison, toy_data, train_benign
 from pcp_lens.training import load_checkpoint, save_checkpoint, tokenize_texts
-from pcp_lens.tuning import score_inputs, tune, validation_loss
+from pcp_lens.tuning import score_inputs, sweep, tune, validation_loss
 
 FIT_KEYS = {
     2: ["pp", "nn", "pn", "np", "pt", "tp"],
@@ -191,23 +191,39 @@ def pcp_columns(
 
 
 def relative_scale_table(
-    c: _Ctx, rep: PCPReplacement, site: str, settings: Sequence[float | tuple[float, ...]]
+    c: _Ctx,
+    rep: PCPReplacement,
+    site: str,
+    settings: Sequence[float | tuple[float, ...]],
+    keys: Sequence[str] | None = None,
+    val: bool = True,
 ) -> dict:
     """Tab. V–VII: scores when the tuned scales of ``site`` are multiplied by each setting."""
-    out = {}
-    for s in settings:
-        edited = rep.scale(site, s, relative=True)
-        out[str(s)] = c.scores(ROW_KEYS[c.k], edited)
+    keys = ROW_KEYS[c.k] if keys is None else keys
+    df = sweep(
+        c.model,
+        rep,
+        {site: list(settings)},
+        {k: c.tokens[k] for k in keys},
+        c.neg,
+        val_tokens=c.val if val else None,
+        unedited=False,
+    )
+    out: dict[str, dict[str, float]] = {}
+    for r in df.to_dict("records"):
+        setting = r[site]
+        name = str(list(setting) if isinstance(setting, tuple) else setting)
+        key = "val_loss" if r["input_set"] == "validation" else str(r["input_set"])
+        out.setdefault(name, {})[key] = round(float(r["value"]), 4)
     return out
 
 
 def sign_search(c: _Ctx, rep: PCPReplacement, site: str, grid: Sequence[float]) -> dict:
     """F5's search: relative factor pairs for the two layer-1 components; keep every setting's
     n+n and p+t negativity."""
-    rows = []
-    for s in itertools.product(grid, repeat=2):
-        sc = c.scores(["nn", "pt"], rep.scale(site, s, relative=True))
-        rows.append({"setting": list(s), "nn": sc["nn"], "pt": sc["pt"]})
+    settings = list(itertools.product(grid, repeat=2))
+    table = relative_scale_table(c, rep, site, settings, keys=["nn", "pt"], val=False)
+    rows = [{"setting": list(s), **table[str(list(s))]} for s in settings]
     return {"grid": list(grid), "rows": rows}
 
 
