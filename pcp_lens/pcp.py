@@ -31,9 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -45,6 +43,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from pcp_lens import _tl
+from pcp_lens._io import atomic_file, check_format
 from pcp_lens._tl import HookedTransformer
 from pcp_lens.inputs import Inputs, as_tokens
 from pcp_lens.sites import MODULE_KINDS, Site, SiteLike
@@ -954,16 +953,8 @@ class PCPReplacement:
             "fingerprint": dict(self.fingerprint),
             "sites": sites_meta,
         }
-        folder = path.parent if str(path.parent) else Path(".")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"pcp_lens": json.dumps(meta, sort_keys=True)})
-            os.replace(tmp, path)
-        except BaseException:
-            with suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with atomic_file(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"pcp_lens": json.dumps(meta, sort_keys=True)})
         return path
 
     @classmethod
@@ -1019,13 +1010,7 @@ def _from_saved(
         raise bad(f"the 'pcp_lens' metadata is not valid JSON ({e})") from e
     if not isinstance(meta, dict):
         raise bad(f"the 'pcp_lens' metadata must be a JSON object, got {type(meta).__name__}")
-    if meta.get("format") != FORMAT:
-        raise bad(f"metadata 'format' must be {FORMAT!r}, got {meta.get('format')!r}")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise bad(
-            f"metadata 'format_version' must be {FORMAT_VERSION} (this pcp_lens reads only "
-            f"that), got {meta.get('format_version')!r}"
-        )
+    check_format(meta, FORMAT, FORMAT_VERSION, bad, prefix="metadata ")
     fp = meta.get("fingerprint")
     if not isinstance(fp, dict) or not isinstance(fp.get("d_model"), int):
         raise bad(f"metadata 'fingerprint' must be an object with an int 'd_model', got {fp!r}")

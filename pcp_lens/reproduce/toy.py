@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 
 from pcp_lens import _tl
+from pcp_lens._io import write_text_atomic
 from pcp_lens.ablation import ablation_means, ablation_sweep
 from pcp_lens.groups import GroupMetric
 from pcp_lens.inputs import as_tokens
@@ -455,8 +455,8 @@ def _run(outp: Path, cfg: StudyConfig) -> dict:
         rep.save(outp / "replacements" / f"{name}.safetensors")
     results["findings"] = findings(results)
     results["seconds_total"] = round(time.perf_counter() - t0, 1)
-    _atomic_write(outp / "results.json", json.dumps(results, indent=1, default=_json_default))
-    _atomic_write(outp / "report.md", write_report(results))
+    write_text_atomic(outp / "results.json", json.dumps(results, indent=1, default=_json_default))
+    write_text_atomic(outp / "report.md", write_report(results))
     return results
 
 
@@ -466,10 +466,3 @@ def _json_default(x: Any) -> Any:
     if isinstance(x, tuple):
         return list(x)
     return str(x)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)

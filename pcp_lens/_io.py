@@ -1,0 +1,61 @@
+"""Atomic file writes and format checks shared by everything pcp_lens saves."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it over ``path``.
+
+    A crash or an exception never leaves a half-written ``path`` (nor the temporary file).
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     with atomic_file(Path(d) / "a.txt") as tmp:
+        ...         _ = tmp.write_text("hi")
+        ...     sorted(p.name for p in Path(d).iterdir())
+        ['a.txt']
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` atomically; return the path."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def check_format(
+    meta: Mapping[str, Any],
+    fmt: str,
+    version: int,
+    bad: Callable[[str], Exception],
+    prefix: str = "",
+) -> None:
+    """Refuse metadata of another format or format version (``bad(msg)`` builds the error)."""
+    if meta.get("format") != fmt:
+        raise bad(f"{prefix}'format' must be {fmt!r}, got {meta.get('format')!r}")
+    if meta.get("format_version") != version:
+        raise bad(
+            f"{prefix}'format_version' must be {version} (this pcp_lens reads only that), got "
+            f"{meta.get('format_version')!r}"
+        )
