@@ -28,7 +28,7 @@ reproduce: setup
 
 lint: setup
 	$(BIN)/ruff check pcp_lens tests examples benchmarks scripts
-	$(BIN)/pyright
+	$(BIN)/pyright --pythonpath $(BIN)/python
 
 docs: setup
 	$(BIN)/mkdocs build --strict -q
