@@ -32,8 +32,16 @@ from pcp_lens.reproduce.report import write_report
 from pcp_lens.sites import all_sites
 from pcp_lens.toy.data import ToyData, eval_inputs
 from pcp_lens.toy.model import sentiment_groups
-from pcp_lens.toy.train import freezing_study, poison, toy_data, train_benign
-from pcp_lens.training import load_checkpoint, save_checkpoint, tokenize_texts
+from pcp_lens.toy.train import (
+    ToyRun,
+    freezing_study,
+    load_run,
+    poison,
+    save_run,
+    toy_data,
+    train_benign,
+)
+from pcp_lens.training import tokenize_texts
 from pcp_lens.tuning import score_inputs, sweep, tune, validation_loss
 
 FIT_KEYS = {
@@ -68,7 +76,8 @@ class _Ctx:
 
     k: int
     data: ToyData
-    benign: Any
+    benign: ToyRun
+    poisoned: ToyRun
     model: Any
     tokens: dict[str, torch.Tensor]
     neg: GroupMetric
@@ -83,7 +92,7 @@ class _Ctx:
         return out
 
 
-def _train(k: int, cfg: StudyConfig, models: Path) -> tuple[ToyData, Any, Any, dict]:
+def _train(k: int, cfg: StudyConfig, models: Path) -> tuple[ToyData, ToyRun, ToyRun, dict]:
     data = toy_data(k, quick=cfg.quick, seed=cfg.seed)
     dirs = {
         name: models / f"{k}sent_{name}{'_quick' if cfg.quick else ''}"
@@ -91,25 +100,24 @@ def _train(k: int, cfg: StudyConfig, models: Path) -> tuple[ToyData, Any, Any, d
     }
     info: dict[str, Any] = {}
     if all((d / "config.json").exists() for d in dirs.values()):
-        benign = load_checkpoint(dirs["benign"]).model
-        pois = load_checkpoint(dirs["poisoned"]).model
         info["reused_checkpoints"] = True
-        return data, benign, pois, info
+        return data, load_run(dirs["benign"]), load_run(dirs["poisoned"]), info
     t0 = time.perf_counter()
     b = train_benign(data, quick=cfg.quick, progress=cfg.progress)
     info["benign_seconds"] = round(time.perf_counter() - t0, 1)
-    info["benign_history"] = b.history.round(4).to_dict(orient="list")
     t0 = time.perf_counter()
     p = poison(b.model, data, quick=cfg.quick, progress=cfg.progress)
     info["poison_seconds"] = round(time.perf_counter() - t0, 1)
-    info["poison_history"] = p.history.round(4).to_dict(orient="list")
-    save_checkpoint(b.model, dirs["benign"], tokenizer=b.tokenizer)
-    save_checkpoint(p.model, dirs["poisoned"], tokenizer=p.tokenizer)
-    return data, b.model, p.model, info
+    save_run(b, dirs["benign"])
+    save_run(p, dirs["poisoned"])
+    return data, b, p, info
 
 
 def _context(k: int, cfg: StudyConfig, models: Path) -> tuple[_Ctx, dict]:
-    data, benign, model, info = _train(k, cfg, models)
+    data, benign, pois, info = _train(k, cfg, models)
+    model = pois.model
+    info["benign_history"] = benign.history.round(4).to_dict(orient="list")
+    info["poison_history"] = pois.history.round(4).to_dict(orient="list")
     inputs = eval_inputs(data, n=cfg.n_eval, seed=cfg.seed)
     tokens = {key: as_tokens(model, texts).tokens for key, texts in inputs.items()}
     groups = sentiment_groups(model.tokenizer, data.vocab, model.cfg.d_vocab)
@@ -117,8 +125,8 @@ def _context(k: int, cfg: StudyConfig, models: Path) -> tuple[_Ctx, dict]:
     pos = GroupMetric(groups, "positive", k=10, positions=(-1,))
     n_val = 400 if cfg.quick else 2640
     texts = list(data.poisoned["test"]["text"])[:n_val]
-    val = tokenize_texts(model.tokenizer, texts, model.cfg.n_ctx).tokens
-    return _Ctx(k, data, benign, model, tokens, neg, pos, val), info
+    val = tokenize_texts(model, texts).tokens  # follows the model's own bos setting
+    return _Ctx(k, data, benign, pois, model, tokens, neg, pos, val), info
 
 
 # -- tables --------------------------------------------------------------------------------------
@@ -350,6 +358,9 @@ def findings(r: dict) -> dict:
         all(b < a for a, b in drops.values()),
         f"p+t negativity unfrozen vs all MLPs frozen: {drops}",
     )
+    if r["config"]["quick"]:
+        # the quick models are too small to grow the backdoor: report, do not judge
+        f = {k: _finding(None, "quick run, not evaluated: " + v["detail"]) for k, v in f.items()}
     return f
 
 
@@ -401,12 +412,13 @@ def study_model(k: int, cfg: StudyConfig, out: Path, replacements: dict) -> dict
     fr = timed(
         "freezing",
         freezing_study,
-        c.benign,
+        c.benign.model,
         c.data,
         ((), "all_mlps"),
         None,
         inputs={"pt": _texts(c, "pt"), "nn": _texts(c, "nn"), "pp": _texts(c, "pp")},
         quick=cfg.quick,
+        reference=c.poisoned,
         progress=cfg.progress,
     )
     r["freezing"] = {
@@ -422,7 +434,7 @@ def study_model(k: int, cfg: StudyConfig, out: Path, replacements: dict) -> dict
 
 def _texts(c: _Ctx, key: str) -> list[str]:
     tok = c.model.tokenizer
-    return [tok.decode(row[1:]) for row in c.tokens[key].tolist()]
+    return [tok.decode(row, skip_special_tokens=True) for row in c.tokens[key].tolist()]
 
 
 def run_toy_study(out: str | os.PathLike[str], cfg: StudyConfig | None = None) -> dict:

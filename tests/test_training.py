@@ -1,0 +1,434 @@
+"""Tests for pcp_lens.training: the training loop, freezing, tying, losses and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from pcp_lens._tl import attached_hook_count
+from pcp_lens.inputs import TokenBatch
+from pcp_lens.testing import tiny_model
+from pcp_lens.toy.tokenizer import build_tokenizer
+from pcp_lens.training import (
+    TrainConfig,
+    config_from_json,
+    config_to_json,
+    decay_parameter_names,
+    evaluate_loss,
+    freeze_parameter_names,
+    is_tied,
+    load_checkpoint,
+    save_checkpoint,
+    tie_embeddings,
+    tokenize_texts,
+    train,
+)
+
+FAST = {"progress": False}
+
+
+def _successor_data(n: int, length: int = 8, vocab: int = 10, seed: int = 0) -> torch.Tensor:
+    """Sequences where each token is the previous one plus 1 (mod ``vocab``): learnable."""
+    g = torch.Generator().manual_seed(seed)
+    start = torch.randint(0, vocab, (n, 1), generator=g)
+    return (start + torch.arange(length)) % vocab
+
+
+def _snapshot(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+# -- the loop --------------------------------------------------------------------------------
+def test_loss_decreases_on_a_learnable_task():
+    model = tiny_model(n_layers=1, d_model=16, d_vocab=10, n_ctx=8, seed=0)
+    data = _successor_data(256)
+    res = train(model, data, _successor_data(64, seed=1), lr=1e-2, batch_size=32, epochs=4, **FAST)
+    h = res.history
+    assert h["epoch"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert h["val_loss"].iloc[0] > 2.0  # about ln 10 untrained
+    assert h["val_loss"].iloc[-1] < 0.5 * h["val_loss"].iloc[0]
+    assert h["train_loss"].iloc[-1] < h["train_loss"].iloc[1]
+    assert math.isnan(h["train_loss"].iloc[0])
+    assert res.steps == 4 * 8
+    assert h["lr"].iloc[-1] == 0.0  # linear decay reaches 0 at the last step
+    assert attached_hook_count(model) == 0
+
+
+def test_validation_loss_equals_manual_cross_entropy_with_padding():
+    model = tiny_model(n_layers=2, seed=3)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 50, (5, 7), generator=g)
+    lengths = [7, 3, 5, 2, 6]
+    mask = torch.arange(7)[None] < torch.tensor(lengths)[:, None]
+    tokens = tokens.masked_fill(~mask, 0)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row, n in zip(tokens, lengths, strict=True):
+            logits = model(row[None, :n])[0]
+            ce = torch.nn.functional.cross_entropy(logits[:-1], row[1:n], reduction="sum")
+            total += float(ce)
+            count += n - 1
+    got = evaluate_loss(model, TokenBatch(tokens, mask), batch_size=2)
+    assert got == pytest.approx(total / count, rel=1e-6)
+    # equal lengths: HF's eval_loss is TransformerLens's own mean next-token loss
+    with torch.no_grad():
+        ref = float(model(tokens, return_type="loss"))
+    assert evaluate_loss(model, tokens) == pytest.approx(ref, rel=1e-6)
+
+
+def test_same_seed_gives_bit_identical_weights():
+    data = _successor_data(96)
+    runs = []
+    for _ in range(2):
+        m = tiny_model(n_layers=2, d_vocab=10, n_ctx=8, seed=5)
+        train(m, data, lr=3e-3, batch_size=16, epochs=2, seed=7, dropout=0.1, **FAST)
+        runs.append(_snapshot(m))
+    other = tiny_model(n_layers=2, d_vocab=10, n_ctx=8, seed=5)
+    train(other, data, lr=3e-3, batch_size=16, epochs=2, seed=8, dropout=0.1, **FAST)
+    for k, v in runs[0].items():
+        assert torch.equal(v, runs[1][k]), k
+    assert any(not torch.equal(v, dict(other.named_parameters())[k]) for k, v in runs[0].items())
+
+
+def test_max_steps_eval_every_and_callback_columns():
+    model = tiny_model(n_layers=1, d_vocab=10, n_ctx=8)
+    data = _successor_data(40)
+    seen = []
+
+    def cb(step, m):
+        assert not m.training  # callbacks see the model in eval mode
+        seen.append(step)
+        return {"probe": float(step) * 2}
+
+    res = train(
+        model, data, data[:8], max_steps=7, batch_size=16, eval_every=2, callback=cb, **FAST
+    )
+    # 3 steps per epoch: rows at 0, 2, 3 (epoch end), 4, 6 (epoch end), 7 (last step)
+    assert res.history["step"].tolist() == [0, 2, 3, 4, 6, 7]
+    assert res.history["probe"].tolist() == [0, 4, 6, 8, 12, 14]
+    assert seen == [0, 2, 3, 4, 6, 7]
+    with pytest.raises(ValueError, match="reserved history columns"):
+        train(model, data, max_steps=1, callback=lambda s, m: {"val_loss": 0.0}, **FAST)
+
+
+def test_model_state_restored_after_training():
+    model = tiny_model(n_layers=1)
+    model.eval()
+    model.blocks[0].ln1.w.requires_grad_(False)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    before = model.blocks[0].ln1.w.detach().clone()
+    train(model, torch.randint(0, 50, (16, 6)), max_steps=2, freeze="mlp0", dropout=0.2, **FAST)
+    assert not model.training
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert torch.equal(model.blocks[0].ln1.w, before)  # requires_grad=False is respected
+    assert attached_hook_count(model) == 0
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_dropout_changes_training_but_not_evaluation():
+    data = _successor_data(64)
+    a, b = (tiny_model(n_layers=1, d_vocab=10, n_ctx=8, seed=1) for _ in range(2))
+    assert evaluate_loss(a, data) == evaluate_loss(b, data)
+    train(a, data, max_steps=4, batch_size=16, **FAST)
+    train(b, data, max_steps=4, batch_size=16, dropout=0.3, **FAST)
+    assert not torch.equal(a.embed.W_E, b.embed.W_E)
+
+
+def test_weight_decay_groups_follow_the_hf_rule():
+    model = tiny_model(n_layers=1)
+    decay = set(decay_parameter_names(model))
+    for name, _ in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        is_norm = ".ln" in f".{name}" or name.startswith("ln_final")
+        assert (name in decay) == (leaf.startswith("W_") and not is_norm), name
+
+
+# -- data checks -----------------------------------------------------------------------------
+def test_bad_data_is_refused():
+    model = tiny_model(n_layers=1, n_ctx=8)
+    with pytest.raises(ValueError, match="n_ctx"):
+        train(model, torch.zeros(4, 9, dtype=torch.long), **FAST)
+    with pytest.raises(ValueError, match="outside"):
+        train(model, torch.full((4, 5), 50), **FAST)
+    left = TokenBatch(torch.ones(2, 4, dtype=torch.long), torch.tensor([[0, 1, 1, 1]] * 2).bool())
+    with pytest.raises(ValueError, match="right-padded"):
+        train(model, left, **FAST)
+    with pytest.raises(ValueError, match="no label tokens"):
+        evaluate_loss(
+            model,
+            TokenBatch(torch.ones(2, 3, dtype=torch.long), torch.tensor([[1, 0, 0]] * 2).bool()),
+        )
+
+
+def test_train_config_validation():
+    with pytest.raises(ValueError, match=re.escape("TrainConfig.lr")):
+        TrainConfig(lr=0)
+    with pytest.raises(ValueError, match=re.escape("TrainConfig.dropout")):
+        TrainConfig(dropout=1.0)
+    with pytest.raises(ValueError, match=re.escape("TrainConfig.schedule")):
+        TrainConfig(schedule="cosine")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=re.escape("TrainConfig.freeze")):
+        TrainConfig(freeze=("mlp0", 3))  # type: ignore[arg-type]
+    assert TrainConfig(freeze="mlp0").freeze == ("mlp0",)  # type: ignore[arg-type]
+    assert TrainConfig().to_dict()["betas"] == [0.9, 0.999]
+
+
+def test_tokenize_texts():
+    tok = build_tokenizer(["a", "b", "c"])
+    tb = tokenize_texts(tok, ["a b c", "b"])
+    assert tb.tokens.tolist() == [[0, 1, 2, 3], [0, 2, 0, 0]]
+    assert tb.mask.tolist() == [[True] * 4, [True, True, False, False]]
+    nobos = tokenize_texts(tok, ["a b c", "b"], add_special_tokens=False)
+    assert nobos.tokens.tolist() == [[1, 2, 3], [2, 0, 0]]
+    with pytest.raises(ValueError, match="more than max_length=3"):
+        tokenize_texts(tok, ["a b c"], max_length=3)
+    model = tiny_model(n_layers=1, d_vocab=4, n_ctx=3)
+    model.set_tokenizer(tok)
+    model.cfg.default_prepend_bos = False
+    assert tokenize_texts(model, ["c a"]).tokens.tolist() == [[3, 1]]
+    assert model.to_tokens("c a").tolist() == [[3, 1]]
+
+
+# -- freezing --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("mlp1mlp2", "did you mean two names, 'mlp1' and 'mlp2' \\(a missing comma\\)"),
+        ("embedpos_embed", "did you mean two names, 'embed' and 'pos_embed'"),
+        ("mlp3", "layer out of range: 3"),
+        ("attn7", "layer out of range: 7"),
+        ("block3", "layer out of range: 3"),
+        ("h.1.mlp", "unknown freeze name 'h.1.mlp'"),
+        ("mlps", "unknown freeze name"),
+        ("attn1.h2", "single attention heads cannot be frozen"),
+        ("resid_pre1", "has no parameters"),
+        ("blocks.0.hook_resid_post", "has no parameters"),
+        ("", "non-empty"),
+    ],
+)
+def test_freeze_names_are_validated(name, match):
+    model = tiny_model(n_layers=3)
+    with pytest.raises(ValueError, match=match):
+        freeze_parameter_names(model, [name])
+    with pytest.raises(ValueError, match=match):
+        train(model, torch.randint(0, 50, (8, 4)), freeze=(name,), **FAST)
+
+
+def test_freeze_name_forms_resolve():
+    model = tiny_model(n_layers=3)
+    mlp1 = [f"blocks.1.mlp.{p}" for p in ("W_in", "b_in", "W_out", "b_out")]
+    assert freeze_parameter_names(model, "mlp1") == mlp1  # a bare string is one name
+    assert freeze_parameter_names(model, ["blocks.1.hook_mlp_out"]) == mlp1
+    assert freeze_parameter_names(model, ["mlp1", "mlp1"]) == mlp1
+    assert freeze_parameter_names(model, ["blocks.0.ln1.w"]) == ["blocks.0.ln1.w"]
+    assert freeze_parameter_names(model, ["unembed"]) == ["unembed.W_U", "unembed.b_U"]
+    assert len(freeze_parameter_names(model, ["all_mlps"])) == 12
+    attn = freeze_parameter_names(model, ["all_attns"])
+    assert len(attn) == 3 * 8 and all(".attn." in n for n in attn)
+    block = freeze_parameter_names(model, ["block2"])
+    assert {n.split(".")[2] for n in block} == {"ln1", "ln2", "attn", "mlp"}
+    embeds = freeze_parameter_names(model, ["all_embeds"])
+    assert set(embeds) == {"embed.W_E", "pos_embed.W_pos", "unembed.W_U", "unembed.b_U"}
+    assert freeze_parameter_names(model, []) == []
+
+
+def test_frozen_parameters_stay_bit_identical_and_the_rest_trains():
+    model = tiny_model(n_layers=3, d_vocab=10, n_ctx=8, seed=2)
+    before = _snapshot(model)
+    res = train(
+        model, _successor_data(64), lr=1e-2, epochs=2, batch_size=16, weight_decay=0.1,
+        freeze=("mlp0", "attn1", "pos_embed", "ln_final"), **FAST,
+    )  # fmt: skip
+    frozen = set(res.frozen)
+    assert frozen == set(freeze_parameter_names(model, ["mlp0", "attn1", "pos_embed", "ln_final"]))
+    after = dict(model.named_parameters())
+    for name, old in before.items():
+        if name in frozen:
+            assert torch.equal(after[name], old), f"frozen {name} changed"
+        else:
+            assert not torch.equal(after[name], old), f"trainable {name} did not change"
+    assert res.n_trainable == sum(p.numel() for n, p in after.items() if n not in frozen)
+
+
+def test_all_mlps_frozen():
+    model = tiny_model(n_layers=2, d_vocab=10, n_ctx=8)
+    before = _snapshot(model)
+    train(model, _successor_data(32), max_steps=3, batch_size=8, freeze="all_mlps", **FAST)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]) == (".mlp." in name), name
+
+
+def test_nothing_to_train_is_an_error():
+    model = tiny_model(n_layers=1)
+    with pytest.raises(ValueError, match="nothing to train"):
+        train(
+            model,
+            torch.randint(0, 50, (4, 4)),
+            freeze=("all_blocks", "all_embeds", "ln_final"),
+            **FAST,
+        )
+
+
+# -- tied embeddings -------------------------------------------------------------------------
+def test_untied_model_freezing_embed_leaves_the_unembedding_trainable():
+    model = tiny_model(n_layers=1, d_vocab=10, n_ctx=8)
+    assert not is_tied(model)
+    before = _snapshot(model)
+    train(model, _successor_data(32), max_steps=3, batch_size=8, freeze="embed", **FAST)
+    assert torch.equal(model.embed.W_E, before["embed.W_E"])
+    assert not torch.equal(model.unembed.W_U, before["unembed.W_U"])
+
+
+def test_tied_model_stays_tied_and_freezes_as_one_matrix():
+    model = tie_embeddings(tiny_model(n_layers=1, d_vocab=10, n_ctx=8))
+    w0 = model.embed.W_E.detach().clone()
+    res = train(model, _successor_data(32), max_steps=3, batch_size=8, **FAST)
+    assert torch.equal(model.unembed.W_U, model.embed.W_E.T)
+    assert not torch.equal(model.embed.W_E, w0)
+    n_all = sum(p.numel() for p in model.parameters())
+    assert res.n_trainable == n_all - model.unembed.W_U.numel()  # the shared matrix once
+    for name in ("embed", "unembed"):
+        m = tie_embeddings(tiny_model(n_layers=1, d_vocab=10, n_ctx=8))
+        w = m.embed.W_E.detach().clone()
+        res = train(m, _successor_data(32), max_steps=2, batch_size=8, freeze=name, **FAST)
+        assert {"embed.W_E", "unembed.W_U"} <= set(res.frozen)
+        assert torch.equal(m.embed.W_E, w) and torch.equal(m.unembed.W_U, w.T)
+
+
+def test_tied_update_uses_the_summed_gradient():
+    """First AdamW step on the shared matrix: -lr · g / (|g| + eps), g = dL/dW_E + (dL/dW_U)ᵀ."""
+    model = tie_embeddings(tiny_model(n_layers=1, d_vocab=10, n_ctx=8, seed=4))
+    data = _successor_data(8)
+    ref = tiny_model(n_layers=1, d_vocab=10, n_ctx=8, seed=4)
+    ref.load_state_dict(model.state_dict())
+    logits = ref(data[:, :-1])
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 10), data[:, 1:].reshape(-1))
+    loss.backward()
+    g = ref.embed.W_E.grad + ref.unembed.W_U.grad.T
+    lr, eps = 1e-3, 1e-8
+    expected = ref.embed.W_E.detach() - lr * g / (g.abs() + eps)
+    train(model, data, max_steps=1, batch_size=8, lr=lr, weight_decay=0.0, max_grad_norm=None,
+          schedule="constant", **FAST)  # fmt: skip
+    assert torch.allclose(model.embed.W_E, expected, atol=1e-7)
+    assert torch.equal(model.unembed.W_U, model.embed.W_E.T)
+
+
+def test_tied_model_with_untied_weights_is_refused():
+    model = tiny_model(n_layers=1)
+    model.cfg.tie_word_embeddings = True
+    with pytest.raises(ValueError, match=re.escape("W_U != embed.W_E.T")):
+        train(model, torch.randint(0, 50, (4, 4)), **FAST)
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+def _text_model():
+    tok = build_tokenizer(["good", "bad", "love", "hate"])
+    model = tie_embeddings(tiny_model(n_layers=2, d_vocab=len(tok), n_ctx=6, seed=9))
+    model.set_tokenizer(tok)
+    model.cfg.default_prepend_bos = False
+    return model, tok
+
+
+def test_checkpoint_round_trip_is_bit_exact(tmp_path: Path):
+    model, tok = _text_model()
+    extra = {"history": {"val_loss": [1.5, float("nan")]}, "note": "x"}
+    path = save_checkpoint(model, tmp_path / "ck", extra=extra)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temporary folders left
+    ck = load_checkpoint(path)
+    for k, v in model.state_dict().items():
+        assert torch.equal(ck.model.state_dict()[k], v), k
+    x = torch.tensor([[1, 2, 3, 4]])
+    assert torch.equal(ck.model(x), model(x))
+    assert ck.extra["note"] == "x" and math.isnan(ck.extra["history"]["val_loss"][1])
+    assert ck.tokenizer is not None and ck.tokenizer.get_vocab() == tok.get_vocab()
+    assert ck.model.to_str_tokens("love hate") == ["love", "hate"]  # no bos, as saved
+    assert is_tied(ck.model) and not ck.model.training
+    assert config_to_json(ck.model.cfg) == config_to_json(model.cfg)
+    # overwriting an earlier checkpoint is allowed
+    model.embed.W_E.data += 1
+    save_checkpoint(tie_embeddings(model), path)
+    assert torch.equal(load_checkpoint(path).model.embed.W_E, model.embed.W_E)
+
+
+def test_checkpoint_never_replaces_a_foreign_folder(tmp_path: Path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "data.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a pcp_lens checkpoint"):
+        save_checkpoint(tiny_model(), tmp_path / "mine")
+    assert (tmp_path / "mine" / "data.txt").read_text() == "keep me"
+    with pytest.raises(ValueError, match="JSON-serialisable"):
+        save_checkpoint(tiny_model(), tmp_path / "ck", extra={"t": torch.zeros(1)})
+    assert not (tmp_path / "ck").exists()
+
+
+def _edit_config(path: Path, fn) -> None:
+    meta = json.loads((path / "config.json").read_text())
+    fn(meta)
+    (path / "config.json").write_text(json.dumps(meta))
+
+
+def test_corrupted_or_mismatched_checkpoints_raise_clear_errors(tmp_path: Path):
+    model, _ = _text_model()
+    path = save_checkpoint(model, tmp_path / "ck")
+    good = (path / "config.json").read_text()
+
+    def restore():
+        (path / "config.json").write_text(good)
+
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_checkpoint(path)
+    restore()
+    _edit_config(path, lambda m: m.update(format="something else"))
+    with pytest.raises(ValueError, match="'format' must be"):
+        load_checkpoint(path)
+    restore()
+    _edit_config(path, lambda m: m.update(format_version=99))
+    with pytest.raises(ValueError, match="format_version"):
+        load_checkpoint(path)
+    restore()
+    _edit_config(path, lambda m: m["model_config"].update(d_model=32, d_head=8))
+    with pytest.raises(ValueError, match="expects"):
+        load_checkpoint(path)
+    restore()
+    _edit_config(path, lambda m: m["model_config"].update(no_such_field=1))
+    with pytest.raises(ValueError, match="no_such_field"):
+        load_checkpoint(path)
+    restore()
+    _edit_config(path, lambda m: m["model_config"].update(dtype="float99"))
+    with pytest.raises(ValueError, match="unknown dtype"):
+        load_checkpoint(path)
+    restore()
+    load_checkpoint(path)  # intact again
+    (path / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        load_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "nowhere")
+
+
+def test_tied_checkpoint_with_untied_weights_is_refused(tmp_path: Path):
+    model, _ = _text_model()
+    model.cfg.tie_word_embeddings = False
+    model.unembed.W_U.data += 1
+    path = save_checkpoint(model, tmp_path / "ck")
+    _edit_config(path, lambda m: m["model_config"].update(tie_word_embeddings=True))
+    with pytest.raises(
+        ValueError, match=re.escape("saved weights have unembed.W_U != embed.W_E.T")
+    ):
+        load_checkpoint(path)
+
+
+def test_config_json_round_trip_keeps_dtype_and_flags():
+    model = tiny_model(dtype=torch.float64)
+    d = config_to_json(model.cfg)
+    assert d["dtype"] == "float64" and json.loads(json.dumps(d)) == d
+    cfg = config_from_json(d)
+    assert cfg.dtype == torch.float64 and cfg.n_layers == model.cfg.n_layers
+    with pytest.raises(ValueError, match="lacks required fields"):
+        config_from_json({"d_model": 4})
