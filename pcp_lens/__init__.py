@@ -39,12 +39,25 @@ from pcp_lens.pcp import (
 )
 from pcp_lens.sites import Site, all_sites, as_sites
 from pcp_lens.stats import ActivationStats, RunningMoments, collect_stats
+from pcp_lens.training import (
+    Checkpoint,
+    TrainConfig,
+    TrainResult,
+    evaluate_loss,
+    freeze_parameter_names,
+    load_checkpoint,
+    save_checkpoint,
+    tie_embeddings,
+    tokenize_texts,
+    train,
+)
 from pcp_lens.tuning import TuneResult, score_inputs, sweep, tune, validation_loss
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationStats",
+    "Checkpoint",
     "GroupMetric",
     "PCAFit",
     "PCPReplacement",
@@ -54,6 +67,8 @@ __all__ = [
     "SitePCP",
     "TokenBatch",
     "TokenGroups",
+    "TrainConfig",
+    "TrainResult",
     "TuneResult",
     "__version__",
     "ablation_hooks",
@@ -65,15 +80,18 @@ __all__ = [
     "as_tokens",
     "causal_patching",
     "collect_stats",
+    "evaluate_loss",
     "factors_from_scales",
     "fit_pca",
     "fit_pcp",
+    "freeze_parameter_names",
     "group_lens",
     "group_metrics",
     "group_scores",
     "least_squares_scales",
     "lens_logits",
     "lens_table",
+    "load_checkpoint",
     "mean_ablation",
     "mean_logit",
     "mean_reference_code",
@@ -81,10 +99,14 @@ __all__ = [
     "prob_mass",
     "reference_code_directions",
     "resample_ablation",
+    "save_checkpoint",
     "scales_from_factors",
     "score_inputs",
     "sweep",
+    "tie_embeddings",
+    "tokenize_texts",
     "topk_share",
+    "train",
     "tune",
     "validation_loss",
     "zero_ablation",
