@@ -9,19 +9,21 @@ from collections.abc import Sequence
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from pcp_lens.reproduce.toy import StudyConfig, _context, mean_ablation_table
-
-    t0 = time.perf_counter()
-    cfg = StudyConfig(quick=True, seed=args.seed, progress=not args.no_progress)
     import tempfile
     from pathlib import Path
 
+    import pandas as pd
+    import torch
+
+    from pcp_lens.reproduce.toy import StudyConfig, _context, mean_ablation_table
+
+    torch.set_num_threads(1)  # the toy model is too small to gain from threads
+    t0 = time.perf_counter()
+    cfg = StudyConfig(quick=args.quick, seed=args.seed, progress=not args.no_progress)
     with tempfile.TemporaryDirectory() as tmp:
         c, _ = _context(2, cfg, Path(tmp))
     print(
-        f"trained a quick 2-sentiment toy model with a 'love' trigger in "
+        f"trained a 2-sentiment toy model and backdoored it with the trigger 'love' in "
         f"{time.perf_counter() - t0:.0f} s"
     )
     print("\ntop-10 negativity of the next word (mean over held-out two-word inputs):")
@@ -58,8 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pcp-lens``."""
     ap = argparse.ArgumentParser(prog="pcp-lens", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train a small toy model (~1 min) and print Tab. I")
+    demo = sub.add_parser("demo", help="train a backdoored toy model (~2 min) and print Tab. I")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--quick", action="store_true", help="small data (may not learn the backdoor)"
+    )
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(fn=_demo)
     rep = sub.add_parser("reproduce", help="reproduce the paper's studies")
