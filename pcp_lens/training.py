@@ -74,6 +74,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pcp_lens import _tl
+from pcp_lens._io import check_format
 from pcp_lens._tl import HookedTransformer, HookedTransformerConfig
 from pcp_lens.inputs import TokenBatch
 from pcp_lens.sites import Site
@@ -1022,12 +1023,7 @@ def load_checkpoint(
         raise bad(f"{_CONFIG} is not valid JSON ({e})") from e
     if not isinstance(meta, dict):
         raise bad(f"{_CONFIG} must hold a JSON object, got {type(meta).__name__}")
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise bad(f"'format' must be {CHECKPOINT_FORMAT!r}, got {meta.get('format')!r}")
-    if meta.get("format_version") != CHECKPOINT_VERSION:
-        raise bad(
-            f"'format_version' must be {CHECKPOINT_VERSION}, got {meta.get('format_version')!r}"
-        )
+    check_format(meta, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, bad)
     try:
         cfg = config_from_json(meta.get("model_config"), device=device)  # type: ignore[arg-type]
     except ValueError as e:
