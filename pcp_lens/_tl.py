@@ -99,11 +99,11 @@ def module_input(
 def unembed(
     model: HookedTransformer, x: Float[Tensor, "... d_model"]
 ) -> Float[Tensor, "... d_vocab"]:
-    """Apply the final LayerNorm (its own scale, with affine) and the unembedding to ``x``."""
-    shape = x.shape
-    x = x.reshape(-1, 1, shape[-1]).to(model.cfg.dtype)
-    logits = model.unembed(model.ln_final(x))
-    return logits.reshape(*shape[:-1], logits.shape[-1])
+    """Apply the final LayerNorm (its own scale, with affine) and the unembedding to ``x``.
+
+    One-off use of :class:`FinalLogits`; callers that unembed many batches should hold one.
+    """
+    return FinalLogits(model)(x)
 
 
 def processing_fingerprint(model: HookedTransformer) -> dict[str, Any]:
@@ -184,16 +184,6 @@ def run_blocks(
     return resid
 
 
-def to_device(t: Tensor, model: HookedTransformer) -> Tensor:
-    """Move ``t`` to the model's device (never a hard-coded one)."""
-    return t.to(model.cfg.device) if model.cfg.device is not None else t
-
-
-def model_dtype(model: HookedTransformer) -> torch.dtype:
-    """The model's compute dtype."""
-    return model.cfg.dtype
-
-
 def kv_hook_names(layer: int) -> tuple[str, str]:
     """Hooks holding block ``layer``'s keys and values, exactly as its KV cache stores them."""
     return get_act_name("k", layer), get_act_name("v", layer)
@@ -211,11 +201,9 @@ class FinalLogits:
         self.model = model
         self.w_t = model.unembed.W_U.T.contiguous()
 
-    def __call__(
-        self, resid: Float[Tensor, "batch pos d_model"]
-    ) -> Float[Tensor, "batch pos d_vocab"]:
+    def __call__(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
         unembed = self.model.unembed
-        x = self.model.ln_final(resid)
+        x = self.model.ln_final(resid.to(self.model.cfg.dtype))
         hook_in = getattr(unembed, "hook_in", None)
         hook_out = getattr(unembed, "hook_out", None)
         x = hook_in(x) if hook_in is not None else x

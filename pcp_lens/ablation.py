@@ -640,7 +640,7 @@ def _declared(metric: Metric) -> tuple[int, ...] | None:
 
 
 def _score_batch(
-    model: HookedTransformer,
+    final: _tl.FinalLogits,
     resid: Float[Tensor, "batch pos d_model"],
     metrics: Mapping[str, Metric],
     accs: Mapping[str, _RowMean],
@@ -654,7 +654,7 @@ def _score_batch(
             for p in resolve_positions(ps, n, where=f"metric {name!r}") or []:
                 if p not in wanted:
                     wanted.append(p)
-    sel = _tl.unembed(model, resid[:, wanted]) if wanted else None
+    sel = final(resid[:, wanted]) if wanted else None
     full: Tensor | None = None
     for name, m in metrics.items():
         ps = _declared(m)
@@ -663,7 +663,7 @@ def _score_batch(
             v = m.score(sel[:, cols])  # type: ignore[attr-defined]
         else:
             if full is None:
-                full = _tl.unembed(model, resid)
+                full = final(resid)
             v = m(full)
         accs[name].add(v, resid.shape[0], name)
 
@@ -778,6 +778,7 @@ def ablation_sweep(
     src_tb = as_tokens(model, source, name="source") if source is not None else None
 
     rows: list[dict[str, Any]] = []
+    final = _tl.FinalLogits(model)  # one transposed W_U for the whole sweep
     bar = tqdm(total=len(sets) * len(conds), desc="ablation", disable=not progress, leave=False)
     with bar, torch.no_grad():
         for set_name, tb in sets.items():
@@ -797,7 +798,7 @@ def ablation_sweep(
                 with _tl.attached(model, hooks):
                     for batch in tb.batches(batch_size):
                         resid = _tl.final_residual(model, batch.tokens)
-                        _score_batch(model, resid, named, accs)
+                        _score_batch(final, resid, named, accs)
                 kinds = {s.kind for s in ss}
                 kind = (next(iter(kinds)) if len(kinds) == 1 else "combo") if ss else None
                 one = ss[0] if len(ss) == 1 else None

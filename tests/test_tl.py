@@ -225,11 +225,3 @@ def test_processing_fingerprint(model, model_lnpre):
     assert fp_pre["fold_ln"] is True
     assert fp_pre["normalization_type"] == "LNPre"
     assert fp != fp_pre
-
-
-def test_device_and_dtype_helpers(model):
-    meta = tiny_model(n_layers=1, device="meta")
-    assert _tl.to_device(torch.zeros(2), meta).device.type == "meta"
-    assert _tl.to_device(torch.zeros(2), model).device.type == "cpu"
-    assert _tl.model_dtype(model) == torch.float32
-    assert _tl.model_dtype(tiny_model(n_layers=1, dtype=torch.float64)) == torch.float64
