@@ -202,13 +202,41 @@ class FinalLogits:
         self.w_t = model.unembed.W_U.T.contiguous()
 
     def __call__(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        """Final LayerNorm (its own scale, with affine), then the unembedding."""
+        return self.raw(self.model.ln_final(resid.to(self.model.cfg.dtype)))
+
+    def raw(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        """The unembedding alone (``x @ W_U + b_U``), no final LayerNorm."""
         unembed = self.model.unembed
-        x = self.model.ln_final(resid.to(self.model.cfg.dtype))
         hook_in = getattr(unembed, "hook_in", None)
         hook_out = getattr(unembed, "hook_out", None)
+        x = x.to(self.model.cfg.dtype)
         x = hook_in(x) if hook_in is not None else x
         logits = torch.nn.functional.linear(x, self.w_t, unembed.b_U)
         return hook_out(logits) if hook_out is not None else logits
+
+    def cached(
+        self, x: Float[Tensor, "... d_model"], scale: Float[Tensor, "... 1"]
+    ) -> Float[Tensor, "... d_vocab"]:
+        """Final LayerNorm with a given (cached) scale, then its affine weights and the unembedding.
+
+        The normalisation is ``ActivationCache.apply_ln_to_stack``'s: centre ``x`` (LayerNorm
+        models only) and divide by ``scale``, the scale of the *full* residual stream at that
+        position; then the final LayerNorm's ``w`` and ``b`` (where it has them).
+        """
+        nt = self.model.cfg.normalization_type
+        if nt in ("LN", "LNPre"):
+            x = x - x.mean(-1, keepdim=True)
+        if nt in ("LN", "LNPre", "RMS", "RMSPre"):
+            x = x / scale
+        ln = getattr(self.model, "ln_final", None)
+        w = getattr(ln, "w", None)
+        if w is not None:
+            x = x * w
+            b = getattr(ln, "b", None)
+            if b is not None:
+                x = x + b
+        return self.raw(x)
 
 
 def check_resumable(model: HookedTransformer) -> None:
@@ -260,41 +288,6 @@ def final_ln_scale(
     with model.hooks(fwd_hooks=[(hp.name, grab)]):
         model.ln_final(resid.reshape(-1, 1, shape[-1]).to(model.cfg.dtype))
     return got[-1].reshape(*shape[:-1], 1)
-
-
-def unembed_raw(
-    model: HookedTransformer, x: Float[Tensor, "... d_model"]
-) -> Float[Tensor, "... d_vocab"]:
-    """Apply only the unembedding (``x @ W_U + b_U``), no final LayerNorm."""
-    shape = x.shape
-    logits = model.unembed(x.reshape(-1, 1, shape[-1]).to(model.cfg.dtype))
-    return logits.reshape(*shape[:-1], logits.shape[-1])
-
-
-def unembed_cached(
-    model: HookedTransformer,
-    x: Float[Tensor, "... d_model"],
-    scale: Float[Tensor, "... 1"],
-) -> Float[Tensor, "... d_vocab"]:
-    """Final LayerNorm with a given (cached) scale, then its affine weights, then the unembedding.
-
-    The normalisation is ``ActivationCache.apply_ln_to_stack``'s: centre ``x`` (LayerNorm models
-    only) and divide by ``scale``, the scale of the *full* residual stream at that position; then
-    the final LayerNorm's ``w`` and ``b`` (where it has them) and ``W_U``, ``b_U``.
-    """
-    nt = model.cfg.normalization_type
-    if nt in ("LN", "LNPre"):
-        x = x - x.mean(-1, keepdim=True)
-    if nt in ("LN", "LNPre", "RMS", "RMSPre"):
-        x = x / scale
-    ln = getattr(model, "ln_final", None)
-    w = getattr(ln, "w", None)
-    if w is not None:
-        x = x * w
-        b = getattr(ln, "b", None)
-        if b is not None:
-            x = x + b
-    return unembed_raw(model, x)
 
 
 def head_outputs(

@@ -94,14 +94,14 @@ def _vectors(
 
 
 def _project(
-    model: HookedTransformer, x: Tensor, ln: str, scale: Tensor | None
+    final: _tl.FinalLogits, x: Tensor, ln: str, scale: Tensor | None
 ) -> Float[Tensor, "... d_vocab"]:
     if ln == "isolated":
-        return _tl.unembed(model, x)
+        return final(x)
     if ln == "cached":
         assert scale is not None
-        return _tl.unembed_cached(model, x, scale)
-    return _tl.unembed_raw(model, x)
+        return final.cached(x, scale)
+    return final.raw(x)
 
 
 def _prepare(
@@ -157,8 +157,9 @@ def lens_logits(
     with torch.no_grad():
         vecs, final = _vectors(model, tokens, ss, idx, include_bias)
         scale = _tl.final_ln_scale(model, final) if ln == "cached" else None
-        out = {name: _project(model, v, ln, scale) for name, v in vecs.items()}
-        out[FULL] = _tl.unembed(model, final)
+        unembed = _tl.FinalLogits(model)
+        out = {name: _project(unembed, v, ln, scale) for name, v in vecs.items()}
+        out[FULL] = unembed(final)
     return out
 
 
@@ -232,13 +233,14 @@ def group_lens(
     accs = {(r, m, j): _RowMean() for r, _, _ in rows for m in named for j in range(len(idx))}
     batches = list(tokens.split(batch_size))
     with torch.no_grad():
+        unembed = _tl.FinalLogits(model)  # one transposed W_U for every row and batch
         for batch in tqdm(batches, desc="lens", disable=not progress, leave=False):
             vecs, final = _vectors(model, batch, ss, idx, include_bias)
             vecs[FULL] = final
             scale = _tl.final_ln_scale(model, final) if ln == "cached" else None
             for name, _, _ in rows:
                 ln_row = "isolated" if name == FULL else ln
-                logits = _project(model, vecs[name], ln_row, scale)
+                logits = _project(unembed, vecs[name], ln_row, scale)
                 for m, metric in named.items():
                     for j in range(len(idx)):
                         accs[(name, m, j)].add(

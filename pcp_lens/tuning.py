@@ -113,7 +113,9 @@ class _SetBatch:
         self.rows, self.pos = torch.cat(rows), torch.cat(pos)
         self.keys: list[Key] = [g[0] for g in self.groups]
         with torch.no_grad():
+            # Like the cached residual, the transposed W_U is taken once, from today's weights.
             self.resid = model(self.tokens, stop_at_layer=start)
+            self.final = _tl.FinalLogits(model)
 
     def token_rows(self) -> list[Tensor]:
         """Every input of every set, unpadded (for least squares on the tuning inputs)."""
@@ -124,7 +126,7 @@ class _SetBatch:
         model = self.model
         with torch.no_grad(), _tl.attached(model, hooks):
             resid = _tl.run_blocks(model, self.resid, self.start, model.cfg.n_layers)
-            logits = _tl.unembed(model, resid[self.rows, self.pos])
+            logits = self.final(resid[self.rows, self.pos])
         vals = []
         for key, m, a, b, shape in self.groups:
             v = m.score(logits[a:b].reshape(*shape, -1))
