@@ -7,7 +7,7 @@ between TransformerLens 2.x and 3.x live here, so a TransformerLens upgrade touc
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -182,6 +182,32 @@ def run_blocks(
             entry = TransformerLensKeyValueCacheEntry(past_keys=k, past_values=v, frozen=True)
         resid = model.blocks[layer](resid, past_kv_cache_entry=entry)
     return resid
+
+
+def blocks_resumable(model: HookedTransformer) -> bool:
+    """Whether :func:`run_blocks` from a cached residual equals the full forward pass's blocks.
+
+    Shortformer models add positional embeddings inside every block from the tokens' positions,
+    which a residual alone does not carry.
+    """
+    return model.cfg.positional_embedding_type != "shortformer"
+
+
+def block_inputs(
+    model: HookedTransformer, tokens: Tensor, layers: Iterable[int]
+) -> tuple[dict[int, Float[Tensor, "batch pos d_model"]], Float[Tensor, "batch pos d_model"]]:
+    """The residual entering each block in ``layers``, and the final residual, in one pass."""
+    got: dict[int, Tensor] = {}
+
+    def grab(layer: int) -> Callable[[Tensor, HookPoint], None]:
+        def fn(act: Tensor, hook: HookPoint) -> None:
+            got[layer] = act
+
+        return fn
+
+    with model.hooks(fwd_hooks=[(block_input_name(i), grab(i)) for i in layers]):
+        final = final_residual(model, tokens)
+    return got, final
 
 
 def kv_hook_names(layer: int) -> tuple[str, str]:

@@ -668,6 +668,13 @@ def _score_batch(
         accs[name].add(v, resid.shape[0], name)
 
 
+def _start_layer(model: HookedTransformer, sites: Sequence[Site]) -> int | None:
+    """The first block an ablation of ``sites`` changes (``None``: run the whole model)."""
+    if not sites or not _tl.blocks_resumable(model) or any(s.layer is None for s in sites):
+        return None
+    return min(s.layer for s in sites if s.layer is not None)
+
+
 def _conditions(
     model: HookedTransformer,
     sites: SiteLike | Iterable[SiteLike] | None,
@@ -779,6 +786,10 @@ def ablation_sweep(
 
     rows: list[dict[str, Any]] = []
     final = _tl.FinalLogits(model)  # one transposed W_U for the whole sweep
+    # Each ablation re-runs only the blocks from its earliest site on; the clean residual entering
+    # that block is computed once per batch (with the user's own hooks, like a full forward).
+    starts = {label: _start_layer(model, ss) for label, _, ss in conds}
+    need = sorted({s for s in starts.values() if s is not None})
     bar = tqdm(total=len(sets) * len(conds), desc="ablation", disable=not progress, leave=False)
     with bar, torch.no_grad():
         for set_name, tb in sets.items():
@@ -786,23 +797,33 @@ def ablation_sweep(
             if method == "resample":
                 src = src_tb.tokens if src_tb is not None else tb.tokens
                 src_acts = {s.name: _site_activations(model, s, src, batch_size) for s in ablated}
-            for label, paper, ss in conds:
-                hooks = (
-                    ablation_hooks(
-                        model, ss, method, means=means, positions=ps, source=src_acts, seed=seed
-                    )
-                    if ss
-                    else []
+            # built once per set: a resample hook draws rows batch after batch from one generator
+            hooks = {
+                label: ablation_hooks(
+                    model, ss, method, means=means, positions=ps, source=src_acts, seed=seed
                 )
-                accs = {k: _RowMean() for k in named}
-                with _tl.attached(model, hooks):
-                    for batch in tb.batches(batch_size):
-                        resid = _tl.final_residual(model, batch.tokens)
-                        _score_batch(final, resid, named, accs)
+                if ss
+                else []
+                for label, _, ss in conds
+            }
+            accs = {label: {k: _RowMean() for k in named} for label, _, _ in conds}
+            for batch in tb.batches(batch_size):
+                clean, clean_final = _tl.block_inputs(model, batch.tokens, need)
+                for label, _, _ in conds:
+                    start = starts[label]
+                    with _tl.attached(model, hooks[label]):
+                        if not hooks[label]:
+                            resid = clean_final
+                        elif start is None:
+                            resid = _tl.final_residual(model, batch.tokens)
+                        else:
+                            resid = _tl.run_blocks(model, clean[start], start, model.cfg.n_layers)
+                        _score_batch(final, resid, named, accs[label])
+            for label, paper, ss in conds:
                 kinds = {s.kind for s in ss}
                 kind = (next(iter(kinds)) if len(kinds) == 1 else "combo") if ss else None
                 one = ss[0] if len(ss) == 1 else None
-                for k, acc in accs.items():
+                for k, acc in accs[label].items():
                     rows.append(
                         {
                             "ablation": label,

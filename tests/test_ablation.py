@@ -309,6 +309,33 @@ def test_sweep_plain_callable_and_resample(model, tokens, groups):
     assert set(a.method) == {"none", "resample"}
 
 
+def test_sweep_resumed_blocks_match_full_runs(model, tokens, groups):
+    """Ablations re-run only the blocks from their first site; over several batches, with a
+    stateful resample hook, a site before the blocks and a user's own hook, the values equal full
+    forward passes."""
+    gm = GroupMetric(groups, "neg", positions=(-1,))
+    user = [("hook_embed", lambda act, hook: act * 0.5)]  # changes every layer's input
+    with model.hooks(fwd_hooks=user):
+        df = ablation_sweep(
+            model,
+            tokens,
+            gm,
+            ["mlp1", "embed"],
+            method="resample",
+            seed=3,
+            batch_size=4,
+            progress=False,
+        )
+        got = df.set_index("ablation")["value"]
+        for site in ["mlp1", "embed"]:
+            hooks = resample_ablation(site, tokens, model=model, seed=3)
+            with model.hooks(fwd_hooks=hooks):
+                parts = [float(gm(model(b))) * len(b) for b in tokens.split(4)]
+            assert got[site] == pytest.approx(sum(parts) / len(tokens), abs=1e-6), site
+        assert got["unchanged"] == pytest.approx(float(gm(model(tokens))), abs=1e-6)
+    assert _tl.attached_hook_count(model) == 0
+
+
 def test_sweep_bad_input(model, groups):
     metrics = group_metrics(groups)
     ragged = [torch.tensor([1, 2, 3]), torch.tensor([1, 2])]
