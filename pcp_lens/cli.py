@@ -43,7 +43,11 @@ def _reproduce(args: argparse.Namespace) -> int:
     from pcp_lens.reproduce.toy import StudyConfig, run_toy_study
 
     cfg = StudyConfig(
-        quick=args.quick, seed=args.seed, n_trials=args.trials, progress=not args.no_progress
+        quick=args.quick,
+        seed=args.seed,
+        n_trials=args.trials,
+        progress=not args.no_progress,
+        schedule=args.schedule,
     )
     t0 = time.perf_counter()
     results = run_toy_study(args.out, cfg)
@@ -73,6 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rep.add_argument("--quick", action="store_true", help="small data and few trials (~3 min)")
     rep.add_argument("--seed", type=int, default=0)
     rep.add_argument("--trials", type=int, default=None, help="Optuna trials per replacement")
+    rep.add_argument(
+        "--schedule",
+        choices=["fast", "paper"],
+        default="fast",
+        help="training schedule: fast (default, minutes) or the paper's (about 25 min per model)",
+    )
     rep.add_argument("--no-progress", action="store_true")
     rep.set_defaults(fn=_reproduce)
     args = ap.parse_args(argv)

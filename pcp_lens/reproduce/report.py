@@ -42,7 +42,8 @@ def write_report(r: Mapping[str, Any]) -> str:
     out = ["# Toy study: our run beside the paper", ""]
     cfg = r["config"]
     out.append(
-        f"Run: {'quick' if cfg['quick'] else 'full'}, seed {cfg['seed']}, "
+        f"Run: {'quick' if cfg['quick'] else 'full'}, "
+        f"{cfg.get('schedule', 'fast')} training schedule, seed {cfg['seed']}, "
         f"{r.get('seconds_total', '?')} s in total, torch {r.get('torch')}. "
         "Negativity = top-10 share of negative words at the last position, mean over the "
         f"{cfg['n_eval']} held-out two-word inputs per combination. Paper layers are 1-based."
@@ -70,16 +71,29 @@ def write_report(r: Mapping[str, Any]) -> str:
             "",
             "Unedited scores: " + ", ".join(f"{a} {_f(b)}" for a, b in m["unedited"].items()),
         ]
+        if "unedited_mass" in m:
+            out += [
+                "",
+                "Probability of a negative next word (a diagnostic beside the top-10 share, "
+                "which ranks near-tied words): "
+                + ", ".join(f"{a} {_f(b)}" for a, b in m["unedited_mass"].items()),
+            ]
         t1, p1 = m["tab1_mean_ablation"], paper.TAB1[k]
         out += ["", f"### Tab. I — mean ablation (p+t negativity; {k}-sent.)", ""]
+        has_mass = "mlp_mass" in t1
         rows = [
             [f"L{i + 1}", t1["attn"][i], p1["attn"][i], t1["mlp"][i], p1["mlp"][i]]
+            + ([t1["attn_mass"][i], t1["mlp_mass"][i]] if has_mass else [])
             for i in range(len(t1["attn"]))
         ]
-        rows.append(["unchanged", t1["unchanged"], p1["unchanged"], "", ""])
-        out.append(
-            _table(["layer", "attn (ours)", "attn (paper)", "mlp (ours)", "mlp (paper)"], rows)
+        rows.append(
+            ["unchanged", t1["unchanged"], p1["unchanged"], "", ""]
+            + ([t1["unchanged_mass"], ""] if has_mass else [])
         )
+        header = ["layer", "attn (ours)", "attn (paper)", "mlp (ours)", "mlp (paper)"]
+        if has_mass:
+            header += ["attn: neg. prob.", "mlp: neg. prob."]
+        out.append(_table(header, rows))
         if k == 3:
             out += ["", "### Tab. II — group logit lens on p+t (3-sent.)", ""]
             rows = []

@@ -33,6 +33,8 @@ from pcp_lens.sites import all_sites
 from pcp_lens.toy.data import ToyData, eval_inputs
 from pcp_lens.toy.model import sentiment_groups
 from pcp_lens.toy.train import (
+    BACKDOOR_THRESHOLD,
+    SCHEDULES,
     ToyRun,
     freezing_study,
     load_run,
@@ -55,7 +57,12 @@ MEAN_KEYS = ["pp", "nn", "pn", "np"]
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """Settings of the toy study (``quick`` shrinks data, training and tuning for a smoke test)."""
+    """Settings of the toy study (``quick`` shrinks data, training and tuning for a smoke test).
+
+    ``schedule`` names the training schedule of :data:`pcp_lens.toy.train.SCHEDULES`: ``"fast"``
+    (default, minutes on a CPU) or ``"paper"`` (the paper's lr 2e-5 / batch 8 / 20 + 12 epochs,
+    about 25 min per model on one core); ``quick`` implies the ``"quick"`` schedule.
+    """
 
     quick: bool = False
     seed: int = 0
@@ -63,6 +70,18 @@ class StudyConfig:
     n_trials: int | None = None
     sentiments: tuple[int, ...] = (2, 3)
     progress: bool = True
+    schedule: str = "fast"
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("fast", "paper"):
+            raise ValueError(f"schedule must be 'fast' or 'paper', got {self.schedule!r}")
+        if self.quick and self.schedule != "fast":
+            raise ValueError(f"quick runs use their own schedule; got schedule={self.schedule!r}")
+
+    @property
+    def schedule_name(self) -> str:
+        """The :data:`~pcp_lens.toy.train.SCHEDULES` entry this study trains with."""
+        return "quick" if self.quick else self.schedule
 
     @property
     def trials(self) -> int:
@@ -82,6 +101,7 @@ class _Ctx:
     tokens: dict[str, torch.Tensor]
     neg: GroupMetric
     pos: GroupMetric
+    mass: GroupMetric  # probability of the negative words: a diagnostic beside the top-10 share
     val: torch.Tensor
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -94,19 +114,18 @@ class _Ctx:
 
 def _train(k: int, cfg: StudyConfig, models: Path) -> tuple[ToyData, ToyRun, ToyRun, dict]:
     data = toy_data(k, quick=cfg.quick, seed=cfg.seed)
-    dirs = {
-        name: models / f"{k}sent_{name}{'_quick' if cfg.quick else ''}"
-        for name in ("benign", "poisoned")
-    }
+    suffix = "" if cfg.schedule_name == "fast" else f"_{cfg.schedule_name}"
+    dirs = {name: models / f"{k}sent_{name}{suffix}" for name in ("benign", "poisoned")}
+    benign_cfg, poison_cfg = SCHEDULES[cfg.schedule_name]
     info: dict[str, Any] = {}
     if all((d / "config.json").exists() for d in dirs.values()):
         info["reused_checkpoints"] = True
         return data, load_run(dirs["benign"]), load_run(dirs["poisoned"]), info
     t0 = time.perf_counter()
-    b = train_benign(data, quick=cfg.quick, progress=cfg.progress)
+    b = train_benign(data, benign_cfg, progress=cfg.progress)
     info["benign_seconds"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
-    p = poison(b.model, data, quick=cfg.quick, progress=cfg.progress)
+    p = poison(b.model, data, poison_cfg, progress=cfg.progress)
     info["poison_seconds"] = round(time.perf_counter() - t0, 1)
     save_run(b, dirs["benign"])
     save_run(p, dirs["poisoned"])
@@ -123,10 +142,11 @@ def _context(k: int, cfg: StudyConfig, models: Path) -> tuple[_Ctx, dict]:
     groups = sentiment_groups(model.tokenizer, data.vocab, model.cfg.d_vocab)
     neg = GroupMetric(groups, "negative", k=10, positions=(-1,))
     pos = GroupMetric(groups, "positive", k=10, positions=(-1,))
+    mass = GroupMetric(groups, "negative", stat="prob", positions=(-1,))
     n_val = 400 if cfg.quick else 2640
     texts = list(data.poisoned["test"]["text"])[:n_val]
     val = tokenize_texts(model, texts).tokens  # follows the model's own bos setting
-    return _Ctx(k, data, benign, pois, model, tokens, neg, pos, val), info
+    return _Ctx(k, data, benign, pois, model, tokens, neg, pos, mass, val), info
 
 
 # -- tables --------------------------------------------------------------------------------------
@@ -140,19 +160,22 @@ def mean_ablation_table(c: _Ctx, cfg: StudyConfig) -> dict:
     df = ablation_sweep(
         c.model,
         {"pt": c.tokens["pt"]},
-        {"neg": c.neg},
+        {"neg": c.neg, "mass": c.mass},
         sites=sites,
         method="mean",
         means=means,
         progress=False,
     )
-    value = {r["ablation"]: float(r["value"]) for r in df.to_dict("records")}
+    out: dict[str, Any] = {}
     n = c.model.cfg.n_layers
-    return {
-        "attn": [round(value[f"attn{i}"], 4) for i in range(n)],
-        "mlp": [round(value[f"mlp{i}"], 4) for i in range(n)],
-        "unchanged": round(value["unchanged"], 4),
-    }
+    for metric, suffix in (("neg", ""), ("mass", "_mass")):
+        value = {
+            r["ablation"]: float(r["value"]) for r in df[df.metric == metric].to_dict("records")
+        }
+        out[f"attn{suffix}"] = [round(value[f"attn{i}"], 4) for i in range(n)]
+        out[f"mlp{suffix}"] = [round(value[f"mlp{i}"], 4) for i in range(n)]
+        out[f"unchanged{suffix}"] = round(value["unchanged"], 4)
+    return out
 
 
 def lens_table(c: _Ctx) -> dict:
@@ -360,7 +383,18 @@ def findings(r: dict) -> dict:
     )
     if r["config"]["quick"]:
         # the quick models are too small to grow the backdoor: report, do not judge
-        f = {k: _finding(None, "quick run, not evaluated: " + v["detail"]) for k, v in f.items()}
+        return {k: _finding(None, "quick run, not evaluated: " + v["detail"]) for k, v in f.items()}
+    weak = {
+        k: v["unedited"]["pt"] for k, v in m.items() if v["unedited"]["pt"] < BACKDOOR_THRESHOLD
+    }
+    if weak:
+        # every claim compares p+t negativity with the unedited model's: with no backdoor in the
+        # top-10 metric they would hold or fail by accident
+        why = (
+            f"no backdoor in the top-10 metric (unedited p+t {weak} < {BACKDOOR_THRESHOLD}), "
+            "not evaluated: "
+        )
+        return {k: _finding(None, why + v["detail"]) for k, v in f.items()}
     return f
 
 
@@ -372,6 +406,8 @@ def study_model(k: int, cfg: StudyConfig, out: Path, replacements: dict) -> dict
     c, info = _context(k, cfg, out / "models")
     t["train"] = time.perf_counter() - t0
     r: dict[str, Any] = {"training": info, "unedited": c.scores(list(c.tokens))}
+    mass = score_inputs(c.model, c.tokens, c.mass)
+    r["unedited_mass"] = {str(key): round(float(v), 4) for key, v in mass.items()}
 
     def timed(name: str, fn: Any, *a: Any, **kw: Any) -> Any:
         s = time.perf_counter()
@@ -415,9 +451,8 @@ def study_model(k: int, cfg: StudyConfig, out: Path, replacements: dict) -> dict
         c.benign.model,
         c.data,
         ((), "all_mlps"),
-        None,
+        c.poisoned.result.config,
         inputs={"pt": _texts(c, "pt"), "nn": _texts(c, "nn"), "pp": _texts(c, "pp")},
-        quick=cfg.quick,
         reference=c.poisoned,
         progress=cfg.progress,
     )

@@ -48,10 +48,13 @@ from pcp_lens.training import (
 __all__ = [
     "BACKDOOR_THRESHOLD",
     "BENIGN",
+    "BENIGN_PAPER",
     "BENIGN_QUICK",
     "POISON",
+    "POISON_PAPER",
     "POISON_QUICK",
     "QUICK_N_PER_SENTIMENT",
+    "SCHEDULES",
     "ToyRun",
     "freezing_study",
     "load_run",
@@ -74,6 +77,17 @@ QUICK_N_PER_SENTIMENT = 2_000
 #: Quick preset (CI smoke test): same recipe on the small data, fewer and smaller steps.
 BENIGN_QUICK = dataclasses.replace(BENIGN, lr=5e-3, batch_size=64, epochs=4)
 POISON_QUICK = dataclasses.replace(POISON, lr=1e-3, batch_size=64, epochs=2)
+#: The paper's own schedule (METHODS §3.1: HF Trainer, lr 2e-5, batch 8, dropout 0.1, 20 epochs
+#: of benign pre-training = 59,400 steps). About 16 min on one CPU core for the 2-sentiment model.
+BENIGN_PAPER = TrainConfig(lr=2e-5, batch_size=8, epochs=20, dropout=0.1, seed=0)
+#: The paper's poisoning: same settings for 12 epochs (35,640 steps; about 9 min on one core).
+POISON_PAPER = dataclasses.replace(BENIGN_PAPER, epochs=12, seed=1)
+#: Named (benign, poisoning) schedules: ``"fast"`` (the default), ``"quick"`` and ``"paper"``.
+SCHEDULES: dict[str, tuple[TrainConfig, TrainConfig]] = {
+    "fast": (BENIGN, POISON),
+    "quick": (BENIGN_QUICK, POISON_QUICK),
+    "paper": (BENIGN_PAPER, POISON_PAPER),
+}
 #: p+t top-10 negativity from which :func:`freezing_study` counts a backdoor as emerged.
 BACKDOOR_THRESHOLD = 0.15
 

@@ -64,3 +64,48 @@ def test_numbers_recompute_from_saved_artifacts(run: Path):
     base = score_inputs(model, {"pt": tokens["pt"]}, neg)
     assert base["pt"] == pytest.approx(r["3sent"]["unedited"]["pt"], abs=1e-4)
     assert torch.is_grad_enabled()
+
+
+def test_negative_probability_beside_top10(run: Path):
+    """The diagnostic probability columns are the saved model's own numbers."""
+    r = json.loads((run / "results.json").read_text())
+    model = load_checkpoint(run / "models" / "2sent_poisoned_quick").model
+    data = toy_data(2, quick=True, seed=0)
+    pt = as_tokens(model, eval_inputs(data, n=50, seed=0)["pt"]).tokens
+    groups = sentiment_groups(model.tokenizer, data.vocab, model.cfg.d_vocab)
+    mass = GroupMetric(groups, "negative", stat="prob", positions=(-1,))
+    got = score_inputs(model, {"pt": pt}, mass)["pt"]
+    m = r["2sent"]
+    assert got == pytest.approx(m["unedited_mass"]["pt"], abs=1e-4)
+    assert got == pytest.approx(m["tab1_mean_ablation"]["unchanged_mass"], abs=1e-4)
+    assert all(0.0 <= v <= 1.0 for v in m["tab1_mean_ablation"]["mlp_mass"])
+
+
+def test_findings_need_a_visible_backdoor(run: Path):
+    """Claims about p+t are judged only when the unedited model shows the backdoor in the top-10
+    metric; otherwise they would hold or fail by accident."""
+    r = json.loads((run / "results.json").read_text())
+    r["config"]["quick"] = False
+    for k in (2, 3):
+        r[f"{k}sent"]["unedited"]["pt"] = 0.5
+    judged = findings(r)
+    assert all(f["holds"] in (True, False) for f in judged.values())
+    r["3sent"]["unedited"]["pt"] = 0.1
+    skipped = findings(r)
+    assert all(f["holds"] is None for f in skipped.values())
+    assert all("no backdoor in the top-10 metric" in f["detail"] for f in skipped.values())
+
+
+def test_schedules_and_config_validation():
+    from pcp_lens.reproduce.toy import StudyConfig
+    from pcp_lens.toy.train import SCHEDULES
+
+    benign, pois = SCHEDULES["paper"]  # METHODS §3.1: HF Trainer, lr 2e-5, batch 8, dropout 0.1
+    assert (benign.lr, benign.batch_size, benign.epochs, benign.dropout) == (2e-5, 8, 20, 0.1)
+    assert (pois.lr, pois.batch_size, pois.epochs, pois.dropout) == (2e-5, 8, 12, 0.1)
+    assert StudyConfig(quick=True).schedule_name == "quick"
+    assert StudyConfig(schedule="paper").schedule_name == "paper"
+    with pytest.raises(ValueError, match="schedule must be 'fast' or 'paper', got 'slow'"):
+        StudyConfig(schedule="slow")
+    with pytest.raises(ValueError, match="quick runs use their own schedule"):
+        StudyConfig(quick=True, schedule="paper")
