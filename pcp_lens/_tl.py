@@ -57,6 +57,7 @@ _ACT = {
     "resid_mid": "resid_mid",
     "resid_post": "resid_post",
     "z": "z",
+    "pattern": "pattern",
 }
 
 
@@ -65,6 +66,22 @@ def hook_name(kind: str, layer: int | None) -> str:
     if kind in ("embed", "pos_embed"):
         return _ACT[kind]
     return get_act_name(_ACT[kind], layer)
+
+
+#: Parameter-name prefixes of the parts outside the blocks (``named_parameters()``).
+GLOBAL_PARAM_PREFIXES = {
+    "embed": ("embed.",),
+    "pos_embed": ("pos_embed.",),
+    "unembed": ("unembed.",),
+    "ln_final": ("ln_final.",),
+}
+#: The token embedding and the unembedding (tied in GPT-2: one matrix).
+W_E_NAME, W_U_NAME = "embed.W_E", "unembed.W_U"
+
+
+def param_prefix(layer: int, kind: str | None = None) -> str:
+    """Prefix of the ``named_parameters()`` of block ``layer`` (or of its ``"attn"``/``"mlp"``)."""
+    return f"blocks.{layer}." if kind is None else f"blocks.{layer}.{kind}."
 
 
 def block_input_name(layer: int) -> str:

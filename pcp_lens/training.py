@@ -250,12 +250,7 @@ class TrainResult:
 
 
 # -- freezing --------------------------------------------------------------------------------
-_GLOBAL = {
-    "embed": ("embed.",),
-    "pos_embed": ("pos_embed.",),
-    "unembed": ("unembed.",),
-    "ln_final": ("ln_final.",),
-}
+_GLOBAL = _tl.GLOBAL_PARAM_PREFIXES
 _ALIASES = {
     "all_mlps": "mlp",
     "all_attns": "attn",
@@ -308,8 +303,8 @@ def _resolve_raw(spec: str, model: HookedTransformer, params: Sequence[str]) -> 
             parts = ("embed", "pos_embed", "unembed")
             return [n for g in parts for n in _under(params, _GLOBAL[g])]
         if kind == "block":
-            return _under(params, [f"blocks.{i}." for i in range(n_layers)])
-        out = _under(params, [f"blocks.{i}.{kind}." for i in range(n_layers)])
+            return _under(params, [_tl.param_prefix(i) for i in range(n_layers)])
+        out = _under(params, [_tl.param_prefix(i, kind) for i in range(n_layers)])
         if not out:
             raise ValueError(f"freeze name {spec!r}: this model has no {kind} parameters")
         return out
@@ -320,7 +315,7 @@ def _resolve_raw(spec: str, model: HookedTransformer, params: Sequence[str]) -> 
                 f"freeze name {spec!r}: layer out of range: {layer}, model has layers "
                 f"0..{n_layers - 1}"
             )
-        return _under(params, [f"blocks.{layer}."])
+        return _under(params, [_tl.param_prefix(layer)])
     site = Site.parse(spec)  # ValueError for anything unparseable
     if site.kind not in ("attn", "mlp"):
         raise ValueError(
@@ -333,13 +328,13 @@ def _resolve_raw(spec: str, model: HookedTransformer, params: Sequence[str]) -> 
             f"slices of shared tensors); freeze the whole layer, 'attn{site.layer}'"
         )
     site.validate(model)
-    out = _under(params, [f"blocks.{site.layer}.{site.kind}."])
+    out = _under(params, [_tl.param_prefix(site.layer, site.kind)])
     if not out:
         raise ValueError(f"freeze name {spec!r}: this model has no parameters under {site.name!r}")
     return out
 
 
-_W_E, _W_U = "embed.W_E", "unembed.W_U"
+_W_E, _W_U = _tl.W_E_NAME, _tl.W_U_NAME
 _COLUMNS = ("epoch", "step", "train_loss", "val_loss", "lr", "seconds")
 
 
@@ -555,13 +550,9 @@ def _dropout_hooks(
         )
         return x * keep / (1.0 - p)
 
-    names = ["blocks.0.hook_resid_pre"]
+    names = [_tl.block_input_name(0)]
     for layer in range(model.cfg.n_layers):
-        names += [
-            f"blocks.{layer}.attn.hook_pattern",
-            f"blocks.{layer}.hook_attn_out",
-            f"blocks.{layer}.hook_mlp_out",
-        ]
+        names += [_tl.hook_name(kind, layer) for kind in ("pattern", "attn", "mlp")]
     return [(n, drop) for n in names if n in model.hook_dict]
 
 
