@@ -48,6 +48,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         n_trials=args.trials,
         progress=not args.no_progress,
         schedule=args.schedule,
+        workers=args.workers,
     )
     t0 = time.perf_counter()
     results = run_toy_study(args.out, cfg)
@@ -82,6 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=["fast", "paper"],
         default="fast",
         help="training schedule: fast (default, minutes) or the paper's (about 25 min per model)",
+    )
+    rep.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes studying the models side by side (default: one per model, up to the CPUs)",
     )
     rep.add_argument("--no-progress", action="store_true")
     rep.set_defaults(fn=_reproduce)

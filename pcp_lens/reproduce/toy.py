@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing
 import os
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,12 +73,25 @@ class StudyConfig:
     sentiments: tuple[int, ...] = (2, 3)
     progress: bool = True
     schedule: str = "fast"
+    workers: int | None = None
 
     def __post_init__(self) -> None:
+        if self.workers is not None and (
+            not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1
+        ):
+            raise ValueError(f"workers must be an int >= 1 or None, got {self.workers!r}")
         if self.schedule not in ("fast", "paper"):
             raise ValueError(f"schedule must be 'fast' or 'paper', got {self.schedule!r}")
         if self.quick and self.schedule != "fast":
             raise ValueError(f"quick runs use their own schedule; got schedule={self.schedule!r}")
+
+    @property
+    def n_workers(self) -> int:
+        """Processes that study the models side by side (default: one per model, up to the
+        number of CPUs)."""
+        if self.workers is not None:
+            return min(self.workers, len(self.sentiments))
+        return max(1, min(len(self.sentiments), os.cpu_count() or 1))
 
     @property
     def schedule_name(self) -> str:
@@ -491,15 +506,31 @@ def run_toy_study(out: str | os.PathLike[str], cfg: StudyConfig | None = None) -
         torch.set_num_threads(threads)
 
 
-def _run(outp: Path, cfg: StudyConfig) -> dict:
-    t0 = time.perf_counter()
-    results: dict[str, Any] = {"config": cfg.__dict__, "torch": torch.__version__}
+def _study_one(k: int, cfg: StudyConfig, outp: Path) -> dict:
+    """Study one model (in this process or a worker) and save its PCP replacements."""
+    torch.manual_seed(cfg.seed)  # each model starts from the same state, wherever it runs
+    torch.set_num_threads(1)
     replacements: dict[str, PCPReplacement] = {}
-    for k in cfg.sentiments:
-        results[f"{k}sent"] = study_model(k, cfg, outp, replacements)
+    r = study_model(k, cfg, outp, replacements)
     (outp / "replacements").mkdir(exist_ok=True)
     for name, rep in replacements.items():
         rep.save(outp / "replacements" / f"{name}.safetensors")
+    return r
+
+
+def _run(outp: Path, cfg: StudyConfig) -> dict:
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {"config": cfg.__dict__, "torch": torch.__version__}
+    ks = list(cfg.sentiments)
+    if cfg.n_workers > 1:
+        # one process per model: the 64-wide toy model keeps one core busy, not two
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(cfg.n_workers, mp_context=ctx) as pool:
+            per_model = list(pool.map(_study_one, ks, [cfg] * len(ks), [outp] * len(ks)))
+    else:
+        per_model = [_study_one(k, cfg, outp) for k in ks]
+    for k, r in zip(ks, per_model, strict=True):
+        results[f"{k}sent"] = r
     results["findings"] = findings(results)
     results["seconds_total"] = round(time.perf_counter() - t0, 1)
     write_text_atomic(outp / "results.json", json.dumps(results, indent=1, default=_json_default))

@@ -109,3 +109,34 @@ def test_schedules_and_config_validation():
         StudyConfig(schedule="slow")
     with pytest.raises(ValueError, match="quick runs use their own schedule"):
         StudyConfig(quick=True, schedule="paper")
+
+
+def _numbers(x):
+    """Every number of a results.json, without wall-clock timings and the worker count."""
+    if isinstance(x, dict):
+        return {k: _numbers(v) for k, v in x.items() if "seconds" not in k and k != "workers"}
+    if isinstance(x, list):
+        return [_numbers(v) for v in x]
+    return x
+
+
+def test_one_process_gives_the_same_numbers(run: Path, tmp_path: Path):
+    """Studying the models side by side (the default on a multi-core machine) or one after the
+    other gives identical tables, replacements and findings."""
+    other = tmp_path / "serial"
+    assert main(["reproduce", "toy", "--quick", "--workers", "1", "--out", str(other),
+                 "--no-progress"]) == 0
+    a = json.loads((run / "results.json").read_text())
+    b = json.loads((other / "results.json").read_text())
+    assert b["config"]["workers"] == 1
+    assert _numbers(a) == _numbers(b)
+    for f in sorted((run / "replacements").iterdir()):
+        assert f.read_bytes() == (other / "replacements" / f.name).read_bytes(), f.name
+
+
+def test_workers_validated():
+    from pcp_lens.reproduce.toy import StudyConfig
+
+    with pytest.raises(ValueError, match="workers must be an int >= 1 or None, got 0"):
+        StudyConfig(workers=0)
+    assert StudyConfig(workers=8).n_workers == 2  # never more processes than models
