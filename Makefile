@@ -41,3 +41,4 @@ bench: setup
 	$(BIN)/python benchmarks/bench_hook_overhead.py
 	$(BIN)/python benchmarks/bench_stats_memory.py
 	$(BIN)/python benchmarks/bench_pcp.py
+	$(BIN)/python benchmarks/bench_ablation_sweep.py
