@@ -328,6 +328,7 @@ def _resolve_raw(spec: str, model: HookedTransformer, params: Sequence[str]) -> 
             f"slices of shared tensors); freeze the whole layer, 'attn{site.layer}'"
         )
     site.validate(model)
+    assert site.layer is not None  # attn and mlp sites always have one
     out = _under(params, [_tl.param_prefix(site.layer, site.kind)])
     if not out:
         raise ValueError(f"freeze name {spec!r}: this model has no parameters under {site.name!r}")

@@ -184,9 +184,8 @@ def mean_ablation_table(c: _Ctx, cfg: StudyConfig) -> dict:
     out: dict[str, Any] = {}
     n = c.model.cfg.n_layers
     for metric, suffix in (("neg", ""), ("mass", "_mass")):
-        value = {
-            r["ablation"]: float(r["value"]) for r in df[df.metric == metric].to_dict("records")
-        }
+        rows = df[df.metric == metric]
+        value = dict(zip(rows["ablation"], rows["value"].astype(float), strict=True))
         out[f"attn{suffix}"] = [round(value[f"attn{i}"], 4) for i in range(n)]
         out[f"mlp{suffix}"] = [round(value[f"mlp{i}"], 4) for i in range(n)]
         out[f"unchanged{suffix}"] = round(value["unchanged"], 4)
