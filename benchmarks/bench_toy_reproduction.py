@@ -1,0 +1,59 @@
+"""Wall clock and peak memory of ``pcp-lens reproduce toy`` (budget: 15 min and 4 GiB full,
+3 min quick).
+
+Runs the command in a fresh output folder (so every model is trained) as a child process and
+samples the resident memory of the whole process tree (the command and its worker processes)
+every 0.2 s; the peak is the largest *sum* over the tree, which ``/usr/bin/time`` does not give
+for parallel workers.
+
+    python benchmarks/bench_toy_reproduction.py [--quick] [--workers N] [--schedule fast|paper]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import time
+
+import psutil
+
+
+def tree_rss(p: psutil.Process) -> int:
+    total = 0
+    for q in [p, *p.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):  # a worker may exit between listing and reading
+            total += q.memory_info().rss
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--schedule", default="fast")
+    ap.add_argument("--out", default=None, help="output folder (default: a fresh temporary one)")
+    args = ap.parse_args()
+    out = args.out or tempfile.mkdtemp(prefix="toy_bench_")
+    cmd = [sys.executable, "-m", "pcp_lens.cli", "reproduce", "toy", "--out", out, "--no-progress"]
+    cmd += ["--schedule", args.schedule] + (["--quick"] if args.quick else [])
+    cmd += ["--workers", str(args.workers)] if args.workers else []
+    t0 = time.perf_counter()
+    proc = psutil.Popen(cmd)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss(proc))
+        time.sleep(0.2)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        sys.exit(f"command failed with exit status {proc.returncode}")
+    budget = 3 * 60 if args.quick else 15 * 60
+    print(f"output: {out}")
+    print(f"wall clock {wall / 60:.0f} min {wall % 60:.0f} s ({wall / budget:.2f} of the budget)")
+    gib = peak / 2**32
+    print(f"peak resident memory of the process tree {peak / 2**20:.0f} MB ({gib:.2f} of 4 GiB)")
+
+
+if __name__ == "__main__":
+    main()
