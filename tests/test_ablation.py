@@ -313,7 +313,7 @@ def test_sweep_resumed_blocks_match_full_runs(model, tokens, groups):
     """Ablations re-run only the blocks from their first site; over several batches, with a
     stateful resample hook, a site before the blocks and a user's own hook, the values equal full
     forward passes."""
-    gm = GroupMetric(groups, "neg", positions=(-1,))
+    gm = GroupMetric(groups, "neg", stat="prob", positions=(-1,))
     user = [("hook_embed", lambda act, hook: act * 0.5)]  # changes every layer's input
     with model.hooks(fwd_hooks=user):
         df = ablation_sweep(
@@ -422,3 +422,28 @@ def test_follows_model_dtype(groups):
     means = ablation_means(model, tokens, ["mlp0"], progress=False)
     df = ablation_sweep(model, tokens, group_metrics(groups), ["mlp0"], means=means, progress=False)
     assert df.value.notna().all()
+
+
+def test_sweep_on_shortformer_runs_whole_model(groups):
+    """Shortformer blocks add positional embeddings themselves, so a residual cannot resume them:
+    the sweep falls back to full forward passes and still equals direct runs."""
+    cfg = _tl.HookedTransformerConfig(
+        n_layers=2,
+        d_model=16,
+        n_ctx=8,
+        d_head=4,
+        n_heads=4,
+        d_vocab=50,
+        act_fn="gelu_new",
+        positional_embedding_type="shortformer",
+        seed=0,
+        device="cpu",
+    )
+    model = _tl.HookedTransformer(cfg)
+    assert not _tl.blocks_resumable(model)
+    tokens = torch.randint(0, 50, (4, 6), generator=torch.Generator().manual_seed(1))
+    gm = GroupMetric(groups, "neg", stat="prob", positions=(-1,))  # continuous, not top-k
+    df = ablation_sweep(model, tokens, gm, ["mlp1"], method="zero", progress=False)
+    got = df.set_index("ablation")["value"]
+    direct = model.run_with_hooks(tokens, fwd_hooks=ablation_hooks(model, ["mlp1"], "zero"))
+    assert got["mlp1"] == pytest.approx(float(gm(direct)), abs=1e-6)
