@@ -406,7 +406,7 @@ def findings(r: dict) -> dict:
         # top-10 metric they would hold or fail by accident
         why = (
             f"no backdoor in the top-10 metric (unedited p+t {weak} < {BACKDOOR_THRESHOLD}), "
-            "not evaluated: "
+            "nothing to judge; measured: "
         )
         return {k: _finding(None, why + v["detail"]) for k, v in f.items()}
     return f
