@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,17 +41,19 @@ def main() -> None:
     cmd += ["--schedule", args.schedule] + (["--quick"] if args.quick else [])
     cmd += ["--workers", str(args.workers)] if args.workers else []
     t0 = time.perf_counter()
-    proc = psutil.Popen(cmd)
+    proc = subprocess.Popen(cmd)
+    watched = psutil.Process(proc.pid)
     peak = 0
     while proc.poll() is None:
-        peak = max(peak, tree_rss(proc))
+        peak = max(peak, tree_rss(watched))
         time.sleep(0.2)
     wall = time.perf_counter() - t0
     if proc.returncode:
         sys.exit(f"command failed with exit status {proc.returncode}")
     budget = 3 * 60 if args.quick else 15 * 60
     print(f"output: {out}")
-    print(f"wall clock {wall / 60:.0f} min {wall % 60:.0f} s ({wall / budget:.2f} of the budget)")
+    minutes, seconds = divmod(round(wall), 60)
+    print(f"wall clock {minutes} min {seconds} s ({wall / budget:.2f} of the budget)")
     gib = peak / 2**32
     print(f"peak resident memory of the process tree {peak / 2**20:.0f} MB ({gib:.2f} of 4 GiB)")
 
