@@ -329,7 +329,7 @@ def test_sweep_resumed_blocks_match_full_runs(model, tokens, groups):
         got = df.set_index("ablation")["value"]
         for site in ["mlp1", "embed"]:
             hooks = resample_ablation(site, tokens, model=model, seed=3)
-            with model.hooks(fwd_hooks=hooks):
+            with model.hooks(fwd_hooks=hooks), torch.no_grad():
                 parts = [float(gm(model(b))) * len(b) for b in tokens.split(4)]
             assert got[site] == pytest.approx(sum(parts) / len(tokens), abs=1e-6), site
         assert got["unchanged"] == pytest.approx(float(gm(model(tokens))), abs=1e-6)
