@@ -446,5 +446,6 @@ def test_sweep_on_shortformer_runs_whole_model(groups):
     gm = GroupMetric(groups, "neg", stat="prob", positions=(-1,))  # continuous, not top-k
     df = ablation_sweep(model, tokens, gm, ["mlp1"], method="zero", progress=False)
     got = df.set_index("ablation")["value"]
-    direct = model.run_with_hooks(tokens, fwd_hooks=ablation_hooks(model, ["mlp1"], "zero"))
+    with torch.no_grad():
+        direct = model.run_with_hooks(tokens, fwd_hooks=ablation_hooks(model, ["mlp1"], "zero"))
     assert got["mlp1"] == pytest.approx(float(gm(direct)), abs=1e-6)
