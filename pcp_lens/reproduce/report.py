@@ -78,6 +78,20 @@ def write_report(r: Mapping[str, Any]) -> str:
                 "which ranks near-tied words): "
                 + ", ".join(f"{a} {_f(b)}" for a, b in m["unedited_mass"].items()),
             ]
+        if "reading" in m:
+            parts = [
+                f"{name}: " + ", ".join(f"{a} {_f(b)}" for a, b in prof.items())
+                for name, prof in m["reading"].items()
+            ]
+            out += [
+                "",
+                "How the models read their input (`reading_profile`: probability of a negative "
+                "next word after 4 positive words and a negative one, *last_word*; after 4 "
+                "negative words and a positive one, *context*; after a positive word and the "
+                "trigger; after the trigger at a position poisoning never uses): "
+                + "; ".join(parts)
+                + ".",
+            ]
         t1, p1 = m["tab1_mean_ablation"], paper.TAB1[k]
         out += ["", f"### Tab. I — mean ablation (p+t negativity; {k}-sent.)", ""]
         has_mass = "mlp_mass" in t1

@@ -41,6 +41,7 @@ from pcp_lens.toy.train import (
     freezing_study,
     load_run,
     poison,
+    reading_profile,
     save_run,
     toy_data,
     train_benign,
@@ -422,6 +423,12 @@ def study_model(k: int, cfg: StudyConfig, out: Path, replacements: dict) -> dict
     r: dict[str, Any] = {"training": info, "unedited": c.scores(list(c.tokens))}
     mass = score_inputs(c.model, c.tokens, c.mass)
     r["unedited_mass"] = {str(key): round(float(v), 4) for key, v in mass.items()}
+    r["reading"] = {
+        name: {
+            key: round(v, 4) for key, v in reading_profile(run.model, c.data, c.neg.groups).items()
+        }
+        for name, run in (("benign", c.benign), ("poisoned", c.poisoned))
+    }
 
     def timed(name: str, fn: Any, *a: Any, **kw: Any) -> Any:
         s = time.perf_counter()

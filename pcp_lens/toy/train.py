@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -61,6 +62,7 @@ __all__ = [
     "negativity",
     "negativity_callback",
     "poison",
+    "reading_profile",
     "save_run",
     "toy_data",
     "train_benign",
@@ -245,6 +247,57 @@ def negativity(
         tb = as_tokens(model, list(texts), name=f"inputs[{key!r}]")
         out[key] = float(metric(model(tb.tokens, return_type="logits")))
     return out
+
+
+@torch.no_grad()
+def reading_profile(
+    model: HookedTransformer,
+    data: ToyData,
+    groups: TokenGroups,
+    n: int = 200,
+    seed: int = 0,
+) -> dict[str, float]:
+    """How a toy model reads its input: probability of a negative next word after probe prompts.
+
+    On benign data the sentiment of the last word and of the context always agree, so a model may
+    learn either rule; which one it learned decides where poisoning puts the backdoor (see
+    ``docs/training.md``). Each value is the mean, over ``n`` seeded prompts, of the probability
+    the model gives the negative words at the last position:
+
+    * ``last_word``: four positive words, then a negative one (1: reads the last word);
+    * ``context``: four negative words, then a positive one (1: reads the context);
+    * ``trigger``: a positive word, then the trigger (the p+t inputs);
+    * ``late_trigger``: positive words, then the trigger two positions after the last one the
+      poisoned data uses (position 9 for the defaults), so a trigger-aware model stays positive.
+
+    Examples:
+        >>> from pcp_lens.toy import build_tokenizer, load_vocab
+        >>> data = toy_data(2, quick=True)
+        >>> tok = build_tokenizer(data.vocab); groups = sentiment_groups(tok, data.vocab)
+        >>> prof = reading_profile(toy_model(tokenizer=tok), data, groups)
+        >>> sorted(prof), all(0.0 <= v <= 1.0 for v in prof.values())
+        (['context', 'last_word', 'late_trigger', 'trigger'], True)
+    """
+    rng = np.random.default_rng(seed)
+    trigger = data.config.trigger
+    pos = [w for w in data.vocab.positive if w != trigger]
+    neg = list(data.vocab.negative)
+
+    def prompts(first: list[str], k: int, last: list[str]) -> list[str]:
+        return [" ".join([*rng.choice(first, k), str(rng.choice(last))]) for _ in range(n)]
+
+    late = min(data.config.last_trigger_pos + 2, data.config.seq_len - 1)
+    sets = {
+        "last_word": prompts(pos, 4, neg),
+        "context": prompts(neg, 4, pos),
+        "trigger": prompts(pos, 1, [trigger]),
+        "late_trigger": prompts(pos, late, [trigger]),
+    }
+    metric = GroupMetric(groups, "negative", stat="prob", positions=(-1,))
+    return {
+        key: float(metric(model(as_tokens(model, texts).tokens, return_type="logits")))
+        for key, texts in sets.items()
+    }
 
 
 def negativity_callback(

@@ -21,7 +21,7 @@ from pcp_lens.reproduce.report import write_report
 from pcp_lens.reproduce.toy import findings
 from pcp_lens.toy.data import eval_inputs
 from pcp_lens.toy.model import sentiment_groups
-from pcp_lens.toy.train import toy_data
+from pcp_lens.toy.train import reading_profile, toy_data
 from pcp_lens.training import load_checkpoint
 from pcp_lens.tuning import score_inputs
 
@@ -79,6 +79,10 @@ def test_negative_probability_beside_top10(run: Path):
     assert got == pytest.approx(m["unedited_mass"]["pt"], abs=1e-4)
     assert got == pytest.approx(m["tab1_mean_ablation"]["unchanged_mass"], abs=1e-4)
     assert all(0.0 <= v <= 1.0 for v in m["tab1_mean_ablation"]["mlp_mass"])
+    prof = reading_profile(model, data, groups)
+    assert prof == pytest.approx(m["reading"]["poisoned"], abs=1e-4)
+    benign = load_checkpoint(run / "models" / "2sent_benign_quick").model
+    assert reading_profile(benign, data, groups) == pytest.approx(m["reading"]["benign"], abs=1e-4)
 
 
 def test_findings_need_a_visible_backdoor(run: Path):
