@@ -7,7 +7,7 @@ between TransformerLens 2.x and 3.x live here, so a TransformerLens upgrade touc
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -44,7 +44,6 @@ __all__ = [
     "module_input_hook",
     "new_model",
     "processing_fingerprint",
-    "unembed",
 ]
 
 # kind -> TransformerLens activation name (as understood by get_act_name)
@@ -111,16 +110,6 @@ def module_input(
     if w is None:
         return normalized
     return normalized * w + ln.b
-
-
-def unembed(
-    model: HookedTransformer, x: Float[Tensor, "... d_model"]
-) -> Float[Tensor, "... d_vocab"]:
-    """Apply the final LayerNorm (its own scale, with affine) and the unembedding to ``x``.
-
-    One-off use of :class:`FinalLogits`; callers that unembed many batches should hold one.
-    """
-    return FinalLogits(model)(x)
 
 
 def processing_fingerprint(model: HookedTransformer) -> dict[str, Any]:
@@ -214,17 +203,11 @@ def block_inputs(
     model: HookedTransformer, tokens: Tensor, layers: Iterable[int]
 ) -> tuple[dict[int, Float[Tensor, "batch pos d_model"]], Float[Tensor, "batch pos d_model"]]:
     """The residual entering each block in ``layers``, and the final residual, in one pass."""
-    got: dict[int, Tensor] = {}
-
-    def grab(layer: int) -> Callable[[Tensor, HookPoint], None]:
-        def fn(act: Tensor, hook: HookPoint) -> None:
-            got[layer] = act
-
-        return fn
-
-    with model.hooks(fwd_hooks=[(block_input_name(i), grab(i)) for i in layers]):
-        final = final_residual(model, tokens)
-    return got, final
+    layers = list(layers)
+    final, cache = run_with_cache(
+        model, tokens, [block_input_name(i) for i in layers], stop_at_layer=model.cfg.n_layers
+    )
+    return {i: cache[block_input_name(i)] for i in layers}, final
 
 
 def kv_hook_names(layer: int) -> tuple[str, str]:
@@ -355,9 +338,15 @@ def head_dims(model: HookedTransformer) -> tuple[int, int]:
 
 
 def run_with_cache(
-    model: HookedTransformer, tokens: Tensor, names: Iterable[str]
-) -> tuple[Float[Tensor, "batch pos d_vocab"], ActivationCache]:
-    """Forward pass caching only the hooks in ``names`` (caching everything costs memory)."""
+    model: HookedTransformer, tokens: Tensor, names: Iterable[str], stop_at_layer: int | None = None
+) -> tuple[Float[Tensor, "batch pos d_out"], ActivationCache]:
+    """Forward pass caching only the hooks in ``names`` (caching everything costs memory).
+
+    Returns the logits, or with ``stop_at_layer`` the residual entering that block (``n_layers``:
+    the residual entering the final LayerNorm, without computing any logits).
+    """
     wanted = set(names)
-    logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name in wanted)
-    return cast(Tensor, logits), cache
+    out, cache = model.run_with_cache(
+        tokens, names_filter=lambda name: name in wanted, stop_at_layer=stop_at_layer
+    )
+    return cast(Tensor, out), cache

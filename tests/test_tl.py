@@ -97,7 +97,7 @@ def test_unembed_equals_ln_final_then_unembed(norm, shape):
     d = m.cfg.d_model
     x = 3 * torch.randn(*shape, d, generator=torch.Generator().manual_seed(len(shape))) + 1
     with torch.no_grad():
-        got = _tl.unembed(m, x)
+        got = _tl.FinalLogits(m)(x)
         want = m.unembed(m.ln_final(x.reshape(-1, 1, d))).reshape(*shape, m.cfg.d_vocab)
     assert got.shape == (*shape, m.cfg.d_vocab)
     torch.testing.assert_close(got, want)
@@ -110,16 +110,18 @@ def test_unembed_of_the_last_residual_is_the_models_logits(norm):
     m, logits, cache = norm
     last = m.cfg.n_layers - 1
     with torch.no_grad():
-        torch.testing.assert_close(_tl.unembed(m, cache[f"blocks.{last}.hook_resid_post"]), logits)
+        torch.testing.assert_close(
+            _tl.FinalLogits(m)(cache[f"blocks.{last}.hook_resid_post"]), logits
+        )
         # one position at a time: the final LayerNorm uses each vector's own scale
         torch.testing.assert_close(
-            _tl.unembed(m, cache[f"blocks.{last}.hook_resid_post"][:, 3]), logits[:, 3]
+            _tl.FinalLogits(m)(cache[f"blocks.{last}.hook_resid_post"][:, 3]), logits[:, 3]
         )
 
 
 def test_unembed_casts_to_the_model_dtype(model):
     with torch.no_grad():
-        out = _tl.unembed(model, torch.randn(4, model.cfg.d_model, dtype=torch.float64))
+        out = _tl.FinalLogits(model)(torch.randn(4, model.cfg.d_model, dtype=torch.float64))
     assert out.dtype == torch.float32
 
 
