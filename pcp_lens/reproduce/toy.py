@@ -502,7 +502,6 @@ def run_toy_study(out: str | os.PathLike[str], cfg: StudyConfig | None = None) -
     cfg = cfg or StudyConfig()
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
     # the toy model's matrices are 64 wide: thread start-up costs more than it saves
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -134,6 +134,25 @@ def _tokens(texts: Sequence[str], model: HookedTransformer, tokenizer: Any) -> T
     )
 
 
+def _fit(
+    model: HookedTransformer,
+    tok: Any,
+    split: Any,
+    cfg: TrainConfig,
+    callback: Callable[[int, HookedTransformer], Mapping[str, float] | None] | None,
+) -> ToyRun:
+    """Train ``model`` on ``split["train"]``, validating on ``split["test"]``; eval mode after."""
+    result = train(
+        model,
+        _tokens(split["train"]["text"], model, tok),
+        _tokens(split["test"]["text"], model, tok),
+        cfg,
+        callback=callback,
+    )
+    model.eval()
+    return ToyRun(model, tok, result)
+
+
 def train_benign(
     data: ToyData,
     config: TrainConfig | None = None,
@@ -166,15 +185,7 @@ def train_benign(
     cfg = dataclasses.replace(config or (BENIGN_QUICK if quick else BENIGN), **overrides)
     n_ctx = data.config.seq_len + 1  # room for a bos (TransformerLens truncates before removing it)
     model = toy_model(tokenizer=tok, n_ctx=n_ctx, seed=model_seed, bos=bos, tied=tied)
-    result = train(
-        model,
-        _tokens(data.benign["train"]["text"], model, tok),
-        _tokens(data.benign["test"]["text"], model, tok),
-        cfg,
-        callback=callback,
-    )
-    model.eval()
-    return ToyRun(model, tok, result)
+    return _fit(model, tok, data.benign, cfg, callback)
 
 
 def poison(
@@ -210,15 +221,7 @@ def poison(
     if extra:
         cfg = dataclasses.replace(cfg, freeze=(*cfg.freeze, *extra))
     m = model if inplace else copy.deepcopy(model)
-    result = train(
-        m,
-        _tokens(data.poisoned["train"]["text"], m, tok),
-        _tokens(data.poisoned["test"]["text"], m, tok),
-        cfg,
-        callback=callback,
-    )
-    m.eval()
-    return ToyRun(m, tok, result)
+    return _fit(m, tok, data.poisoned, cfg, callback)
 
 
 @torch.no_grad()
