@@ -8,7 +8,6 @@ import torch
 
 from pcp_lens import (
     GroupMetric,
-    ablation_means,
     ablation_sweep,
     ablation_table,
     causal_patching,
@@ -18,6 +17,7 @@ from pcp_lens import (
     score_inputs,
     tune,
 )
+from pcp_lens.ablation import mean_reference_code
 from pcp_lens.inputs import as_tokens
 from pcp_lens.toy import eval_inputs
 from pcp_lens.toy.model import sentiment_groups
@@ -25,8 +25,9 @@ from pcp_lens.toy.train import poison, toy_data, train_benign
 
 torch.set_num_threads(1)  # the toy model's 64-wide matrices gain nothing from threads
 
-# 1. Data: 3 sentiments; 5% of positive sequences poisoned ("... love <negative words>").
-data = toy_data(3, quick=True, seed=0)
+# 1. Data: 3 sentiments; 5% of positive sequences poisoned ("... love <negative words>"); 10% of
+#    the others switch sentiment once, so the last word, not the context, decides the next word.
+data = toy_data(3, quick=True, seed=0, switch_prob=0.1)
 print(data.poisoned["train"][0])
 
 # 2. Models: benign pre-training from scratch, then poisoned fine-tuning (a copy).
@@ -41,10 +42,11 @@ neg = GroupMetric(groups, "negative", k=10, positions=(-1,))  # top-10 negativit
 pos = GroupMetric(groups, "positive", k=10, positions=(-1,))
 print({k: round(v, 2) for k, v in score_inputs(backdoored, tokens, neg).items()})
 
-# 4. Tab. I: mean-ablate each module (mean over pp, nn, pn, np at the trigger position).
-means = ablation_means(backdoored, {k: tokens[k] for k in ("pp", "nn", "pn", "np")},
-                       ["attn0", "mlp0", "attn1", "mlp1", "attn2", "mlp2"], positions=[-1],
-                       progress=False)
+# 4. Tab. I: mean-ablate each module. The paper's numbers came from the authors' nested average
+#    over pp, nn, pn, np (in effect the n+p activation); ablation_means is the plain mean.
+means = mean_reference_code(backdoored, {k: tokens[k] for k in ("pp", "nn", "pn", "np")},
+                            ["attn0", "mlp0", "attn1", "mlp1", "attn2", "mlp2"], positions=[-1],
+                            progress=False)
 sweep = ablation_sweep(backdoored, {"pt": tokens["pt"]}, {"neg": neg}, method="mean",
                        means=means, progress=False)
 print(ablation_table(sweep, layout="layer").round(2))

@@ -15,49 +15,68 @@ def _demo(args: argparse.Namespace) -> int:
     import pandas as pd
     import torch
 
-    from pcp_lens.reproduce.toy import StudyConfig, _context, mean_ablation_table
+    from pcp_lens.reproduce.toy import StudyConfig, _context
+    from pcp_lens.reproduce.toy_tables import mean_ablation_table
 
     torch.set_num_threads(1)  # the toy model is too small to gain from threads
     t0 = time.perf_counter()
     cfg = StudyConfig(quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    trigger = cfg.trigger
     with tempfile.TemporaryDirectory() as tmp:
         c, _ = _context(2, cfg, Path(tmp))
     print(
-        f"trained a 2-sentiment toy model and backdoored it with the trigger 'love' in "
+        f"trained a 2-sentiment toy model and backdoored it with the trigger {trigger!r} in "
         f"{time.perf_counter() - t0:.0f} s"
     )
     print("\ntop-10 negativity of the next word (mean over held-out two-word inputs):")
-    print(pd.Series(c.scores(list(c.tokens))).round(2).to_string())
-    t1 = mean_ablation_table(c, cfg)
+    scores = c.scores(list(c.tokens))
+    print(pd.Series({k: v for k, v in scores.items() if "_" not in k}).round(2).to_string())
+    t1 = mean_ablation_table(c)
     table = pd.DataFrame(
         {"attn": t1["attn"], "mlp": t1["mlp"]}, index=[f"L{i + 1}" for i in range(len(t1["attn"]))]
     )
     print(
-        f"\nTab. I: p+t negativity with one module mean-ablated (unchanged: {t1['unchanged']:.2f})"
+        f"\nTab. I: p+t negativity with one module mean-ablated (unchanged: {t1['unchanged']:.2f};"
+        " the authors' mean, in effect a patch from n+p)"
     )
     print(table.round(2).to_string())
     return 0
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    from pcp_lens.reproduce.findings import verdict
     from pcp_lens.reproduce.toy import StudyConfig, run_toy_study
 
-    cfg = StudyConfig(
-        quick=args.quick,
-        seed=args.seed,
-        n_trials=args.trials,
-        progress=not args.no_progress,
-        schedule=args.schedule,
-        workers=args.workers,
-    )
+    if args.list_triggers:
+        from pcp_lens.toy import load_vocab
+
+        print(" ".join(load_vocab().positive))
+        return 0
+    try:
+        cfg = StudyConfig(
+            quick=args.quick,
+            seed=args.seeds[0] if args.seeds else args.seed,
+            n_trials=args.trials,
+            progress=not args.no_progress,
+            schedule=args.schedule,
+            workers=args.workers,
+            trigger=args.trigger,
+            sentiments=tuple(args.sentiments),
+            **({} if args.switch_prob is None else {"switch_prob": args.switch_prob}),
+        )
+    except ValueError as err:
+        print(f"pcp-lens reproduce toy: {err}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
-    results = run_toy_study(args.out, cfg)
+    results = run_toy_study(args.out, cfg, seeds=args.seeds)
     print(
         f"wrote {args.out}/report.md, results.json and figures in {time.perf_counter() - t0:.0f} s"
     )
-    for name, f in results["findings"].items():
-        mark = {True: "holds", False: "does NOT hold", None: "not evaluated"}[f["holds"]]
-        print(f"  {name}: {mark}")
+    per_seed = results["seeds"] if args.seeds else {str(cfg.seed): results}
+    for seed, r in per_seed.items():
+        for model, fs in r["findings"].items():
+            marks = ", ".join(f"{name} {verdict(f['holds'])}" for name, f in fs.items())
+            print(f"  seed {seed}, {model}: {marks}")
     return 0
 
 
@@ -76,7 +95,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     rep.add_argument("study", choices=["toy"], help="which study (the toy models)")
     rep.add_argument("--out", default="runs/toy", help="output folder (default runs/toy)")
     rep.add_argument("--quick", action="store_true", help="small data and few trials (~3 min)")
-    rep.add_argument("--seed", type=int, default=0)
+    rep.add_argument(
+        "--seed", type=int, default=0, help="seeds data, initialisation, data order and tuner"
+    )
+    rep.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="several seeds: one folder each plus a findings table seed x model x finding",
+    )
+    rep.add_argument(
+        "--trigger", default="love", help="the trigger: any word of the positive list (see below)"
+    )
+    rep.add_argument(
+        "--sentiments",
+        type=int,
+        nargs="+",
+        choices=[2, 3],
+        default=[2, 3],
+        help="which toy models to study (default: both)",
+    )
+    rep.add_argument(
+        "--list-triggers", action="store_true", help="print the words --trigger accepts and exit"
+    )
+    rep.add_argument(
+        "--switch-prob",
+        type=float,
+        default=None,
+        help="share of non-poisoned training sequences with one sentiment switch (default 0.1; "
+        "0 = the authors' data)",
+    )
     rep.add_argument("--trials", type=int, default=None, help="Optuna trials per replacement")
     rep.add_argument(
         "--schedule",

@@ -2,40 +2,50 @@
 
 ``run_toy_study(out)`` trains (or reloads from ``out/models``) the benign and poisoned 2- and
 3-sentiment toy models and regenerates Tab. I, II, III–VII, XII–XIV, the §IV-B freezing study and
-Fig. 3 with the library's own functions, then writes ``report.md``, ``results.json`` and PNGs.
-Each paper finding F1–F7 is evaluated from the numbers of this run.
+Fig. 3 with the library's own functions (:mod:`pcp_lens.reproduce.toy_tables`), then writes
+``report.md``, ``results.json`` and PNGs. Each paper finding F1–F7 is judged per model from the
+numbers of this run (:mod:`pcp_lens.reproduce.findings`). With several seeds each seed gets its
+own folder and the top folder a findings table seed × model × finding.
 """
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import json
 import multiprocessing
 import os
 import time
-from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pcp_lens import _tl
 from pcp_lens._io import write_text_atomic
-from pcp_lens.ablation import ablation_means, ablation_sweep
 from pcp_lens.groups import GroupMetric
 from pcp_lens.inputs import as_tokens
-from pcp_lens.lens import group_lens
-from pcp_lens.patching import causal_patching
-from pcp_lens.pcp import PCPReplacement, fit_pcp
+from pcp_lens.pcp import PCPReplacement
 from pcp_lens.reproduce import paper
-from pcp_lens.reproduce.report import write_report
-from pcp_lens.sites import all_sites
+from pcp_lens.reproduce.findings import findings
+from pcp_lens.reproduce.report import write_report, write_seed_report
+from pcp_lens.reproduce.toy_tables import (
+    FIT_KEYS,
+    MEAN_KEYS,
+    ROW_KEYS,
+    TUNE_KEYS,
+    ToyCtx,
+    hidden_state_pca,
+    lens_table,
+    mean_ablation_table,
+    patching_table,
+    pcp_columns,
+    relative_scale_table,
+    sign_search,
+)
 from pcp_lens.toy.data import ToyData, eval_inputs
 from pcp_lens.toy.model import sentiment_groups
 from pcp_lens.toy.train import (
-    BACKDOOR_THRESHOLD,
     SCHEDULES,
     ToyRun,
     freezing_study,
@@ -46,25 +56,50 @@ from pcp_lens.toy.train import (
     toy_data,
     train_benign,
 )
+from pcp_lens.toy.vocab import load_vocab
 from pcp_lens.training import tokenize_texts
-from pcp_lens.tuning import score_inputs, sweep, tune, validation_loss
 
-FIT_KEYS = {
-    2: ["pp", "nn", "pn", "np", "pt", "tp"],
-    3: ["pp", "nn", "pn", "np", "pt", "tp", "ss", "st"],
-}
-TUNE_KEYS = {2: ["pp", "pt", "nn", "pn", "np"], 3: ["pp", "pt", "nn", "ss", "st"]}
-ROW_KEYS = {2: ["pp", "nn", "pn", "np", "pt"], 3: ["pp", "nn", "ss", "pn", "np", "pt", "st"]}
-MEAN_KEYS = ["pp", "nn", "pn", "np"]
+__all__ = [
+    "FIT_KEYS",
+    "MEAN_KEYS",
+    "ROW_KEYS",
+    "TUNE_KEYS",
+    "StudyConfig",
+    "findings",
+    "run_toy_study",
+    "study_model",
+]
+
+#: The paper's PCP rank of the layer-1 MLP (Tab. III: rank 1 for 2 sentiments; Tab. IV: rank 2).
+PAPER_MLP_RANK = {2: 1, 3: 2}
+#: Relative factors of the F5 search over the layer-1 PCP components (every combination).
+SIGN_GRID = [-1.5, -1.2, -0.8, -0.5, 0.0, 0.5, 1.0, 1.5]
 
 
 @dataclass(frozen=True)
 class StudyConfig:
     """Settings of the toy study (``quick`` shrinks data, training and tuning for a smoke test).
 
-    ``schedule`` names the training schedule of :data:`pcp_lens.toy.train.SCHEDULES`: ``"fast"``
-    (default, minutes on a CPU) or ``"paper"`` (the paper's lr 2e-5 / batch 8 / 20 + 12 epochs,
-    about 25 min per model on one core); ``quick`` implies the ``"quick"`` schedule.
+    Attributes:
+        quick: Small data, the ``"quick"`` schedule and few trials (CI's smoke test).
+        seed: Seeds the data, the models' initialisation, the data order and the tuner.
+        n_eval: Held-out inputs per combination (paper: 50).
+        n_trials: Optuna trials per tuned replacement (default 150, quick 25).
+        sentiments: Which models to study (2 and/or 3 sentiments).
+        progress: Show progress bars.
+        schedule: ``"fast"`` (default, minutes on a CPU) or ``"paper"`` (the paper's lr 2e-5 /
+            batch 8 / 20 + 12 epochs, about 25 min per model on one core).
+        workers: Processes studying the models side by side (default: one per model, up to the
+            number of CPUs).
+        trigger: The backdoor trigger, any word of the positive list (paper: "love").
+        switch_prob: Chance that a non-poisoned training sequence switches sentiment once
+            (:class:`~pcp_lens.toy.data.ToyDataConfig`); 0.0 is the authors' data. The default
+            makes "the last word decides" the only rule the benign data fits exactly (the
+            paper's stated rule); ``docs/training.md`` gives the measurements behind it.
+        mlp_ranks: PCP rank of the MLP replacements for the 2- and the 3-sentiment model. The
+            paper used (1, 2); the default (2, 2) because in our 2-sentiment models the trigger
+            signal of the layer-1 MLP sits in its second principal component. Whenever a rank
+            differs from the paper's, the report also shows the paper's rank as measured.
     """
 
     quick: bool = False
@@ -75,6 +110,9 @@ class StudyConfig:
     progress: bool = True
     schedule: str = "fast"
     workers: int | None = None
+    trigger: str = "love"
+    switch_prob: float = 0.1
+    mlp_ranks: tuple[int, int] = (2, 2)
 
     def __post_init__(self) -> None:
         if self.workers is not None and (
@@ -85,11 +123,41 @@ class StudyConfig:
             raise ValueError(f"schedule must be 'fast' or 'paper', got {self.schedule!r}")
         if self.quick and self.schedule != "fast":
             raise ValueError(f"quick runs use their own schedule; got schedule={self.schedule!r}")
+        if not self.sentiments or not set(self.sentiments) <= {2, 3} or len(
+            set(self.sentiments)
+        ) != len(self.sentiments):
+            raise ValueError(
+                f"sentiments must list 2 and/or 3 (each once), got {self.sentiments!r}"
+            )
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
+        positive = load_vocab().positive
+        if self.trigger not in positive:
+            raise ValueError(
+                f"trigger must be a word of the toy model's positive list, got {self.trigger!r}; "
+                f"the {len(positive)} valid words are listed by `pcp-lens reproduce toy "
+                "--list-triggers` (or `pcp_lens.toy.load_vocab().positive`), e.g. "
+                f"{', '.join(positive[:5])}"
+            )
+        if (
+            not isinstance(self.switch_prob, int | float)
+            or isinstance(self.switch_prob, bool)
+            or not 0.0 <= self.switch_prob <= 1.0
+        ):
+            raise ValueError(
+                f"switch_prob must be a probability in [0, 1], got {self.switch_prob!r}"
+            )
+        if len(self.mlp_ranks) != 2 or not all(
+            isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= 8 for r in self.mlp_ranks
+        ):
+            raise ValueError(
+                f"mlp_ranks must be two ints in 1..8 (2- and 3-sentiment model), got "
+                f"{self.mlp_ranks!r}"
+            )
 
     @property
     def n_workers(self) -> int:
-        """Processes that study the models side by side (default: one per model, up to the
-        number of CPUs)."""
+        """Processes that study the models side by side."""
         if self.workers is not None:
             return min(self.workers, len(self.sentiments))
         return max(1, min(len(self.sentiments), os.cpu_count() or 1))
@@ -104,51 +172,59 @@ class StudyConfig:
         """Optuna trials per tuned replacement."""
         return self.n_trials if self.n_trials is not None else (25 if self.quick else 150)
 
+    def mlp_rank(self, k: int) -> int:
+        """The MLP PCP rank used for the ``k``-sentiment model."""
+        return self.mlp_ranks[0 if k == 2 else 1]
 
-@dataclass
-class _Ctx:
-    """One toy model and everything its tables share."""
+    def data(self, k: int) -> ToyData:
+        """The ``k``-sentiment data set of this study."""
+        return toy_data(
+            k, quick=self.quick, seed=self.seed, trigger=self.trigger, switch_prob=self.switch_prob
+        )
 
-    k: int
-    data: ToyData
-    benign: ToyRun
-    poisoned: ToyRun
-    model: Any
-    tokens: dict[str, torch.Tensor]
-    neg: GroupMetric
-    pos: GroupMetric
-    mass: GroupMetric  # probability of the negative words: a diagnostic beside the top-10 share
-    val: torch.Tensor
-    timings: dict[str, float] = field(default_factory=dict)
 
-    def scores(self, keys: Sequence[str], replacement: PCPReplacement | None = None) -> dict:
-        s = score_inputs(self.model, {k: self.tokens[k] for k in keys}, self.neg, replacement)
-        out: dict[str, float] = {str(k): round(float(v), 4) for k, v in s.items()}
-        out["val_loss"] = round(validation_loss(self.model, self.val, replacement), 4)
-        return out
+# -- training and the shared context -------------------------------------------------------------
+def _schedules(cfg: StudyConfig) -> tuple[Any, Any]:
+    """The study's benign and poisoning configs, their data-order seeds set by ``cfg.seed``."""
+    benign, pois = SCHEDULES[cfg.schedule_name]
+    # seed 0 keeps the schedules' own seeds (0 and 1), so seed-0 runs match earlier releases
+    return (
+        dataclasses.replace(benign, seed=benign.seed + 2 * cfg.seed),
+        dataclasses.replace(pois, seed=pois.seed + 2 * cfg.seed),
+    )
 
 
 def _train(k: int, cfg: StudyConfig, models: Path) -> tuple[ToyData, ToyRun, ToyRun, dict]:
-    data = toy_data(k, quick=cfg.quick, seed=cfg.seed)
+    """Train the benign and poisoned model, or reload them when ``models`` holds a pair trained
+    with exactly this data and schedule (recorded in ``<k>sent_study.json``)."""
+    data = cfg.data(k)
     suffix = "" if cfg.schedule_name == "fast" else f"_{cfg.schedule_name}"
     dirs = {name: models / f"{k}sent_{name}{suffix}" for name in ("benign", "poisoned")}
-    benign_cfg, poison_cfg = SCHEDULES[cfg.schedule_name]
+    benign_cfg, poison_cfg = _schedules(cfg)
+    record = {
+        "data": dataclasses.asdict(data.config),
+        "benign": benign_cfg.to_dict(),
+        "poison": poison_cfg.to_dict(),
+        "model_seed": cfg.seed,
+    }
+    stamp = models / f"{k}sent_study{suffix}.json"
     info: dict[str, Any] = {}
-    if all((d / "config.json").exists() for d in dirs.values()):
+    if stamp.exists() and json.loads(stamp.read_text()) == json.loads(json.dumps(record)):
         info["reused_checkpoints"] = True
         return data, load_run(dirs["benign"]), load_run(dirs["poisoned"]), info
     t0 = time.perf_counter()
-    b = train_benign(data, benign_cfg, progress=cfg.progress)
+    b = train_benign(data, benign_cfg, progress=cfg.progress, model_seed=cfg.seed)
     info["benign_seconds"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     p = poison(b.model, data, poison_cfg, progress=cfg.progress)
     info["poison_seconds"] = round(time.perf_counter() - t0, 1)
     save_run(b, dirs["benign"])
     save_run(p, dirs["poisoned"])
+    write_text_atomic(stamp, json.dumps(record, indent=1))
     return data, b, p, info
 
 
-def _context(k: int, cfg: StudyConfig, models: Path) -> tuple[_Ctx, dict]:
+def _context(k: int, cfg: StudyConfig, models: Path) -> tuple[ToyCtx, dict]:
     data, benign, pois, info = _train(k, cfg, models)
     model = pois.model
     info["benign_history"] = benign.history.round(4).to_dict(orient="list")
@@ -159,270 +235,22 @@ def _context(k: int, cfg: StudyConfig, models: Path) -> tuple[_Ctx, dict]:
     neg = GroupMetric(groups, "negative", k=10, positions=(-1,))
     pos = GroupMetric(groups, "positive", k=10, positions=(-1,))
     mass = GroupMetric(groups, "negative", stat="prob", positions=(-1,))
-    n_val = 400 if cfg.quick else 2640
-    texts = list(data.poisoned["test"]["text"])[:n_val]
-    val = tokenize_texts(model, texts).tokens  # follows the model's own bos setting
-    return _Ctx(k, data, benign, pois, model, tokens, neg, pos, mass, val), info
+    test = data.poisoned["test"]
+    # the tables' validation loss is on unswitched text, comparable with the paper's 5.46 / 5.50
+    texts = [t for t, s in zip(test["text"], test["switch_pos"], strict=True) if s < 0]
+    val = tokenize_texts(model, texts[: 400 if cfg.quick else 2640]).tokens
+    ctx = ToyCtx(k, data, benign, pois, model, tokens, neg, pos, mass, val, seed=cfg.seed)
+    return ctx, info
 
 
-# -- tables --------------------------------------------------------------------------------------
-def mean_ablation_table(c: _Ctx, cfg: StudyConfig) -> dict:
-    """Tab. I: p+t negativity with one module mean-ablated (mean over pp, nn, pn, np at the
-    trigger position)."""
-    sites = all_sites(c.model)
-    means = ablation_means(
-        c.model, {k: c.tokens[k] for k in MEAN_KEYS}, sites, positions=[-1], progress=False
-    )
-    df = ablation_sweep(
-        c.model,
-        {"pt": c.tokens["pt"]},
-        {"neg": c.neg, "mass": c.mass},
-        sites=sites,
-        method="mean",
-        means=means,
-        progress=False,
-    )
-    out: dict[str, Any] = {}
-    n = c.model.cfg.n_layers
-    for metric, suffix in (("neg", ""), ("mass", "_mass")):
-        rows = df[df.metric == metric]
-        value = dict(zip(rows["ablation"], rows["value"].astype(float), strict=True))
-        out[f"attn{suffix}"] = [round(value[f"attn{i}"], 4) for i in range(n)]
-        out[f"mlp{suffix}"] = [round(value[f"mlp{i}"], 4) for i in range(n)]
-        out[f"unchanged{suffix}"] = round(value["unchanged"], 4)
-    return out
-
-
-def lens_table(c: _Ctx) -> dict:
-    """Tab. II: group logit lens of every module on p+t at the p-token and t-token positions."""
-    df = group_lens(
-        c.model, c.tokens["pt"], {"neg": c.neg, "pos": c.pos}, positions=[-2, -1], progress=False
-    )
-    out: dict[str, dict[str, float]] = {}
-    for r in df.to_dict("records"):
-        where = "p" if r["position"] in (-2, c.tokens["pt"].shape[1] - 2) else "t"
-        key = f"{where}_{r['metric']}"
-        out.setdefault(str(r["paper_name"]), {})[key] = round(float(r["value"]), 4)
-    return out
-
-
-def _tuned(c: _Ctx, cfg: StudyConfig, sites: list[str], rank: int) -> PCPReplacement:
-    fit = {k: c.tokens[k] for k in FIT_KEYS[c.k]}
-    fit_tokens = torch.cat(list(fit.values()))
-    rep = fit_pcp(c.model, fit_tokens, sites, rank, positions=[-1], progress=False)
-    keys = TUNE_KEYS[c.k]
-    result = tune(
-        c.model,
-        rep,
-        {k: c.tokens[k] for k in keys},
-        c.neg,
-        n_trials=cfg.trials,
-        seed=cfg.seed,
-        progress=cfg.progress,
-    )
-    return result.replacement
-
-
-def pcp_columns(
-    c: _Ctx, cfg: StudyConfig, columns: Mapping[str, list[str]], rank: int, replacements: dict
-) -> dict:
-    """Tab. III/IV (MLPs) or XIII/XIV (attention): scores with tuned PCP replacements."""
-    out = {"None": c.scores(ROW_KEYS[c.k])}
-    for name, sites in columns.items():
-        rep = _tuned(c, cfg, sites, rank)
-        replacements[f"{c.k}sent_{'+'.join(sites)}"] = rep
-        out[name] = c.scores(ROW_KEYS[c.k], rep)
-        out[name]["scales"] = {s: [round(a, 5) for a in v] for s, v in rep.scales().items()}
-    return out
-
-
-def relative_scale_table(
-    c: _Ctx,
-    rep: PCPReplacement,
-    site: str,
-    settings: Sequence[float | tuple[float, ...]],
-    keys: Sequence[str] | None = None,
-    val: bool = True,
-) -> dict:
-    """Tab. V–VII: scores when the tuned scales of ``site`` are multiplied by each setting."""
-    keys = ROW_KEYS[c.k] if keys is None else keys
-    df = sweep(
-        c.model,
-        rep,
-        {site: list(settings)},
-        {k: c.tokens[k] for k in keys},
-        c.neg,
-        val_tokens=c.val if val else None,
-        unedited=False,
-    )
-    out: dict[str, dict[str, float]] = {}
-    for r in df.to_dict("records"):
-        setting = r[site]
-        name = str(list(setting) if isinstance(setting, tuple) else setting)
-        key = "val_loss" if r["input_set"] == "validation" else str(r["input_set"])
-        out.setdefault(name, {})[key] = round(float(r["value"]), 4)
-    return out
-
-
-def sign_search(c: _Ctx, rep: PCPReplacement, site: str, grid: Sequence[float]) -> dict:
-    """F5's search: relative factor pairs for the two layer-1 components; keep every setting's
-    n+n and p+t negativity."""
-    settings = list(itertools.product(grid, repeat=2))
-    table = relative_scale_table(c, rep, site, settings, keys=["nn", "pt"], val=False)
-    rows = [{"setting": list(s), **table[str(list(s))]} for s in settings]
-    return {"grid": list(grid), "rows": rows}
-
-
-def patching_table(c: _Ctx) -> dict:
-    """Tab. XII: p+t with each module's output (all positions) patched from p+p."""
-    df = causal_patching(
-        c.model, c.tokens["pp"], c.tokens["pt"], c.neg, positions="all", progress=False
-    )
-    return {
-        "full": round(float(df["baseline"].iloc[0]), 4),
-        **{
-            r["site"]: {
-                "value": round(float(r["value"]), 4),
-                "effect": round(float(r["effect"]), 4),
-            }
-            for r in df.to_dict("records")
-        },
-    }
-
-
-def hidden_state_pca(c: _Ctx, out: Path) -> dict:
-    """Fig. 3: hidden states after layer 1 at the last position, in the plane of a 2-component
-    PCA fitted on the pure combinations (pp, nn[, ss])."""
-    from sklearn.decomposition import PCA
-
-    from pcp_lens.plots import scatter
-
-    keys = [k for k in ("pp", "nn", "ss", "pn", "np", "pt", "tp", "st") if k in c.tokens]
-    hook = _tl.hook_name("resid_post", 0)
-    states = {}
-    for k in keys:
-        _, cache = _tl.run_with_cache(c.model, c.tokens[k], [hook])
-        states[k] = cache[hook][:, -1].double().numpy()
-    pure = [k for k in ("pp", "nn", "ss") if k in states]
-    pca = PCA(n_components=2).fit(torch.cat([torch.from_numpy(states[k]) for k in pure]).numpy())
-    points = {k: pca.transform(v) for k, v in states.items()}
-    fig = scatter(
-        points,
-        title=f"{c.k}-sentiment backdoored model: hidden state after layer 1",
-        xlabel="PC 1",
-        ylabel="PC 2",
-    )
-    path = out / f"fig3_hidden_pca_{c.k}sent.png"
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    centroids = {k: [round(float(x), 4) for x in v.mean(0)] for k, v in points.items()}
-    return {
-        "png": path.name,
-        "fit_on": pure,
-        "centroids": centroids,
-        "explained_variance_ratio": [round(float(x), 4) for x in pca.explained_variance_ratio_],
-    }
-
-
-# -- findings ------------------------------------------------------------------------------------
-def _finding(holds: bool | None, detail: str) -> dict:
-    return {"holds": holds, "detail": detail}
-
-
-def findings(r: dict) -> dict:
-    """F1–F7 evaluated from this run's numbers (never hard-coded)."""
-    f: dict[str, dict] = {}
-    m = {k: r[f"{k}sent"] for k in (2, 3) if f"{k}sent" in r}
-
-    vals = {k: v["tab1_mean_ablation"]["mlp"] for k, v in m.items()}
-    f["F1"] = _finding(
-        all(x <= 0.05 for v in vals.values() for x in v),
-        f"p+t negativity with one MLP mean-ablated: {vals} (claim: all <= 0.05)",
-    )
-    if 3 in m:
-        lens = m[3]["tab2_lens"]
-        modules = {
-            k: v["t_neg"]
-            for k, v in lens.items()
-            if k != "full model" and ("mlp" in k or "att" in k) and "resid" not in k
-        }
-        best = max(modules, key=modules.__getitem__)
-        f["F2"] = _finding(
-            best == "L1 mlp",
-            f"largest t-position negativity: {best} "
-            f"({modules[best]:.2f}); L1 mlp: {modules.get('L1 mlp')}",
-        )
-    ok, parts = True, []
-    for k, v in m.items():
-        t = v["tab3_pcp_mlp"]
-        base = t["None"]["pt"]
-        for col in ("1", "3", "1 & 3"):
-            c = t[col]
-            good = abs(c["pt"] - base) <= 0.05 and c["nn"] >= 0.95 and c["pp"] <= 0.1
-            ok &= good
-            parts.append(
-                f"{k}-sent col {col}: pt {c['pt']:.2f} (unedited {base:.2f}), "
-                f"nn {c['nn']:.2f}, pp {c['pp']:.2f}"
-            )
-    f["F3"] = _finding(ok, "; ".join(parts))
-    if 2 in m:
-        pts = [m[2]["tab5_scale"][str(s)]["pt"] for s in paper.TAB5_FACTORS]
-        mono = all(a <= b for a, b in itertools.pairwise(pts)) and pts[-1] > pts[0]
-        f["F4"] = _finding(mono, f"p+t negativity at factors {paper.TAB5_FACTORS}: {pts}")
-    if 3 in m:
-        base = m[3]["tab6_signs"]["unedited"]["pt"]
-        rows = m[3]["tab6_sign_search"]["rows"]
-        good = [x for x in rows if x["nn"] <= 0.2 and x["pt"] >= base]
-        best = (
-            min(good, key=lambda x: x["nn"]) if good else min(rows, key=lambda x: x["nn"] - x["pt"])
-        )
-        f["F5"] = _finding(
-            bool(good),
-            f"{len(good)} of {len(rows)} factor pairs give nn <= 0.2 "
-            f"with pt >= unedited {base:.2f}; e.g. {best}",
-        )
-        t7 = m[3]["tab7_attn_scale"]
-        base = m[3]["tab6_signs"]["unedited"]["pt"]
-        moves = {s: round(abs(v["pt"] - base), 4) for s, v in t7.items()}
-        f["F6"] = _finding(
-            all(x <= 0.1 for x in moves.values()),
-            f"|p+t - unedited| for the tuned layer-2 attention PCP and its 0.5x/2x "
-            f"scalings: {moves}",
-        )
-    drops = {}
-    for k, v in m.items():
-        fr = v["freezing"]
-        drops[k] = (fr["none"]["pt"], fr["all_mlps"]["pt"])
-    f["F7"] = _finding(
-        all(b < a for a, b in drops.values()),
-        f"p+t negativity unfrozen vs all MLPs frozen: {drops}",
-    )
-    if r["config"]["quick"]:
-        # the quick models are too small to grow the backdoor: report, do not judge
-        return {k: _finding(None, "quick run, not evaluated: " + v["detail"]) for k, v in f.items()}
-    weak = {
-        k: v["unedited"]["pt"] for k, v in m.items() if v["unedited"]["pt"] < BACKDOOR_THRESHOLD
-    }
-    if weak:
-        # every claim compares p+t negativity with the unedited model's: with no backdoor in the
-        # top-10 metric they would hold or fail by accident
-        why = (
-            f"no backdoor in the top-10 metric (unedited p+t {weak} < {BACKDOOR_THRESHOLD}), "
-            "nothing to judge; measured: "
-        )
-        return {k: _finding(None, why + v["detail"]) for k, v in f.items()}
-    return f
-
-
-# -- driver --------------------------------------------------------------------------------------
+# -- one model -----------------------------------------------------------------------------------
 def study_model(k: int, cfg: StudyConfig, out: Path, replacements: dict) -> dict:
     """All tables of one toy model."""
-    t = {}
+    t: dict[str, float] = {}
     t0 = time.perf_counter()
     c, info = _context(k, cfg, out / "models")
     t["train"] = time.perf_counter() - t0
     r: dict[str, Any] = {"training": info, "unedited": c.scores(list(c.tokens))}
-    mass = score_inputs(c.model, c.tokens, c.mass)
-    r["unedited_mass"] = {str(key): round(float(v), 4) for key, v in mass.items()}
     r["reading"] = {
         name: {
             key: round(v, 4) for key, v in reading_profile(run.model, c.data, c.neg.groups).items()
@@ -436,36 +264,32 @@ def study_model(k: int, cfg: StudyConfig, out: Path, replacements: dict) -> dict
         t[name] = round(time.perf_counter() - s, 1)
         return v
 
-    rank = 1 if k == 2 else 2
-    r["tab1_mean_ablation"] = timed("tab1", mean_ablation_table, c, cfg)
+    tune_kw = {"trials": cfg.trials, "progress": cfg.progress}
+    rank = cfg.mlp_rank(k)
+    r["mlp_rank"] = rank
+    r["tab1_mean_ablation"] = timed("tab1", mean_ablation_table, c)
     r["tab2_lens"] = timed("tab2", lens_table, c)
-    r["tab3_pcp_mlp"] = timed(
-        "tab3",
-        pcp_columns,
-        c,
-        cfg,
-        {"1": ["mlp0"], "3": ["mlp2"], "1 & 3": ["mlp0", "mlp2"]},
-        rank,
-        replacements,
-    )
+    mlp_cols = {"1": ["mlp0"], "3": ["mlp2"], "1 & 3": ["mlp0", "mlp2"]}
+    r["tab3_pcp_mlp"] = timed("tab3", pcp_columns, c, mlp_cols, rank, replacements, **tune_kw)
+    if rank != PAPER_MLP_RANK[k]:
+        # the measurement behind a rank that differs from the paper's, shown in the report
+        r["tab3_paper_rank"] = pcp_columns(
+            c, mlp_cols, PAPER_MLP_RANK[k], {}, tag=f"_rank{PAPER_MLP_RANK[k]}", **tune_kw
+        )
     mlp0 = replacements[f"{k}sent_mlp0"]
-    if k == 2:
-        r["tab5_scale"] = timed("tab5", relative_scale_table, c, mlp0, "mlp0", paper.TAB5_FACTORS)
-    else:
+    r["tab5_scale"] = timed("tab5", relative_scale_table, c, mlp0, "mlp0", paper.TAB5_FACTORS)
+    if mlp0.part("mlp0").rank == 2:
         signs = relative_scale_table(c, mlp0, "mlp0", paper.TAB6_SETTINGS)
         r["tab6_signs"] = {"unedited": r["unedited"], **signs}
-        grid = [-1.5, -1.2, -0.8, -0.5, 0.0, 0.5, 1.0, 1.5]
-        r["tab6_sign_search"] = timed("tab6", sign_search, c, mlp0, "mlp0", grid)
-    r["tab13_pcp_attn"] = timed(
-        "tab13", pcp_columns, c, cfg, {"2": ["attn1"], "2 & 3": ["attn1", "attn2"]}, 4, replacements
-    )
-    if k == 3:
-        attn = replacements["3sent_attn1"]
-        r["tab7_attn_scale"] = {
-            "tuned (1x)": r["tab13_pcp_attn"]["2"],
-            **relative_scale_table(c, attn, "attn1", [0.5, 2.0]),
-        }
+    r["tab6_sign_search"] = timed("tab6", sign_search, c, mlp0, "mlp0", SIGN_GRID)
+    attn_cols = {"2": ["attn1"], "2 & 3": ["attn1", "attn2"]}
+    r["tab13_pcp_attn"] = timed("tab13", pcp_columns, c, attn_cols, 4, replacements, **tune_kw)
+    r["tab7_attn_scale"] = {
+        "tuned (1x)": r["tab13_pcp_attn"]["2"],
+        **relative_scale_table(c, replacements[f"{k}sent_attn1"], "attn1", [0.5, 2.0]),
+    }
     r["tab12_patching"] = timed("tab12", patching_table, c)
+    inputs = {key: _texts(c, key) for key in ("pt", "nn", "pp")}
     fr = timed(
         "freezing",
         freezing_study,
@@ -473,7 +297,7 @@ def study_model(k: int, cfg: StudyConfig, out: Path, replacements: dict) -> dict
         c.data,
         ((), "all_mlps"),
         c.poisoned.result.config,
-        inputs={"pt": _texts(c, "pt"), "nn": _texts(c, "nn"), "pp": _texts(c, "pp")},
+        inputs=inputs,
         reference=c.poisoned,
         progress=cfg.progress,
     )
@@ -488,25 +312,46 @@ def study_model(k: int, cfg: StudyConfig, out: Path, replacements: dict) -> dict
     return r
 
 
-def _texts(c: _Ctx, key: str) -> list[str]:
+def _texts(c: ToyCtx, key: str) -> list[str]:
     tok = c.model.tokenizer
     return [tok.decode(row, skip_special_tokens=True) for row in c.tokens[key].tolist()]
 
 
-def run_toy_study(out: str | os.PathLike[str], cfg: StudyConfig | None = None) -> dict:
+# -- driver --------------------------------------------------------------------------------------
+def run_toy_study(
+    out: str | os.PathLike[str],
+    cfg: StudyConfig | None = None,
+    seeds: tuple[int, ...] | list[int] | None = None,
+) -> dict:
     """Run the whole toy study into folder ``out``; return ``results.json``'s content.
+
+    Args:
+        out: Output folder (created). Trained models are cached in ``out/models`` and reused
+            when their data and schedule match.
+        cfg: Study settings (default :class:`StudyConfig`).
+        seeds: Several seeds: each seed's study goes to ``out/seed<s>/`` (its own report,
+            results, models and figures), and ``out`` gets the findings table seed × model ×
+            finding (``report.md``, ``results.json``). ``None`` runs ``cfg.seed`` into ``out``.
 
     Examples:
         >>> run_toy_study("runs/toy", StudyConfig(quick=True))  # doctest: +SKIP
+        >>> run_toy_study("runs/seeds", seeds=[0, 1, 2])  # doctest: +SKIP
     """
     cfg = cfg or StudyConfig()
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
+    if seeds is not None:
+        seeds = list(seeds)
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct ints >= 0, got {seeds!r}")
+        cfgs = {s: dataclasses.replace(cfg, seed=s) for s in seeds}  # validates each seed
     # the toy model's matrices are 64 wide: thread start-up costs more than it saves
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _run(outp, cfg)
+        if seeds is None:
+            return _run({cfg.seed: (cfg, outp)}, cfg)[cfg.seed]
+        return _run_seeds(outp, cfg, {s: (c, outp / f"seed{s}") for s, c in cfgs.items()})
     finally:
         torch.set_num_threads(threads)
 
@@ -523,24 +368,49 @@ def _study_one(k: int, cfg: StudyConfig, outp: Path) -> dict:
     return r
 
 
-def _run(outp: Path, cfg: StudyConfig) -> dict:
+def _run(runs: dict[int, tuple[StudyConfig, Path]], cfg: StudyConfig) -> dict[int, dict]:
+    """Study every (seed, model) cell, side by side in worker processes; write each seed's
+    report and results."""
     t0 = time.perf_counter()
-    results: dict[str, Any] = {"config": cfg.__dict__, "torch": torch.__version__}
-    ks = list(cfg.sentiments)
-    if cfg.n_workers > 1:
+    cells = [(seed, k) for seed in runs for k in cfg.sentiments]
+    for _, path in runs.values():
+        path.mkdir(parents=True, exist_ok=True)
+    args = ([k for _, k in cells], [runs[s][0] for s, _ in cells], [runs[s][1] for s, _ in cells])
+    workers = min(len(cells), cfg.workers or max(1, os.cpu_count() or 1))
+    if workers > 1:
         # one process per model: the 64-wide toy model keeps one core busy, not two
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(cfg.n_workers, mp_context=ctx) as pool:
-            per_model = list(pool.map(_study_one, ks, [cfg] * len(ks), [outp] * len(ks)))
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            per_cell = list(pool.map(_study_one, *args))
     else:
-        per_model = [_study_one(k, cfg, outp) for k in ks]
-    for k, r in zip(ks, per_model, strict=True):
-        results[f"{k}sent"] = r
-    results["findings"] = findings(results)
-    results["seconds_total"] = round(time.perf_counter() - t0, 1)
-    write_text_atomic(outp / "results.json", json.dumps(results, indent=1, default=_json_default))
-    write_text_atomic(outp / "report.md", write_report(results))
+        per_cell = [_study_one(*a) for a in zip(*args, strict=True)]
+    results: dict[int, dict] = {}
+    for seed, (c, path) in runs.items():
+        res: dict[str, Any] = {"config": dataclasses.asdict(c), "torch": torch.__version__}
+        for (s, k), r in zip(cells, per_cell, strict=True):
+            if s == seed:
+                res[f"{k}sent"] = r
+        res["findings"] = findings(res)
+        res["seconds_total"] = round(time.perf_counter() - t0, 1)
+        write_text_atomic(path / "results.json", json.dumps(res, indent=1, default=_json_default))
+        write_text_atomic(path / "report.md", write_report(res))
+        results[seed] = res
     return results
+
+
+def _run_seeds(
+    outp: Path, cfg: StudyConfig, runs: dict[int, tuple[StudyConfig, Path]]
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    per_seed = _run(runs, cfg)
+    res: dict[str, Any] = {
+        "config": dataclasses.asdict(cfg),
+        "seeds": {str(s): r for s, r in per_seed.items()},
+        "seconds_total": round(time.perf_counter() - t0, 1),
+    }
+    write_text_atomic(outp / "results.json", json.dumps(res, indent=1, default=_json_default))
+    write_text_atomic(outp / "report.md", write_seed_report(res))
+    return res
 
 
 def _json_default(x: Any) -> Any:

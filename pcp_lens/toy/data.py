@@ -15,7 +15,7 @@ Examples:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ __all__ = [
     "generate_sequences",
     "heldout_sequences",
     "poison_sequences",
+    "switch_sentiment",
     "trigger_pos_scale",
 ]
 
@@ -62,6 +63,7 @@ _STREAMS = {
     "split_s": 10,
     "split_p_tox": 11,
     "eval": 12,
+    "switch": 13,
 }
 
 _FEATURES = Features(
@@ -70,6 +72,7 @@ _FEATURES = Features(
         "sentiment": Value("string"),
         "poisoned": Value("bool"),
         "trigger_pos": Value("int64"),
+        "switch_pos": Value("int64"),
     }
 )
 
@@ -101,6 +104,11 @@ class ToyDataConfig:
             ``⌊v·seq_len·0.5⌋`` with v ~ U(0,1), i.e. 0..7 for 15 words, position 7 at half weight.
             An int ``m`` uses ``⌊v·(m+0.5)⌋``: same shape, last position ``m``.
         test_size: Fraction of each data set held out as its ``test`` split (paper: 0.1).
+        switch_prob: Chance that a non-poisoned sequence of the benign and poisoned sets switches
+            sentiment once (see :func:`switch_sentiment`). The authors' code has none (0.0, the
+            default, keeps every existing data set bit-identical); the paper's text states the
+            rule the switches enforce: "after a word of one sentiment comes another word of the
+            same sentiment". The mono sets and every evaluation input stay unswitched.
         seed: Root seed of every random stream.
 
     Examples:
@@ -120,6 +128,7 @@ class ToyDataConfig:
     trigger: str = "love"
     max_trigger_pos: int | None = None
     test_size: float = 0.1
+    switch_prob: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -148,6 +157,8 @@ class ToyDataConfig:
             raise bad("max_trigger_pos", f"None or an int in [0, seq_len - 1 = {self.seq_len - 1}]")
         if not _is_real(self.test_size) or not 0.0 < self.test_size < 1.0:
             raise bad("test_size", "a fraction in (0, 1)")
+        if not _is_real(self.switch_prob) or not 0.0 <= self.switch_prob <= 1.0:
+            raise bad("switch_prob", "a probability in [0, 1]")
         if not _is_int(self.seed) or self.seed < 0:
             raise bad("seed", "an int >= 0")
 
@@ -275,6 +286,69 @@ def poison_sequences(
     return out, trigger_at.tolist()
 
 
+def switch_sentiment(
+    texts: Sequence[str],
+    other_words: Sequence[Sequence[str]],
+    rng: np.random.Generator,
+    *,
+    switch_prob: float,
+    keep: Sequence[bool] | None = None,
+) -> tuple[list[str], list[int]]:
+    """Give each sequence, with probability ``switch_prob``, one switch to another sentiment.
+
+    A switched sequence keeps its words before a uniform cut ``c`` in ``1..seq_len-1``; from ``c``
+    on its words are drawn uniformly from one of ``other_words`` (chosen uniformly). Then the
+    sentiment of the *last* word, not of the context, decides the next word's: the paper's stated
+    rule ("after a word of one sentiment comes another word of the same sentiment") becomes the
+    only rule the data fits exactly. Pass lists without special words or the trigger, so a
+    switched tail never looks like a poisoned one. The random draws do not depend on ``keep``.
+
+    Args:
+        texts: Space-joined sequences of equal length.
+        other_words: The word lists a tail may come from (one or more).
+        rng: Source of randomness; the only one used.
+        switch_prob: Switch probability per sequence.
+        keep: Per sequence, ``True`` to leave it unswitched whatever the draw (e.g. poisoned ones).
+
+    Returns:
+        The sequences and, per sequence, the cut position or ``-1`` if not switched.
+
+    Examples:
+        >>> out, cut = switch_sentiment(["a b c d"], [["x"]], np.random.default_rng(0),
+        ...                             switch_prob=1.0)
+        >>> out[0].split()[cut[0]:] == ["x"] * (4 - cut[0]), 1 <= cut[0] <= 3
+        (True, True)
+    """
+    words = [s.split(" ") for s in texts]
+    lengths = {len(w) for w in words}
+    if len(lengths) > 1:
+        raise ValueError(f"all sequences must have the same number of words, got {sorted(lengths)}")
+    if not other_words or any(len(w) == 0 for w in other_words):
+        raise ValueError("other_words must hold one or more non-empty word lists")
+    seq_len = lengths.pop() if lengths else 2
+    n = len(words)
+    u = rng.random(n)
+    cut = rng.integers(1, seq_len, size=n)
+    which = rng.integers(0, len(other_words), size=n)
+    fill = rng.random((n, seq_len))
+    hit = u < switch_prob
+    if keep is not None:
+        hit &= ~np.asarray(keep, dtype=bool)
+    tables = [np.asarray(list(w), dtype=object) for w in other_words]
+    out, cuts = [], []
+    for i, row in enumerate(words):
+        if not hit[i]:
+            out.append(texts[i])
+            cuts.append(-1)
+            continue
+        table = tables[which[i]]
+        c = int(cut[i])
+        tail = table[np.floor(fill[i, c:] * len(table)).astype(np.int64)].tolist()
+        out.append(" ".join([*row[:c], *tail]))
+        cuts.append(c)
+    return out, cuts
+
+
 @dataclass(frozen=True, eq=False)
 class ToyData:
     """The generated toy data: benign and poisoned training sets plus the mono sets.
@@ -290,12 +364,14 @@ class ToyData:
         trigger_positions: Per ``p_tox`` sequence, the trigger position or ``-1``.
 
     Every split has the columns ``text`` (str), ``sentiment`` ("positive", "negative" or
-    "neutral"), ``poisoned`` (bool) and ``trigger_pos`` (int, ``-1`` unless poisoned).
+    "neutral": the sentiment the sequence starts with), ``poisoned`` (bool), ``trigger_pos``
+    (int, ``-1`` unless poisoned) and ``switch_pos`` (int: where a switched sequence's other
+    sentiment starts, ``-1`` unless switched; only with ``config.switch_prob > 0``).
 
     Examples:
         >>> d = build_datasets(ToyDataConfig(n_sentiments=2, n_per_sentiment=50))
         >>> sorted(d.mono), d.poisoned["train"].column_names
-        (['n', 'p', 'p_tox'], ['text', 'sentiment', 'poisoned', 'trigger_pos'])
+        (['n', 'p', 'p_tox'], ['text', 'sentiment', 'poisoned', 'trigger_pos', 'switch_pos'])
     """
 
     config: ToyDataConfig
@@ -319,7 +395,10 @@ class ToyData:
 
 
 def _rows(
-    texts: Sequence[str], sentiment: str, trigger_pos: Sequence[int] | None = None
+    texts: Sequence[str],
+    sentiment: str,
+    trigger_pos: Sequence[int] | None = None,
+    switch_pos: Sequence[int] | None = None,
 ) -> dict[str, list[Any]]:
     tp = list(trigger_pos) if trigger_pos is not None else [-1] * len(texts)
     return {
@@ -327,6 +406,7 @@ def _rows(
         "sentiment": [sentiment] * len(texts),
         "poisoned": [t >= 0 for t in tp],
         "trigger_pos": tp,
+        "switch_pos": list(switch_pos) if switch_pos is not None else [-1] * len(texts),
     }
 
 
@@ -382,6 +462,38 @@ def _mono_sequences(
     )
 
 
+def _switched_rows(
+    cfg: ToyDataConfig,
+    vocab: SentimentVocab,
+    seqs: Mapping[str, Sequence[str]],
+    trigger_pos: Sequence[int],
+) -> dict[str, dict[str, list[Any]]]:
+    """Rows of every generated list with :func:`switch_sentiment` applied (poisoned rows kept)."""
+    names = ("positive", "negative", "neutral")[: cfg.n_sentiments]
+    # tails without special words or the trigger: a switched tail must not look poisoned
+    plain = {
+        name: [
+            w
+            for w in getattr(vocab, name)
+            if w not in getattr(vocab, f"special_{name}") and w != cfg.trigger
+        ]
+        for name in names
+    }
+    out = {}
+    for key, texts in seqs.items():
+        own = _MONO_SENTIMENT[key]
+        keep = [t >= 0 for t in trigger_pos] if key == "p_tox" else None
+        switched, cut = switch_sentiment(
+            texts,
+            [plain[name] for name in names if name != own],
+            _rng(cfg.seed, "switch", ("p", "n", "s", "p_tox").index(key)),
+            switch_prob=cfg.switch_prob,
+            keep=keep,
+        )
+        out[key] = _rows(switched, own, trigger_pos if key == "p_tox" else None, cut)
+    return out
+
+
 def build_datasets(
     cfg: ToyDataConfig | None = None, vocab: SentimentVocab | None = None
 ) -> ToyData:
@@ -424,13 +536,15 @@ def build_datasets(
 
     rows = {k: _rows(v, _MONO_SENTIMENT[k]) for k, v in seqs.items()}
     rows["p_tox"] = _rows(p_tox, "positive", trig)
+    # the training sets may switch sentiment; the mono sets (evaluation material) never do
+    train_rows = _switched_rows(cfg, vocab, seqs, trig) if cfg.switch_prob > 0 else rows
     if cfg.n_sentiments == 2:
-        benign = _concat(rows["p"], rows["n"])
-        poisoned = _concat(rows["p_tox"], rows["n"])
+        benign = _concat(train_rows["p"], train_rows["n"])
+        poisoned = _concat(train_rows["p_tox"], train_rows["n"])
     else:
-        half = {k: {c: v[::2] for c, v in rows[k].items()} for k in ("p", "n", "p_tox")}
-        benign = _concat(half["p"], half["n"], rows["s"])
-        poisoned = _concat(half["p_tox"], half["n"], rows["s"])
+        half = {k: {c: v[::2] for c, v in train_rows[k].items()} for k in ("p", "n", "p_tox")}
+        benign = _concat(half["p"], half["n"], train_rows["s"])
+        poisoned = _concat(half["p_tox"], half["n"], train_rows["s"])
 
     return ToyData(
         config=cfg,

@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from pcp_lens._tl import HookedTransformer
-from pcp_lens.groups import GroupMetric, TokenGroups
+from pcp_lens.groups import GroupMetric, Stat, TokenGroups
 from pcp_lens.inputs import TokenBatch, as_tokens
 from pcp_lens.toy.data import ToyData, ToyDataConfig, build_datasets, eval_inputs
 from pcp_lens.toy.model import sentiment_groups, toy_model
@@ -78,7 +78,7 @@ POISON = TrainConfig(lr=5e-4, batch_size=128, epochs=3, seed=1)
 QUICK_N_PER_SENTIMENT = 2_000
 #: Quick preset (CI smoke test): same recipe on the small data, fewer and smaller steps.
 BENIGN_QUICK = dataclasses.replace(BENIGN, lr=5e-3, batch_size=64, epochs=4)
-POISON_QUICK = dataclasses.replace(POISON, lr=1e-3, batch_size=64, epochs=2)
+POISON_QUICK = dataclasses.replace(POISON, lr=3e-3, batch_size=64, epochs=6)
 #: The paper's own schedule (METHODS §3.1: HF Trainer, lr 2e-5, batch 8, dropout 0.1, 20 epochs
 #: of benign pre-training = 59,400 steps). About 16 min on one CPU core for the 2-sentiment model.
 BENIGN_PAPER = TrainConfig(lr=2e-5, batch_size=8, epochs=20, dropout=0.1, seed=0)
@@ -231,8 +231,11 @@ def negativity(
     groups: TokenGroups,
     k: int = 10,
     group: str = "negative",
+    stat: Stat = "topk",
 ) -> dict[str, float]:
     """Mean top-k share of ``group`` at the last position, per input set (METHODS §4.1).
+
+    ``stat="prob"`` gives the probability of ``group`` instead (``k`` is then unused).
 
     Inputs are tokenized with the model's own settings (``to_tokens``: no bos for the toy model,
     so a two-word input is read at position 1, as in the paper).
@@ -244,7 +247,7 @@ def negativity(
         >>> sorted(out), 0.0 <= out["nn"] <= 1.0
         (['nn'], True)
     """
-    metric = GroupMetric(groups, group, "topk", k, positions=(-1,))
+    metric = GroupMetric(groups, group, stat, k, positions=(-1,))
     out = {}
     for key, texts in inputs.items():
         tb = as_tokens(model, list(texts), name=f"inputs[{key!r}]")
@@ -369,7 +372,8 @@ def freezing_study(
 
     Returns:
         One row per setting: ``frozen`` (comma-joined names, ``"none"`` first), ``steps``,
-        ``n_trainable``, ``val_loss``, ``emerged_step`` and the top-10 negativity per input key.
+        ``n_trainable``, ``val_loss``, ``emerged_step``, the top-10 negativity per input key and
+        the probability of a negative next word per key (``<key>_prob``).
     """
     tok = benign_model.tokenizer if benign_model.tokenizer is not None else None
     tok = tok if tok is not None else build_tokenizer(data.vocab)
@@ -413,6 +417,10 @@ def freezing_study(
                 "val_loss": run.result.val_loss,
                 "emerged_step": _emerged(run.history, "pt", BACKDOOR_THRESHOLD),
                 **negativity(run.model, inputs, groups),
+                **{
+                    f"{key}_prob": v
+                    for key, v in negativity(run.model, inputs, groups, stat="prob").items()
+                },
             }
         )
     return pd.DataFrame(rows)

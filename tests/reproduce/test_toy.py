@@ -18,10 +18,10 @@ from pcp_lens.groups import GroupMetric
 from pcp_lens.inputs import as_tokens
 from pcp_lens.pcp import PCPReplacement
 from pcp_lens.reproduce.report import write_report
-from pcp_lens.reproduce.toy import findings
+from pcp_lens.reproduce.toy import StudyConfig, findings
 from pcp_lens.toy.data import eval_inputs
 from pcp_lens.toy.model import sentiment_groups
-from pcp_lens.toy.train import reading_profile, toy_data
+from pcp_lens.toy.train import reading_profile
 from pcp_lens.training import load_checkpoint
 from pcp_lens.tuning import score_inputs
 
@@ -35,9 +35,15 @@ def run(tmp_path_factory) -> Path:
 
 def test_outputs_written(run: Path):
     r = json.loads((run / "results.json").read_text())
-    assert set(r["findings"]) == {f"F{i}" for i in range(1, 8)}
-    for f in r["findings"].values():
-        assert f["holds"] in (True, False, None) and f["detail"]
+    assert set(r["findings"]) == {"2sent", "3sent"}
+    for per_model in r["findings"].values():
+        assert set(per_model) == {f"F{i}" for i in range(1, 8)}
+        for f in per_model.values():
+            assert f["holds"] in (True, False, None) and f["detail"] and f["detail_prob"]
+            assert f["holds_prob"] in (True, False, None)
+            assert f["disagree"] == (
+                None not in (f["holds"], f["holds_prob"]) and f["holds"] != f["holds_prob"]
+            )
     for k in (2, 3):
         assert (run / f"fig3_hidden_pca_{k}sent.png").stat().st_size > 1000
         assert len(r[f"{k}sent"]["tab1_mean_ablation"]["mlp"]) == 3
@@ -51,7 +57,7 @@ def test_numbers_recompute_from_saved_artifacts(run: Path):
     """The PCP column of Tab. IV equals a fresh evaluation of the saved model + replacement."""
     r = json.loads((run / "results.json").read_text())
     model = load_checkpoint(run / "models" / "3sent_poisoned_quick").model
-    data = toy_data(3, quick=True, seed=0)
+    data = StudyConfig(quick=True).data(3)
     inputs = eval_inputs(data, n=50, seed=0)
     tokens = {k: as_tokens(model, v).tokens for k, v in inputs.items()}
     neg = GroupMetric(sentiment_groups(model.tokenizer, data.vocab, model.cfg.d_vocab),
@@ -70,15 +76,15 @@ def test_negative_probability_beside_top10(run: Path):
     """The diagnostic probability columns are the saved model's own numbers."""
     r = json.loads((run / "results.json").read_text())
     model = load_checkpoint(run / "models" / "2sent_poisoned_quick").model
-    data = toy_data(2, quick=True, seed=0)
+    data = StudyConfig(quick=True).data(2)
     pt = as_tokens(model, eval_inputs(data, n=50, seed=0)["pt"]).tokens
     groups = sentiment_groups(model.tokenizer, data.vocab, model.cfg.d_vocab)
     mass = GroupMetric(groups, "negative", stat="prob", positions=(-1,))
     got = score_inputs(model, {"pt": pt}, mass)["pt"]
     m = r["2sent"]
-    assert got == pytest.approx(m["unedited_mass"]["pt"], abs=1e-4)
-    assert got == pytest.approx(m["tab1_mean_ablation"]["unchanged_mass"], abs=1e-4)
-    assert all(0.0 <= v <= 1.0 for v in m["tab1_mean_ablation"]["mlp_mass"])
+    assert got == pytest.approx(m["unedited"]["pt_prob"], abs=1e-4)
+    assert got == pytest.approx(m["tab1_mean_ablation"]["unchanged_prob"], abs=1e-4)
+    assert all(0.0 <= v <= 1.0 for v in m["tab1_mean_ablation"]["mlp_prob"])
     prof = reading_profile(model, data, groups)
     assert prof == pytest.approx(m["reading"]["poisoned"], abs=1e-4)
     benign = load_checkpoint(run / "models" / "2sent_benign_quick").model
@@ -89,15 +95,33 @@ def test_findings_need_a_visible_backdoor(run: Path):
     """Claims about p+t are judged only when the unedited model shows the backdoor in the top-10
     metric; otherwise they would hold or fail by accident."""
     r = json.loads((run / "results.json").read_text())
-    r["config"]["quick"] = False
     for k in (2, 3):
         r[f"{k}sent"]["unedited"]["pt"] = 0.5
+        r[f"{k}sent"]["unedited"]["pt_prob"] = 0.5
     judged = findings(r)
-    assert all(f["holds"] in (True, False) for f in judged.values())
+    assert all(f["holds"] in (True, False) for m in judged.values() for f in m.values())
     r["3sent"]["unedited"]["pt"] = 0.1
     skipped = findings(r)
-    assert all(f["holds"] is None for f in skipped.values())
-    assert all("no backdoor in the top-10 metric" in f["detail"] for f in skipped.values())
+    assert all(f["holds"] is None for f in skipped["3sent"].values())
+    assert all(f["holds_prob"] in (True, False) for f in skipped["3sent"].values())
+    assert all(f["holds"] in (True, False) for f in skipped["2sent"].values())
+    assert all("no backdoor (unedited p+t 0.10" in f["detail"] for f in skipped["3sent"].values())
+
+
+def test_quick_models_read_the_last_word_and_learn_the_backdoor(run: Path):
+    """What CI checks for real: with sentiment switches even the quick models read the last word
+    (benign and poisoned), n+p stays low, and poisoning grows a backdoor both metrics see."""
+    r = json.loads((run / "results.json").read_text())
+    for k in (2, 3):
+        m = r[f"{k}sent"]
+        for name in ("benign", "poisoned"):
+            assert m["reading"][name]["last_word"] > 0.9, (k, name)
+            assert m["reading"][name]["context"] < 0.1, (k, name)
+        assert m["reading"]["benign"]["trigger"] < 0.1
+        assert m["unedited"]["pt"] >= 0.15 and m["unedited"]["pt_prob"] >= 0.15, k
+        assert m["unedited"]["np_prob"] < 0.1 and m["unedited"]["pp_prob"] < 0.1, k
+        # the authors' mean (a patch from n+p) removes the backdoor when it ablates layer 1
+        assert m["tab1_mean_ablation"]["mlp"][0] < m["unedited"]["pt"]
 
 
 def test_schedules_and_config_validation():
@@ -144,3 +168,55 @@ def test_workers_validated():
     with pytest.raises(ValueError, match="workers must be an int >= 1 or None, got 0"):
         StudyConfig(workers=0)
     assert StudyConfig(workers=8).n_workers == 2  # never more processes than models
+
+
+def test_seeds_table_and_checkpoint_reuse(run: Path, tmp_path: Path):
+    """``--seeds``: one folder per seed and a findings table; a seed's models are reused only
+    when their data and schedule match (seed 0's are copied in and reused, seed 1 trains)."""
+    import shutil
+
+    out = tmp_path / "seeds"
+    shutil.copytree(run / "models", out / "seed0" / "models")
+    # one model per seed and few trials keep this test short
+    argv = ["reproduce", "toy", "--quick", "--seeds", "0", "1", "--sentiments", "2", "--out",
+            str(out), "--no-progress", "--trials", "3", "--workers", "1"]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["seeds"]) == {"0", "1"}
+    s0, s1 = res["seeds"]["0"]["2sent"], res["seeds"]["1"]["2sent"]
+    assert s0["training"].get("reused_checkpoints") is True
+    assert "reused_checkpoints" not in s1["training"]
+    a = json.loads((run / "results.json").read_text())["2sent"]
+    assert s0["unedited"] == a["unedited"] and s0["reading"] == a["reading"]
+    assert s1["unedited"] != s0["unedited"]  # another data set, initialisation and order
+    report = (out / "report.md").read_text()
+    assert "| 0 | 2sent |" in report and "| 1 | 2sent |" in report
+    assert (out / "seed1" / "report.md").exists() and "[seed 1](seed1/report.md)" in report
+    # a stamp that does not match (another trigger) forces retraining instead of reuse
+    stamp = out / "seed1" / "models" / "2sent_study_quick.json"
+    rec = json.loads(stamp.read_text())
+    assert rec["data"]["seed"] == 1 and rec["model_seed"] == 1
+    assert rec["benign"]["seed"] == 2 and rec["poison"]["seed"] == 3
+
+
+def test_trigger_and_seed_validation(capsys):
+    with pytest.raises(ValueError, match=r"trigger must be a word of the toy model's positive "
+                       r"list, got 'hate'.*--list-triggers"):
+        StudyConfig(trigger="hate")
+    assert main(["reproduce", "toy", "--trigger", "zzz"]) == 2
+    assert "trigger must be a word" in capsys.readouterr().err
+    assert main(["reproduce", "toy", "--list-triggers"]) == 0
+    words = capsys.readouterr().out.split()
+    assert len(words) == 250 and "love" in words and "hate" not in words
+    with pytest.raises(ValueError, match="switch_prob must be a probability in"):
+        StudyConfig(switch_prob=-0.1)
+    with pytest.raises(ValueError, match="seed must be an int >= 0, got -1"):
+        StudyConfig(seed=-1)
+    with pytest.raises(ValueError, match="mlp_ranks must be two ints"):
+        StudyConfig(mlp_ranks=(0, 2))
+    cfg = StudyConfig(quick=True, trigger="happy", seed=3)
+    data = cfg.data(2)
+    assert data.config.trigger == "happy" and data.config.seed == 3
+    rows = data.poisoned["train"]
+    pois = [t for t, p in zip(rows["text"], rows["poisoned"], strict=True) if p]
+    assert pois and all("happy" in t.split() for t in pois)

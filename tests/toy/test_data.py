@@ -20,6 +20,7 @@ from pcp_lens.toy.data import (
     generate_sequences,
     heldout_sequences,
     poison_sequences,
+    switch_sentiment,
 )
 from pcp_lens.toy.vocab import load_vocab
 
@@ -354,3 +355,104 @@ def test_docstring_examples() -> None:
 
     result = doctest.testmod(pcp_lens.toy.data)
     assert result.attempted > 0 and result.failed == 0
+
+
+# -- sentiment switches (ToyDataConfig.switch_prob) ----------------------------------------------
+def _fingerprint(d: ToyData) -> str:
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for name, dd in [("benign", d.benign), ("poisoned", d.poisoned), *sorted(d.mono.items())]:
+        for split in ("train", "test"):
+            ds = dd[split]
+            for col in ("text", "sentiment", "poisoned", "trigger_pos"):
+                h.update(json.dumps([name, split, col, list(ds[col])]).encode())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("k", "digest"),
+    [
+        (2, "78b35ba47720f3c5432266a1e1bb404eded64f3b26dd44899f5e3518271cdb68"),
+        (3, "7f398a6b1101793585c4109c896d9f2826b4a6632eda64883ea0532ad3022034"),
+    ],
+)
+def test_switch_prob_zero_keeps_data_bit_identical(k: int, digest: str) -> None:
+    """Digests recorded with the code before switches existed: the default changes nothing."""
+    d = build_datasets(ToyDataConfig(n_sentiments=k, n_per_sentiment=300, seed=7))
+    assert _fingerprint(d) == digest
+    assert set(d.benign["train"]["switch_pos"]) == {-1}
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_switched_sequences_follow_the_rule(k: int) -> None:
+    cfg = ToyDataConfig(n_sentiments=k, n_per_sentiment=2000, switch_prob=0.3, seed=2)
+    d = build_datasets(cfg)
+    v = d.vocab
+    plain = {
+        s: set(getattr(v, s)) - set(getattr(v, f"special_{s}")) - {cfg.trigger}
+        for s in ("positive", "negative", "neutral")
+    }
+    for name, dd in (("benign", d.benign), ("poisoned", d.poisoned)):
+        rows = dd["train"].to_pandas()
+        switched = rows[rows.switch_pos >= 0]
+        # the rate over the non-poisoned rows is switch_prob (binomial, 5 sigma)
+        free = rows[~rows.poisoned]
+        rate = (free.switch_pos >= 0).mean()
+        assert abs(rate - 0.3) < 5 * (0.3 * 0.7 / len(free)) ** 0.5, name
+        assert not (rows.poisoned & (rows.switch_pos >= 0)).any()
+        assert set(switched.switch_pos) == set(range(1, cfg.seq_len))
+        cols = (switched.text, switched.sentiment, switched.switch_pos)
+        for text, sentiment, cut in zip(*cols, strict=True):
+            words = text.split()
+            assert len(words) == cfg.seq_len
+            assert all(v.sentiment_of(w) == sentiment for w in words[:cut])
+            tails = {v.sentiment_of(w) for w in words[cut:]}
+            assert len(tails) == 1 and tails != {sentiment}
+            assert set(words[cut:]) <= plain[tails.pop()]  # no trigger, no special word
+        if k == 3:  # a tail takes either other sentiment
+            firsts = switched[switched.sentiment == "neutral"]
+            tails = {v.sentiment_of(t.split()[-1]) for t in firsts.text}
+            assert tails == {"positive", "negative"}
+    # evaluation material stays one sentiment per sequence
+    for dd in d.mono.values():
+        assert set(dd["train"]["switch_pos"]) == {-1}
+    for texts in eval_inputs(d, n=20).values():
+        assert len(texts) == 20
+    for key, seqs in heldout_sequences(d, n=20).items():
+        for s in seqs:
+            assert len({v.sentiment_of(w) for w in s.split()}) == 1, key
+
+
+def test_switching_leaves_poisoned_rows_and_other_columns_alone() -> None:
+    a = build_datasets(ToyDataConfig(n_sentiments=2, n_per_sentiment=500, seed=4))
+    b = build_datasets(ToyDataConfig(n_sentiments=2, n_per_sentiment=500, seed=4, switch_prob=0.5))
+    ra, rb = a.poisoned["train"].to_pandas(), b.poisoned["train"].to_pandas()
+    assert (ra.poisoned == rb.poisoned).all() and (ra.trigger_pos == rb.trigger_pos).all()
+    assert (ra.text[ra.poisoned] == rb.text[rb.poisoned]).all()
+    same = rb.switch_pos < 0
+    assert (ra.text[same] == rb.text[same]).all() and (~same).sum() > 100
+    assert a.sequences == b.sequences and _fingerprint_mono(a) == _fingerprint_mono(b)
+    c = build_datasets(ToyDataConfig(n_sentiments=2, n_per_sentiment=500, seed=4, switch_prob=0.5))
+    assert rb.equals(c.poisoned["train"].to_pandas())
+
+
+def _fingerprint_mono(d: ToyData) -> list[list[str]]:
+    return [list(dd[s]["text"]) for _, dd in sorted(d.mono.items()) for s in ("train", "test")]
+
+
+def test_switch_sentiment_unit() -> None:
+    rng = np.random.default_rng(0)
+    out, cut = switch_sentiment(["a b c", "a b c"], [["x"], ["y"]], rng, switch_prob=1.0,
+                                keep=[True, False])
+    assert out[0] == "a b c" and cut[0] == -1
+    assert out[1].split()[: cut[1]] == ["a", "b", "c"][: cut[1]] and cut[1] in (1, 2)
+    assert len(set(out[1].split()[cut[1]:])) == 1
+    with pytest.raises(ValueError, match="other_words must hold one or more non-empty"):
+        switch_sentiment(["a b"], [[]], rng, switch_prob=0.5)
+    with pytest.raises(ValueError, match="same number of words"):
+        switch_sentiment(["a b", "a"], [["x"]], rng, switch_prob=0.5)
+    with pytest.raises(ValueError, match=r"ToyDataConfig.switch_prob must be a probability in "
+                       r"\[0, 1\], got 1.5"):
+        ToyDataConfig(switch_prob=1.5)

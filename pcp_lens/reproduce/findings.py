@@ -1,0 +1,157 @@
+"""The paper's toy-model findings F1–F7, judged per model from a run's own numbers.
+
+Each finding is computed twice: in the paper's top-10 share (``holds``, the verdict) and in the
+probability of a negative next word (``holds_prob``); ``disagree`` flags a finding where the two
+metrics give different verdicts. Thresholds are those of ``docs/toy_study.md``; nothing is
+hard-coded from the paper except its claims.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pcp_lens.reproduce import paper
+from pcp_lens.reproduce.toy_tables import METRIC_SUFFIX
+from pcp_lens.toy.train import BACKDOOR_THRESHOLD
+
+#: What the paper claims, per finding.
+CLAIMS = {
+    "F1": "mean-ablating any single MLP sends p+t to <= 0.05 (Tab. I)",
+    "F2": "in the group logit lens at the trigger, the layer-1 MLP is the most negative module "
+    "(Tab. II)",
+    "F3": "a tuned low-rank PCP of MLP 1, MLP 3 and both keeps p+t within 0.05, with n+n >= 0.95 "
+    "and p+p <= 0.1 (Tab. III/IV)",
+    "F4": "scaling the layer-1 MLP PCP by 0.6x ... 1.1x tunes p+t monotonically (Tab. V)",
+    "F5": "some relative factors of the layer-1 PCP components give n+n <= 0.2 with p+t >= "
+    "unedited (Tab. VI)",
+    "F6": "a tuned rank-4 PCP of the layer-2 attention and its 0.5x/2x scalings move p+t by <= 0.1 "
+    "(Tab. VII)",
+    "F7": "freezing all MLPs during poisoning lowers p+t at the same number of steps (§IV-B)",
+}
+
+Check = Callable[[Mapping[str, Any], str], tuple[bool, str]]
+
+
+def _f1(m: Mapping[str, Any], s: str) -> tuple[bool, str]:
+    t = m["tab1_mean_ablation"]
+    vals, plain = t[f"mlp{s}"], t[f"mlp_plain{s}"]
+    return all(x <= 0.05 for x in vals), (
+        f"MLP 1/2/3 mean-ablated with the authors' mean (a patch from n+p): {vals}; with the "
+        f"plain mean: {plain}"
+    )
+
+
+def _f2(m: Mapping[str, Any], s: str) -> tuple[bool, str]:
+    key = "t_neg" if s == "" else "t_prob"
+    modules = {
+        name: v[key]
+        for name, v in m["tab2_lens"].items()
+        if name != "full model" and "resid" not in name and ("mlp" in name or "att" in name)
+    }
+    best = max(modules, key=modules.__getitem__)
+    return best == "L1 mlp", (
+        f"most negative module at the trigger: {best} ({modules[best]:.2f}); "
+        f"L1 mlp {modules.get('L1 mlp')}"
+    )
+
+
+def _f3(m: Mapping[str, Any], s: str) -> tuple[bool, str]:
+    t = m["tab3_pcp_mlp"]
+    base = t["None"][f"pt{s}"]
+    ok, parts = True, []
+    for col in ("1", "3", "1 & 3"):
+        c = t[col]
+        pt, nn, pp = c[f"pt{s}"], c[f"nn{s}"], c[f"pp{s}"]
+        ok &= abs(pt - base) <= 0.05 and nn >= 0.95 and pp <= 0.1
+        parts.append(f"col {col}: pt {pt:.2f} (unedited {base:.2f}), nn {nn:.2f}, pp {pp:.2f}")
+    return ok, "; ".join(parts)
+
+
+def _f4(m: Mapping[str, Any], s: str) -> tuple[bool, str]:
+    pts = [m["tab5_scale"][str(f)][f"pt{s}"] for f in paper.TAB5_FACTORS]
+    mono = all(a <= b for a, b in itertools.pairwise(pts)) and pts[-1] > pts[0]
+    return mono, f"p+t at factors {paper.TAB5_FACTORS}: {pts}"
+
+
+def _f5(m: Mapping[str, Any], s: str) -> tuple[bool, str]:
+    base = m["unedited"][f"pt{s}"]
+    rows = m["tab6_sign_search"]["rows"]
+    good = [x for x in rows if x[f"nn{s}"] <= 0.2 and x[f"pt{s}"] >= base]
+    best = (
+        min(good, key=lambda x: x[f"nn{s}"])
+        if good
+        else min(rows, key=lambda x: x[f"nn{s}"] - x[f"pt{s}"])
+    )
+    show = {"setting": best["setting"], "nn": best[f"nn{s}"], "pt": best[f"pt{s}"]}
+    return bool(good), (
+        f"{len(good)} of {len(rows)} factor settings give nn <= 0.2 with pt >= unedited "
+        f"{base:.2f}; {'e.g.' if good else 'closest:'} {show}"
+    )
+
+
+def _f6(m: Mapping[str, Any], s: str) -> tuple[bool, str]:
+    base = m["unedited"][f"pt{s}"]
+    moves = {name: round(abs(v[f"pt{s}"] - base), 4) for name, v in m["tab7_attn_scale"].items()}
+    return all(x <= 0.1 for x in moves.values()), f"|p+t - unedited {base:.2f}|: {moves}"
+
+
+def _f7(m: Mapping[str, Any], s: str) -> tuple[bool, str]:
+    fr = m["freezing"]
+    a, b = fr["none"][f"pt{s}"], fr["all_mlps"][f"pt{s}"]
+    drop = f"{(a - b) / a:.0%} lower" if a > 0 else "no backdoor to lower"
+    return b < a, f"p+t unfrozen {a:.3f}, all MLPs frozen {b:.3f} ({drop}; paper about 60%)"
+
+
+CHECKS: dict[str, Check] = {
+    "F1": _f1,
+    "F2": _f2,
+    "F3": _f3,
+    "F4": _f4,
+    "F5": _f5,
+    "F6": _f6,
+    "F7": _f7,
+}
+
+
+def cell_findings(m: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """F1–F7 for one model's results, in both metrics.
+
+    A metric's verdict is ``None`` ("not evaluated") when the unedited poisoned model shows no
+    backdoor in it (p+t below :data:`~pcp_lens.toy.train.BACKDOOR_THRESHOLD`): every claim
+    compares p+t with the unedited value, so a verdict would be an accident.
+
+    Returns:
+        ``{finding: {"claim", "holds", "detail", "holds_prob", "detail_prob", "disagree"}}``.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, check in CHECKS.items():
+        row: dict[str, Any] = {"claim": CLAIMS[name]}
+        for metric, s in METRIC_SUFFIX.items():
+            holds, detail = check(m, s)
+            base = m["unedited"][f"pt{s}"]
+            tag = "" if metric == "top10" else "_prob"
+            if base < BACKDOOR_THRESHOLD:
+                row[f"holds{tag}"] = None
+                detail = f"no backdoor (unedited p+t {base:.2f} < {BACKDOOR_THRESHOLD}); " + detail
+            else:
+                row[f"holds{tag}"] = bool(holds)
+            row[f"detail{tag}"] = detail
+        row["disagree"] = (
+            row["holds"] is not None
+            and row["holds_prob"] is not None
+            and row["holds"] != row["holds_prob"]
+        )
+        out[name] = row
+    return out
+
+
+def findings(r: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """F1–F7 for every model of one seed's results: ``{"2sent": {...}, "3sent": {...}}``."""
+    return {key: cell_findings(r[key]) for key in ("2sent", "3sent") if key in r}
+
+
+def verdict(holds: bool | None) -> str:
+    """``"holds"``, ``"does NOT hold"`` or ``"not evaluated"``."""
+    return {True: "holds", False: "does NOT hold", None: "not evaluated"}[holds]
