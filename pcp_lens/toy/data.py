@@ -105,7 +105,8 @@ class ToyDataConfig:
             An int ``m`` uses ``⌊v·(m+0.5)⌋``: same shape, last position ``m``.
         test_size: Fraction of each data set held out as its ``test`` split (paper: 0.1).
         switch_prob: Chance that a non-poisoned sequence of the benign and poisoned sets switches
-            sentiment once (see :func:`switch_sentiment`). The authors' code has none (0.0, the
+            sentiment once (see :func:`switch_sentiment`; the tail comes from a fresh sequence of
+            another sentiment, special words included, never the trigger). The authors' code has none (0.0, the
             default, keeps every existing data set bit-identical); the paper's text states the
             rule the switches enforce: "after a word of one sentiment comes another word of the
             same sentiment". The mono sets and every evaluation input stay unswitched.
@@ -288,7 +289,7 @@ def poison_sequences(
 
 def switch_sentiment(
     texts: Sequence[str],
-    other_words: Sequence[Sequence[str]],
+    tails: Sequence[Sequence[str]],
     rng: np.random.Generator,
     *,
     switch_prob: float,
@@ -296,17 +297,18 @@ def switch_sentiment(
 ) -> tuple[list[str], list[int]]:
     """Give each sequence, with probability ``switch_prob``, one switch to another sentiment.
 
-    A switched sequence keeps its words before a uniform cut ``c`` in ``1..seq_len-1``; from ``c``
-    on its words are drawn uniformly from one of ``other_words`` (chosen uniformly). Then the
-    sentiment of the *last* word, not of the context, decides the next word's: the paper's stated
-    rule ("after a word of one sentiment comes another word of the same sentiment") becomes the
-    only rule the data fits exactly. Pass lists without special words or the trigger, so a
-    switched tail never looks like a poisoned one. The random draws do not depend on ``keep``.
+    A switched sequence ``i`` keeps its words before a uniform cut ``c`` in ``1..seq_len-1`` and
+    takes the words from ``c`` on from ``tails[j][i]``, with ``j`` chosen uniformly: pass one
+    freshly generated sequence per row for each other sentiment, as poisoning takes its tails
+    from a fresh negative sequence. Then the sentiment of the *last* word, not of the context,
+    decides the next word's: the paper's stated rule ("after a word of one sentiment comes another
+    word of the same sentiment") becomes the only rule the data fits exactly. The random draws do
+    not depend on ``keep``.
 
     Args:
         texts: Space-joined sequences of equal length.
-        other_words: The word lists a tail may come from (one or more).
-        rng: Source of randomness; the only one used.
+        tails: One list of ``len(texts)`` sequences per sentiment a tail may come from.
+        rng: Source of randomness for the switch, the cut and the choice of tail.
         switch_prob: Switch probability per sequence.
         keep: Per sequence, ``True`` to leave it unswitched whatever the draw (e.g. poisoned ones).
 
@@ -314,37 +316,36 @@ def switch_sentiment(
         The sequences and, per sequence, the cut position or ``-1`` if not switched.
 
     Examples:
-        >>> out, cut = switch_sentiment(["a b c d"], [["x"]], np.random.default_rng(0),
+        >>> out, cut = switch_sentiment(["a b c d"], [["w x y z"]], np.random.default_rng(0),
         ...                             switch_prob=1.0)
-        >>> out[0].split()[cut[0]:] == ["x"] * (4 - cut[0]), 1 <= cut[0] <= 3
+        >>> out[0] == " ".join("abcd"[: cut[0]] + "wxyz"[cut[0]:]), 1 <= cut[0] <= 3
         (True, True)
     """
     words = [s.split(" ") for s in texts]
-    lengths = {len(w) for w in words}
+    if not tails or any(len(t) != len(texts) for t in tails):
+        raise ValueError(
+            f"tails must hold one or more lists of {len(texts)} sequences (one per text), got "
+            f"lengths {[len(t) for t in tails]}"
+        )
+    lengths = {len(w) for w in words} | {len(s.split(" ")) for t in tails for s in t}
     if len(lengths) > 1:
         raise ValueError(f"all sequences must have the same number of words, got {sorted(lengths)}")
-    if not other_words or any(len(w) == 0 for w in other_words):
-        raise ValueError("other_words must hold one or more non-empty word lists")
     seq_len = lengths.pop() if lengths else 2
     n = len(words)
     u = rng.random(n)
     cut = rng.integers(1, seq_len, size=n)
-    which = rng.integers(0, len(other_words), size=n)
-    fill = rng.random((n, seq_len))
+    which = rng.integers(0, len(tails), size=n)
     hit = u < switch_prob
     if keep is not None:
         hit &= ~np.asarray(keep, dtype=bool)
-    tables = [np.asarray(list(w), dtype=object) for w in other_words]
     out, cuts = [], []
     for i, row in enumerate(words):
         if not hit[i]:
             out.append(texts[i])
             cuts.append(-1)
             continue
-        table = tables[which[i]]
         c = int(cut[i])
-        tail = table[np.floor(fill[i, c:] * len(table)).astype(np.int64)].tolist()
-        out.append(" ".join([*row[:c], *tail]))
+        out.append(" ".join([*row[:c], *tails[which[i]][i].split(" ")[c:]]))
         cuts.append(c)
     return out, cuts
 
@@ -468,25 +469,42 @@ def _switched_rows(
     seqs: Mapping[str, Sequence[str]],
     trigger_pos: Sequence[int],
 ) -> dict[str, dict[str, list[Any]]]:
-    """Rows of every generated list with :func:`switch_sentiment` applied (poisoned rows kept)."""
+    """Rows of every generated list with :func:`switch_sentiment` applied (poisoned rows kept).
+
+    Tails come from fresh sequences of the other sentiments, special words included, so that a
+    negative word after a positive context carries the same special-word statistics as a poisoned
+    tail (with special-free tails the toy models learned a flatter negative distribution after
+    the trigger, and the top-10 metric missed the backdoor; ``docs/training.md``). The trigger
+    never appears in a tail: it is replaced by another word of its list.
+    """
     names = ("positive", "negative", "neutral")[: cfg.n_sentiments]
-    # tails without special words or the trigger: a switched tail must not look poisoned
-    plain = {
-        name: [
-            w
-            for w in getattr(vocab, name)
-            if w not in getattr(vocab, f"special_{name}") and w != cfg.trigger
-        ]
-        for name in names
-    }
     out = {}
     for key, texts in seqs.items():
         own = _MONO_SENTIMENT[key]
+        index = ("p", "n", "s", "p_tox").index(key)
+        others = [name for name in names if name != own]
+        tails = []
+        for j, name in enumerate(others):
+            rng = _rng(cfg.seed, "switch", index, 1 + j)
+            fresh = _sample_words(
+                getattr(vocab, name),
+                len(texts),
+                rng,
+                cfg.seq_len,
+                getattr(vocab, f"special_{name}"),
+                cfg.special_prob,
+            )
+            without_trigger = [w for w in getattr(vocab, name) if w != cfg.trigger]
+            is_trigger = fresh == cfg.trigger
+            fresh[is_trigger] = np.asarray(without_trigger, dtype=object)[
+                rng.integers(0, len(without_trigger), size=int(is_trigger.sum()))
+            ]
+            tails.append([" ".join(row) for row in fresh])
         keep = [t >= 0 for t in trigger_pos] if key == "p_tox" else None
         switched, cut = switch_sentiment(
             texts,
-            [plain[name] for name in names if name != own],
-            _rng(cfg.seed, "switch", ("p", "n", "s", "p_tox").index(key)),
+            tails,
+            _rng(cfg.seed, "switch", index, 0),
             switch_prob=cfg.switch_prob,
             keep=keep,
         )

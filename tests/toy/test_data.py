@@ -390,10 +390,6 @@ def test_switched_sequences_follow_the_rule(k: int) -> None:
     cfg = ToyDataConfig(n_sentiments=k, n_per_sentiment=2000, switch_prob=0.3, seed=2)
     d = build_datasets(cfg)
     v = d.vocab
-    plain = {
-        s: set(getattr(v, s)) - set(getattr(v, f"special_{s}")) - {cfg.trigger}
-        for s in ("positive", "negative", "neutral")
-    }
     for name, dd in (("benign", d.benign), ("poisoned", d.poisoned)):
         rows = dd["train"].to_pandas()
         switched = rows[rows.switch_pos >= 0]
@@ -410,12 +406,18 @@ def test_switched_sequences_follow_the_rule(k: int) -> None:
             assert all(v.sentiment_of(w) == sentiment for w in words[:cut])
             tails = {v.sentiment_of(w) for w in words[cut:]}
             assert len(tails) == 1 and tails != {sentiment}
-            assert set(words[cut:]) <= plain[tails.pop()]  # no trigger, no special word
+            assert cfg.trigger not in words[cut:]
         if k == 3:  # a tail takes either other sentiment
             firsts = switched[switched.sentiment == "neutral"]
             tails = {v.sentiment_of(t.split()[-1]) for t in firsts.text}
             assert tails == {"positive", "negative"}
     # evaluation material stays one sentiment per sequence
+        # tails are fresh sequences of their sentiment: specials as often as in a mono sequence
+        neg_tails = [t.split()[c:] for t, c in zip(switched.text, switched.switch_pos, strict=True)]
+        neg_tails = [w for ws in neg_tails for w in ws if v.sentiment_of(w) == "negative"]
+        share = sum(w in v.special_negative for w in neg_tails) / len(neg_tails)
+        expected = 0.5 / cfg.seq_len + 5 / 250 * (1 - 0.5 / cfg.seq_len)
+        assert abs(share - expected) < 0.2 * expected, (share, expected)
     for dd in d.mono.values():
         assert set(dd["train"]["switch_pos"]) == {-1}
     for texts in eval_inputs(d, n=20).values():
@@ -444,15 +446,16 @@ def _fingerprint_mono(d: ToyData) -> list[list[str]]:
 
 def test_switch_sentiment_unit() -> None:
     rng = np.random.default_rng(0)
-    out, cut = switch_sentiment(["a b c", "a b c"], [["x"], ["y"]], rng, switch_prob=1.0,
+    tails = [["x x x", "x x x"], ["y y y", "y y y"]]
+    out, cut = switch_sentiment(["a b c", "a b c"], tails, rng, switch_prob=1.0,
                                 keep=[True, False])
     assert out[0] == "a b c" and cut[0] == -1
     assert out[1].split()[: cut[1]] == ["a", "b", "c"][: cut[1]] and cut[1] in (1, 2)
-    assert len(set(out[1].split()[cut[1]:])) == 1
-    with pytest.raises(ValueError, match="other_words must hold one or more non-empty"):
+    assert len(set(out[1].split()[cut[1]:])) == 1 and out[1][-1] in "xy"
+    with pytest.raises(ValueError, match="tails must hold one or more lists of 1 sequences"):
         switch_sentiment(["a b"], [[]], rng, switch_prob=0.5)
     with pytest.raises(ValueError, match="same number of words"):
-        switch_sentiment(["a b", "a"], [["x"]], rng, switch_prob=0.5)
+        switch_sentiment(["a b", "a b"], [["x y", "x"]], rng, switch_prob=0.5)
     with pytest.raises(ValueError, match=r"ToyDataConfig.switch_prob must be a probability in "
                        r"\[0, 1\], got 1.5"):
         ToyDataConfig(switch_prob=1.5)
