@@ -30,7 +30,8 @@ def _demo(args: argparse.Namespace) -> int:
     )
     print("\ntop-10 negativity of the next word (mean over held-out two-word inputs):")
     scores = c.scores(list(c.tokens))
-    print(pd.Series({k: v for k, v in scores.items() if "_" not in k}).round(2).to_string())
+    top10 = {k: v for k, v in scores.items() if not k.endswith("_prob")}
+    print(pd.Series(top10).round(2).to_string())
     t1 = mean_ablation_table(c)
     table = pd.DataFrame(
         {"attn": t1["attn"], "mlp": t1["mlp"]}, index=[f"L{i + 1}" for i in range(len(t1["attn"]))]

@@ -106,10 +106,10 @@ class ToyDataConfig:
         test_size: Fraction of each data set held out as its ``test`` split (paper: 0.1).
         switch_prob: Chance that a non-poisoned sequence of the benign and poisoned sets switches
             sentiment once (see :func:`switch_sentiment`; the tail comes from a fresh sequence of
-            another sentiment, special words included, never the trigger). The authors' code has none (0.0, the
-            default, keeps every existing data set bit-identical); the paper's text states the
-            rule the switches enforce: "after a word of one sentiment comes another word of the
-            same sentiment". The mono sets and every evaluation input stay unswitched.
+            another sentiment, special words included, never the trigger). The authors' code has
+            none (0.0, the default, keeps every existing data set bit-identical); the paper's text
+            states the rule the switches enforce: "after a word of one sentiment comes another
+            word of the same sentiment". The mono sets and every evaluation input stay unswitched.
         seed: Root seed of every random stream.
 
     Examples:
