@@ -34,8 +34,20 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pcp_lens import _tl
-from pcp_lens._tl import HookedTransformer, HookPoint
+from pcp_lens._tl import HookedTransformer, HookPoint, Hooks
 from pcp_lens.inputs import Inputs, as_tokens
+from pcp_lens.scoring import (
+    MetricLike,
+    Positions,
+    RowMean,
+    call_metric,
+    check_positions,
+    declared_positions,
+    named_metrics,
+    resolve_positions,
+    tidy_table,
+    wide_table,
+)
 from pcp_lens.sites import Site, SiteLike, all_sites, as_sites
 from pcp_lens.stats import ActivationStats, collect_stats, stream_activations
 
@@ -54,57 +66,7 @@ __all__ = [
 ]
 
 Method = Literal["mean", "zero", "resample"]
-Metric = Callable[[Tensor], Tensor]
-HookFn = Callable[[Tensor, HookPoint], Tensor]
-Hooks = list[tuple[str, HookFn]]
-Positions = int | Sequence[int] | None
 MeanLike = Tensor | ActivationStats
-
-
-# -- positions -------------------------------------------------------------------------------
-def _check_positions(positions: Positions, name: str = "positions") -> tuple[int, ...] | None:
-    """Normalise ``positions`` to a tuple of ints (or None for all), checking types only."""
-    if positions is None:
-        return None
-    if isinstance(positions, int) and not isinstance(positions, bool):
-        return (positions,)
-    if isinstance(positions, (str, bytes)) or not isinstance(positions, Iterable):
-        raise ValueError(f"{name} must be None, an int or a sequence of ints, got {positions!r}")
-    out = tuple(positions)
-    if not out:
-        raise ValueError(f"{name} must name at least one position (or be None for all positions)")
-    for p in out:
-        if not isinstance(p, int) or isinstance(p, bool):
-            raise ValueError(f"{name} must hold ints, got {p!r} in {positions!r}")
-    return out
-
-
-def resolve_positions(positions: Positions, n: int, where: str = "") -> list[int] | None:
-    """Turn positions (negative ones count from the end) into indices ``0..n-1``, or raise.
-
-    Args:
-        positions: ``None`` (all positions), an int or a sequence of ints.
-        n: the sequence length.
-        where: context for the error message (e.g. a hook name).
-
-    Returns:
-        The non-negative indices in the given order, or ``None`` for all positions.
-
-    Examples:
-        >>> resolve_positions([0, -1], 5)
-        [0, 4]
-    """
-    ps = _check_positions(positions)
-    if ps is None:
-        return None
-    for p in ps:
-        if not -n <= p < n:
-            at = f" at {where}" if where else ""
-            raise ValueError(
-                f"position out of range{at}: {p}; sequences have {n} tokens, allowed positions "
-                f"are 0..{n - 1} or -{n}..-1"
-            )
-    return [p % n for p in ps]
 
 
 # -- hooks -------------------------------------------------------------------------------------
@@ -178,7 +140,7 @@ def zero_ablation(
         torch.Size([2, 5, 50])
     """
     s = _site(site, model)
-    ps = _check_positions(positions)
+    ps = check_positions(positions)
 
     def value(act: Tensor, idx: list[int] | None, where: str) -> Tensor:
         return torch.zeros((), dtype=act.dtype, device=act.device)
@@ -241,7 +203,7 @@ def mean_ablation(
         True
     """
     s = _site(site, model)
-    ps = _check_positions(positions)
+    ps = check_positions(positions)
     m = _mean_vector(mean, s, model)
     cast: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
@@ -315,7 +277,7 @@ def resample_ablation(
         torch.Size([3, 5, 50])
     """
     s = _site(site, model)
-    ps = _check_positions(positions)
+    ps = check_positions(positions)
     if isinstance(source, Tensor) and source.is_floating_point():
         acts = source.detach()
         if acts.dim() < 3 or acts.shape[0] < 1:
@@ -440,7 +402,7 @@ def _per_set_means(
 ) -> tuple[list[Site], list[tuple[int, dict[str, Tensor]]]]:
     """Per input set: (count, {site name: float64 mean}), via streaming statistics."""
     ss = as_sites(sites, model)
-    ps = _check_positions(positions)
+    ps = check_positions(positions)
     keys = {s.name: (s.hook_name if s.head is not None else s.name) for s in ss}
     out: list[tuple[int, dict[str, Tensor]]] = []
     for set_name, inp in _named_sets(inputs).items():
@@ -593,79 +555,26 @@ def mean_reference_code(
 
 
 # -- sweep -------------------------------------------------------------------------------------
-class _RowMean:
-    """Average of metric values over batches, weighted by rows."""
-
-    def __init__(self) -> None:
-        self.total = 0.0
-        self.n = 0
-
-    def add(self, value: Tensor, rows: int, name: str) -> None:
-        v = torch.as_tensor(value).detach().double()
-        if v.numel() == 1:
-            self.total += float(v) * rows
-        elif v.dim() >= 1 and v.shape[0] == rows:
-            self.total += float(v.reshape(rows, -1).mean(1).sum())
-        else:
-            raise ValueError(
-                f"metric {name!r} must return a scalar (a mean over the batch) or per-prompt "
-                f"values with the batch first; got shape {tuple(v.shape)} for a batch of {rows}"
-            )
-        self.n += rows
-
-    @property
-    def value(self) -> float:
-        return self.total / self.n if self.n else float("nan")
-
-
-def _named_metrics(metrics: Metric | Mapping[str, Metric]) -> dict[str, Metric]:
-    if isinstance(metrics, Mapping):
-        if not metrics:
-            raise ValueError("metrics is an empty mapping; pass at least one metric")
-        out = dict(metrics)
-    else:
-        out = {"metric": metrics}
-    for k, m in out.items():
-        if not callable(m):
-            raise ValueError(f"metric {k!r} must be callable logits -> tensor, got {m!r}")
-    return out
-
-
-def _declared(metric: Metric) -> tuple[int, ...] | None:
-    """Positions a metric reads, if it declares them and can score selected logits."""
-    pos = getattr(metric, "positions", None)
-    if pos is None or not callable(getattr(metric, "score", None)):
-        return None
-    return tuple(int(p) for p in pos)
-
-
 def _score_batch(
     final: _tl.FinalLogits,
     resid: Float[Tensor, "batch pos d_model"],
-    metrics: Mapping[str, Metric],
-    accs: Mapping[str, _RowMean],
+    metrics: Mapping[str, MetricLike],
+    accs: Mapping[str, RowMean],
 ) -> None:
     """Evaluate every metric on the logits of a final residual, unembedding only what is read."""
     n = resid.shape[1]
+    declared = {k: declared_positions(m, f"metric {k!r}") for k, m in metrics.items()}
     wanted: list[int] = []
-    for name, m in metrics.items():
-        ps = _declared(m)
+    for k, ps in declared.items():
         if ps is not None:
-            for p in resolve_positions(ps, n, where=f"metric {name!r}") or []:
-                if p not in wanted:
-                    wanted.append(p)
+            wanted += resolve_positions(ps, n, name=f"metric {k!r} positions") or []
+    wanted = list(dict.fromkeys(wanted))
     sel = final(resid[:, wanted]) if wanted else None
-    full: Tensor | None = None
-    for name, m in metrics.items():
-        ps = _declared(m)
-        if ps is not None and sel is not None:
-            cols = [wanted.index(p) for p in resolve_positions(ps, n) or []]
-            v = m.score(sel[:, cols])  # type: ignore[attr-defined]
-        else:
-            if full is None:
-                full = final(resid)
-            v = m(full)
-        accs[name].add(v, resid.shape[0], name)
+    full = final(resid) if any(ps is None for ps in declared.values()) else None
+    for k, m in metrics.items():
+        logits, at = (full, None) if declared[k] is None else (sel, wanted)
+        assert logits is not None
+        accs[k].add(call_metric(m, logits, at, n=n, name=f"metric {k!r}"), resid.shape[0])
 
 
 def _start_layer(model: HookedTransformer, sites: Sequence[Site]) -> int | None:
@@ -712,7 +621,7 @@ def _conditions(
 def ablation_sweep(
     model: HookedTransformer,
     inputs: Inputs | Mapping[str, Inputs],
-    metrics: Metric | Mapping[str, Metric],
+    metrics: MetricLike | Mapping[str, MetricLike],
     sites: SiteLike | Iterable[SiteLike] | None = None,
     combos: Mapping[str, Iterable[SiteLike]] | Iterable[Iterable[SiteLike]] | None = None,
     method: Method = "mean",
@@ -730,11 +639,11 @@ def ablation_sweep(
     and metric: the paper's Tab. I (toy) and Tab. VIII (GPT-2 medium) in tidy form. Turn it into
     the paper's layout with :func:`ablation_table`.
 
-    Metrics are callables ``logits [batch, pos, d_vocab] -> tensor`` returning a batch mean (or
-    per-prompt values, which are averaged); values are averaged over batches weighted by rows, so
-    a metric that is not a mean over prompts needs ``batch_size`` >= the number of prompts. A
-    metric that declares ``positions`` and a ``score(selected_logits)`` method (such as
-    :class:`pcp_lens.GroupMetric`) gets logits computed only at those positions.
+    Metrics follow the library's one contract (``docs/metrics.md``): a plain callable gets full
+    logits, a metric that declares ``positions`` and ``score`` (such as
+    :class:`pcp_lens.GroupMetric`) gets logits computed only there. Values are averaged over
+    batches weighted by rows, so a metric that is not a mean over prompts needs ``batch_size`` >=
+    the number of prompts.
 
     Args:
         model: the model (never modified; no hook is left attached, even after an error).
@@ -754,9 +663,10 @@ def ablation_sweep(
         progress: show a tqdm bar.
 
     Returns:
-        A DataFrame with columns ``ablation`` (``"unchanged"``, a site name or a combination
-        label), ``paper_name``, ``sites``, ``layer``, ``kind``, ``head``, ``method``, ``input_set``,
-        ``metric``, ``value`` and ``n`` (prompts).
+        A DataFrame in the library's table vocabulary (``docs/concepts.md``): ``site``
+        (``"unchanged"``, a site name or a combination label), ``paper_name``, ``sites``,
+        ``layer``, ``kind``, ``head``, ``method``, ``input_set``, ``metric``, ``value``, ``n``
+        (prompts), and ``ablation``, the former name of ``site`` (kept for existing code).
 
     Examples:
         >>> from pcp_lens import TokenGroups, group_metrics
@@ -765,15 +675,15 @@ def ablation_sweep(
         >>> groups = TokenGroups({"neg": range(10), "pos": range(10, 20)}, d_vocab=50)
         >>> df = ablation_sweep(model, {"pt": torch.randint(0, 50, (8, 3))},
         ...                     group_metrics(groups), method="zero", progress=False)
-        >>> len(df), list(df.ablation.unique())
+        >>> len(df), list(df.site.unique())
         (10, ['unchanged', 'attn0', 'mlp0', 'attn1', 'mlp1'])
     """
     if method not in ("mean", "zero", "resample"):
         raise ValueError(f"method must be one of 'mean', 'zero', 'resample', got {method!r}")
-    named = _named_metrics(metrics)
+    named = named_metrics(metrics)
     conds = _conditions(model, sites, combos)
     ablated = list(dict.fromkeys(s for _, _, ss in conds for s in ss))
-    ps = _check_positions(positions)
+    ps = check_positions(positions)
     if method == "mean":
         # validate every mean before any forward pass
         ablation_hooks(model, ablated, "mean", means=means, positions=ps)
@@ -806,7 +716,7 @@ def ablation_sweep(
                 else []
                 for label, _, ss in conds
             }
-            accs = {label: {k: _RowMean() for k in named} for label, _, _ in conds}
+            accs = {label: {k: RowMean(k) for k in named} for label, _, _ in conds}
             for batch in tb.batches(batch_size):
                 clean, clean_final = _tl.block_inputs(model, batch.tokens, need)
                 for label, _, _ in conds:
@@ -826,7 +736,7 @@ def ablation_sweep(
                 for k, acc in accs[label].items():
                     rows.append(
                         {
-                            "ablation": label,
+                            "site": label,
                             "paper_name": paper,
                             "sites": "+".join(s.name for s in ss),
                             "layer": one.layer if one is not None else None,
@@ -837,46 +747,14 @@ def ablation_sweep(
                             "metric": k,
                             "value": acc.value,
                             "n": acc.n,
+                            "ablation": label,  # the former name of "site", kept for old code
                         }
                     )
                 bar.update()
-    df = pd.DataFrame(rows)
-    for col in ("layer", "head"):
-        df[col] = df[col].astype("Int64")
-    return df
+    return tidy_table(rows)
 
 
 # -- tables -------------------------------------------------------------------------------------
-def wide_table(
-    df: pd.DataFrame, index: str, columns: Sequence[str], values: str = "value"
-) -> pd.DataFrame:
-    """Pivot a tidy table, keeping rows and columns in order of first appearance.
-
-    Column levels holding a single value are dropped (at least one level is kept).
-
-    Examples:
-        >>> t = pd.DataFrame({"m": ["b", "b", "a"], "g": ["x", "y", "x"], "value": [1, 2, 3]})
-        >>> wide_table(t, "m", ["g"]).to_dict()
-        {'x': {'b': 1.0, 'a': 3.0}, 'y': {'b': 2.0, 'a': nan}}
-    """
-    cols = [c for c in columns if cast(pd.Series, df[c]).nunique(dropna=False) > 1] or [columns[-1]]
-    wide = df.pivot_table(index=index, columns=cols, values=values, aggfunc="first", sort=False)
-    wide = wide.reindex(index=list(dict.fromkeys(df[index])))
-    if len(cols) == 1:
-        wide = wide.reindex(columns=list(dict.fromkeys(df[cols[0]])))
-        wide.columns.name = None
-    else:
-        # each level in its own order of first appearance, the first level slowest
-        ranks = [{v: i for i, v in enumerate(dict.fromkeys(df[c]))} for c in cols]
-        order = sorted(
-            dict.fromkeys(zip(*(df[c] for c in cols), strict=True)),
-            key=lambda t: tuple(r[v] for r, v in zip(ranks, t, strict=True)),
-        )
-        wide = wide.reindex(columns=pd.MultiIndex.from_tuples(order, names=cols))
-    wide.index.name = None
-    return wide.astype(float)
-
-
 def ablation_table(
     df: pd.DataFrame,
     layout: Literal["site", "layer"] = "site",
@@ -907,15 +785,15 @@ def ablation_table(
     """
     if layout == "site":
         d = df.copy()
-        d["_row"] = d["paper_name"] if names == "paper" else d["ablation"]
-        base = d[d["ablation"] == "unchanged"]
-        d = cast(pd.DataFrame, pd.concat([d[d["ablation"] != "unchanged"], base]))
+        d["_row"] = d["paper_name"] if names == "paper" else d["site"]
+        base = d[d["site"] == "unchanged"]
+        d = cast(pd.DataFrame, pd.concat([d[d["site"] != "unchanged"], base]))
         return wide_table(d, "_row", ["input_set", "metric"])
     if layout != "layer":
         raise ValueError(f"layout must be 'site' or 'layer', got {layout!r}")
     whole = df["layer"].notna() & df["head"].isna() & (df["kind"] != "combo")
     single = cast(pd.DataFrame, df[whole])
-    base = cast(pd.DataFrame, df[df["ablation"] == "unchanged"])
+    base = cast(pd.DataFrame, df[df["site"] == "unchanged"])
     kinds = list(dict.fromkeys(single["kind"]))
     unchanged = pd.concat([base.assign(kind=k) for k in kinds]) if kinds else base
     d = cast(pd.DataFrame, pd.concat([single, unchanged]))
@@ -923,6 +801,6 @@ def ablation_table(
         "Unchanged"
         if a == "unchanged"
         else (str(int(layer) + 1) if names == "paper" else str(layer))
-        for a, layer in zip(d["ablation"], d["layer"], strict=True)
+        for a, layer in zip(d["site"], d["layer"], strict=True)
     ]
     return wide_table(d, "_row", ["input_set", "metric", "kind"])

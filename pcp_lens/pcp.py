@@ -96,7 +96,7 @@ def _pcp_site(spec: SiteLike, model: HookedTransformer | None = None, arg: str =
     return site
 
 
-def _pcp_sites(
+def pcp_sites(
     sites: SiteLike | Iterable[SiteLike], model: HookedTransformer | None = None
 ) -> list[Site]:
     items = [sites] if isinstance(sites, (str, Site)) else list(sites)
@@ -351,7 +351,7 @@ def fit_pca(
         >>> sorted(fits), fits["mlp0"].explained_variance.shape
         (['attn1', 'mlp0'], torch.Size([3]))
     """
-    site_list = _pcp_sites(sites, model)
+    site_list = pcp_sites(sites, model)
     ranks = _ranks(rank, site_list, model.cfg.d_model)
     if method not in get_args(PCAMethod):
         raise ValueError(f"method must be 'streaming' or 'sklearn', got {method!r}")
@@ -1257,7 +1257,7 @@ def least_squares_scales(
     parts = (
         list(replacement.parts)
         if sites is None
-        else [replacement.part(s) for s in _pcp_sites(sites)]
+        else [replacement.part(s) for s in pcp_sites(sites)]
     )
     tb = as_tokens(model, inputs, allow_ragged=True)
     n = int(_position_mask(tb, positions).sum())

@@ -76,7 +76,7 @@ from tqdm.auto import tqdm
 from pcp_lens import _tl
 from pcp_lens._io import check_format
 from pcp_lens._tl import HookedTransformer, HookedTransformerConfig
-from pcp_lens.inputs import TokenBatch
+from pcp_lens.inputs import TokenBatch, check_batch_size, check_token_dtype
 from pcp_lens.sites import Site
 
 __all__ = [
@@ -510,8 +510,11 @@ def _as_batch(x: TokensLike, model: HookedTransformer, name: str) -> TokenBatch:
         tokens = x[None] if x.dim() == 1 else x
         mask = torch.ones_like(tokens, dtype=torch.bool)
     else:
-        raise ValueError(f"{name} must be a [batch, pos] token tensor or a TokenBatch")
-    if tokens.dim() != 2 or tokens.is_floating_point() or tokens.shape != mask.shape:
+        raise ValueError(
+            f"{name} must be a [batch, pos] token tensor or a TokenBatch, got {type(x).__name__}"
+        )
+    check_token_dtype(tokens, name)
+    if tokens.dim() != 2 or tokens.shape != mask.shape:
         raise ValueError(
             f"{name} must be an integer tensor [batch, pos] with a mask of the same shape, got "
             f"{tokens.dtype} {tuple(tokens.shape)}"
@@ -589,8 +592,7 @@ def evaluate_loss(model: HookedTransformer, data: TokensLike, batch_size: int = 
         True
     """
     batch = _as_batch(data, model, "data")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    check_batch_size(batch_size)
     total = torch.zeros((), dtype=torch.float64)
     count = 0
     for b in batch.batches(batch_size):

@@ -181,8 +181,11 @@ def test_tune_clips_initial_into_bounds(model, sets, neg, pcp):
         (dict(sites="attn1"), "site 'attn1' is not replaced"),
         (dict(num_threads=0), "num_threads must be None or an int >= 1"),
         (dict(inputs={}), "inputs must be a non-empty mapping"),
-        (dict(inputs={"a": _toks(2, 1, 0)}, metric_pos=(-2,)), "out of range for input set 'a'"),
-        (dict(metric=lambda x: x), "metric must be a GroupMetric"),
+        (
+            dict(inputs={"a": _toks(2, 1, 0)}, metric_pos=(-2,)),
+            "position out of range at input set 'a': -2",
+        ),
+        (dict(metric="neg"), "metric must be a callable logits"),
     ],
 )
 def test_bad_tune_arguments(model, sets, groups, neg, pcp, hygiene, kw, match):
