@@ -372,8 +372,9 @@ def tidy_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     ``layer`` and ``head`` are nullable ints (``<NA>`` for rows without one).
 
     Examples:
-        >>> tidy_table([{"value": 1.0, "site": "mlp0", "layer": 0, "head": None}]).dtypes.tolist()
-        [dtype('O'), Int64Dtype(), Int64Dtype(), dtype('float64')]
+        >>> df = tidy_table([{"value": 1.0, "site": "mlp0", "layer": 0, "head": None}])
+        >>> df.columns.tolist(), str(df["head"].dtype), df["head"].isna().tolist()
+        (['site', 'layer', 'head', 'value'], 'Int64', [True])
     """
     df = pd.DataFrame(list(records))
     order = [c for c in COLUMNS if c in df.columns]

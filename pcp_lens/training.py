@@ -74,7 +74,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pcp_lens import _tl
-from pcp_lens._io import check_format
+from pcp_lens._io import check_format, package_version
 from pcp_lens._tl import HookedTransformer, HookedTransformerConfig
 from pcp_lens.inputs import TokenBatch, check_batch_size, check_token_dtype
 from pcp_lens.sites import Site
@@ -929,7 +929,6 @@ def save_checkpoint(
     """
     from safetensors.torch import save_file
 
-    from pcp_lens import __version__
 
     target = Path(directory)
     extra_d = dict(extra) if extra is not None else {}
@@ -947,7 +946,7 @@ def save_checkpoint(
     meta = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
-        "pcp_lens_version": __version__,
+        "pcp_lens_version": package_version(),
         "model_config": config_to_json(model.cfg),
         "tokenizer": None
         if tok is None

@@ -264,16 +264,20 @@ def test_group_metric_positions_and_reduce_none(g8):
 def test_group_metric_position_out_of_range(g8, pos):
     m = GroupMetric(g8, "neg", positions=(0, pos), k=2)
     with pytest.raises(
-        ValueError, match=re.escape(f"position out of range: {pos}, sequences have positions 0..3")
+        ValueError,
+        match=re.escape(f"position out of range: {pos}; sequences have 4 tokens, allowed positions"),
     ):
         m(torch.zeros(2, 4, 8))
 
 
 def test_select_positions_negative_and_error():
     x = torch.arange(2 * 5).reshape(2, 5)
-    assert select_positions(x, [-1, 0, -5]).tolist() == [[4, 0, 0], [9, 5, 5]]
+    assert select_positions(x, [-1, 0, -4]).tolist() == [[4, 0, 1], [9, 5, 6]]
     with pytest.raises(ValueError, match="position out of range: 5"):
         select_positions(x, [5])
+    # one position rule for the library: 0 and -5 are the same position of 5
+    with pytest.raises(ValueError, match=re.escape("the same position twice for sequences of 5")):
+        select_positions(x, [-1, 0, -5])
 
 
 def test_group_metric_validates_at_construction(g8):

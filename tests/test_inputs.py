@@ -93,11 +93,14 @@ def test_token_ids_out_of_range(model):
         torch.tensor([[1.0, 2.0]]),
         torch.tensor([[0.5]], dtype=torch.float16),
         torch.zeros(1, 2, 3, dtype=torch.long),
+        torch.tensor([[True, False]]),  # not token ids 1 and 0
+        [torch.tensor([True, False])],
     ],
 )
-def test_float_or_wrong_rank_tensor(model, bad):
+def test_float_bool_or_wrong_rank_tensor(model, bad):
     with pytest.raises(
-        ValueError, match=r"inputs must be an integer tensor \[batch, pos\], got torch\."
+        ValueError,
+        match=r"inputs(\[0\])? must be an integer tensor (of token ids )?\[batch, pos\], got torch\.",
     ):
         as_tokens(model, bad)
 
@@ -139,7 +142,7 @@ def test_batches_split_rows_in_order(model):
     assert torch.equal(torch.cat([p.mask for p in parts]), tb.mask)
     assert [p.tokens.shape[0] for p in tb.batches(100)] == [7]
     for bad in (0, -1):
-        with pytest.raises(ValueError, match=f"batch_size must be >= 1, got {bad}"):
+        with pytest.raises(ValueError, match=f"batch_size must be an int >= 1, got {bad}"):
             list(tb.batches(bad))
 
 
