@@ -233,7 +233,8 @@ class PCAFit:
         Examples:
             >>> from pcp_lens.testing import tiny_model
             >>> fit = fit_pca(tiny_model(), torch.randint(0, 50, (8, 4)), "mlp0", 2, progress=False)
-            >>> [round(v, 9) for v in fit["mlp0"].directions("reference_code").norm(dim=-1).tolist()]
+            >>> norms = fit["mlp0"].directions("reference_code").norm(dim=-1)
+            >>> [round(v, 9) for v in norms.tolist()]
             [1.0, 1.0]
         """
         if kind == "principal":

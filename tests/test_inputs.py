@@ -100,7 +100,7 @@ def test_token_ids_out_of_range(model):
 def test_float_bool_or_wrong_rank_tensor(model, bad):
     with pytest.raises(
         ValueError,
-        match=r"inputs(\[0\])? must be an integer tensor (of token ids )?\[batch, pos\], got torch\.",
+        match=r"inputs(\[0\])? must be an integer tensor (of token ids )?\[batch, pos\], got ",
     ):
         as_tokens(model, bad)
 
