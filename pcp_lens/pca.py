@@ -190,6 +190,11 @@ def reference_code_directions(
     """
     mean = as_f64(mean, "mean")
     comps = as_f64(components, "components")
+    if mean.dim() != 1 or comps.dim() != 2 or comps.shape[1] != mean.shape[0]:
+        raise ValueError(
+            f"mean must be [d_model] and components [r, d_model] of the same d_model, got mean of "
+            f"shape {tuple(mean.shape)} and components of shape {tuple(comps.shape)}"
+        )
     d = mean.shape[-1]
     e = torch.full((d,), 1.0 / d, dtype=torch.float64)
     c = (e - mean) @ comps.T  # [r]

@@ -246,7 +246,7 @@ def named_metrics(
             raise ValueError(f"{name} is an empty mapping; pass at least one metric")
         out = {str(k): m for k, m in metrics.items()}
         for k, m in out.items():
-            check_metric(m, f"{name}[{k!r}]")
+            check_metric(m, f"metric {k!r}")
         return out
     return {default: check_metric(metrics, name)}
 
@@ -314,6 +314,8 @@ class RowMean:
 
     def __init__(self, name: str = "metric") -> None:
         self.name = name
+        # errors name the metric: the argument itself ("metric") or an entry of a mapping
+        self._label = "metric" if name == "metric" else f"metric {name!r}"
         self.total = 0.0
         self.n = 0
 
@@ -324,15 +326,15 @@ class RowMean:
             v = torch.as_tensor(value).detach()
         except (TypeError, ValueError, RuntimeError) as e:
             raise ValueError(
-                f"metric {self.name!r} must return a Tensor or a number, got "
+                f"{self._label} must return a Tensor or a number, got "
                 f"{type(value).__name__}{at}"
             ) from e
         if v.dtype == torch.bool or v.is_complex():
-            raise ValueError(f"metric {self.name!r} must return real numbers, got {v.dtype}{at}")
+            raise ValueError(f"{self._label} must return real numbers, got {v.dtype}{at}")
         v = v.double()
         if not bool(torch.isfinite(v).all()):
             raise ValueError(
-                f"metric {self.name!r} returned non-finite values (nan or inf){at}; a metric "
+                f"{self._label} returned non-finite values (nan or inf){at}; a metric "
                 "must return finite numbers"
             )
         if v.numel() == 1:
@@ -341,7 +343,7 @@ class RowMean:
             self.total += float(v.reshape(rows, -1).mean(1).sum())
         else:
             raise ValueError(
-                f"metric {self.name!r} must return a scalar (a mean over the batch) or per-prompt "
+                f"{self._label} must return a scalar (a mean over the batch) or per-prompt "
                 f"values with the batch first; got shape {tuple(v.shape)} for a batch of "
                 f"{rows}{at}"
             )
