@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from pcp_lens.groups import (
     GroupMetric,
+    PositionMetric,
     TokenGroups,
     group_metrics,
     group_scores,
@@ -317,6 +318,44 @@ def test_from_words_with_word_level_tokenizer(wtok):
     assert g.groups == {"positive": (6, 7), "negative": (8, 9)}
     assert g.d_vocab == len(wtok) == 12
     assert TokenGroups.from_words(wtok, {"a": ["dog"]}, d_vocab=50).d_vocab == 50
+
+
+def test_from_words_skips_words_a_raising_tokenizer_lacks():
+    """The toy tokenizer raises a bare Exception on unknown words: skipped with the warning."""
+    from pcp_lens.toy.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(["good", "bad", "love"])
+    with pytest.warns(UserWarning, match=r"1 words are not single tokens: \['zebra'\]"):
+        g = TokenGroups.from_words(
+            tok, {"positive": ["good", "love"], "negative": ["bad", "zebra"]}
+        )
+    assert g.groups["negative"] == (tok.convert_tokens_to_ids("bad"),)
+
+
+def test_group_metrics_refuse_bad_logits_and_positions(g8):
+    m = GroupMetric(g8, "neg", k=2)
+    for bad in (torch.zeros(8), torch.zeros(2, 8), torch.zeros(1, 2, 3, 8)):
+        with pytest.raises(
+            ValueError,
+            match=re.escape(
+                f"logits must be a tensor [batch, pos, d_vocab], got {tuple(bad.shape)}"
+            ),
+        ):
+            m(bad)
+    with pytest.raises(
+        ValueError, match=re.escape("logits must be a tensor [batch, pos, d_vocab]")
+    ):
+        PositionMetric(lambda lg: lg.mean())(torch.zeros(8))
+    with pytest.raises(ValueError, match=re.escape("but the groups were built for d_vocab=8")):
+        m(torch.zeros(2, 3, 9))
+    for bad, shown in [((1.5,), "got 1.5 in (1.5,)"), ((True,), "got True"), ((0, 0), "got [0]")]:
+        with pytest.raises(ValueError, match=re.escape(shown)):
+            GroupMetric(g8, "neg", k=2, positions=bad)
+        with pytest.raises(ValueError, match=re.escape(shown)):
+            PositionMetric(lambda lg: lg.mean(), positions=bad)
+    assert GroupMetric(g8, "neg", k=2, positions=2).positions == (2,)  # the one rule: a bare int
+    with pytest.raises(ValueError, match="fn must be a callable selected_logits -> Tensor, got 3"):
+        PositionMetric(3)  # type: ignore[arg-type]
 
 
 def test_from_words_with_the_real_gpt2_tokenizer(gpt2_tokenizer):

@@ -22,6 +22,18 @@ def test_strings_are_tokenized_with_bos(text_model):
     assert as_tokens(text_model, "the cat", prepend_bos=False).tokens.tolist() == [[1, 2]]
 
 
+def test_strings_the_tokenizer_cannot_encode_are_named():
+    from pcp_lens.toy.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(["good", "bad"])
+    m = tiny_model(d_vocab=len(tok))
+    m.set_tokenizer(tok)
+    with pytest.raises(
+        ValueError, match=re.escape("inputs[1] = 'bad zebra' cannot be tokenized by the model's")
+    ):
+        as_tokens(m, ["good bad", "bad zebra"])
+
+
 def test_strings_and_tensors_give_the_same_batch(text_model):
     from_text = as_tokens(text_model, ["good dog", "bad cat"])
     from_tensor = as_tokens(text_model, torch.tensor([[0, 6, 10], [0, 8, 2]]))
