@@ -31,22 +31,11 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pcp_lens import _tl
+from pcp_lens import _tl, scoring
 from pcp_lens._tl import HookedTransformer, HookPoint
 from pcp_lens.groups import TokenGroups, group_metrics
 from pcp_lens.inputs import Inputs, as_tokens, check_batch_size
-from pcp_lens.scoring import (
-    MetricLike,
-    Positions,
-    RowMean,
-    call_metric,
-    check_positions,
-    declared_positions,
-    named_metrics,
-    resolve_positions,
-    tidy_table,
-    wide_table,
-)
+from pcp_lens.scoring import MetricLike, Positions
 from pcp_lens.sites import Site, SiteLike, all_sites, as_sites
 
 __all__ = ["LN_MODES", "group_lens", "lens_logits", "lens_table"]
@@ -124,7 +113,7 @@ def _prepare(
     _check_ln(ln)
     tb = as_tokens(model, inputs)
     ss = _default_sites(model) if sites is None else as_sites(sites, model)
-    idx = resolve_positions(positions, tb.tokens.shape[1], where="inputs")
+    idx = scoring.resolve_positions(positions, tb.tokens.shape[1], where="inputs")
     if idx is None:
         raise ValueError("positions must name positions for a lens (got None)")
     return tb.tokens, ss, idx
@@ -177,7 +166,7 @@ def _metric_positions(metrics: Mapping[str, MetricLike]) -> list[int]:
     """The positions the metrics declare, in order of first appearance (``[-1]`` if none)."""
     ps: list[int] = []
     for k, m in metrics.items():
-        ps += declared_positions(m, f"metric {k!r}") or ()
+        ps += scoring.declared_positions(m, f"metric {k!r}") or ()
     return list(dict.fromkeys(ps)) or [-1]
 
 
@@ -229,13 +218,18 @@ def group_lens(
         ['embd', 'L1 attn', 'L1 att0', 'L1 att1', 'L1 att2', 'L1 att3', 'L1 mlp',
          'L1 resid_post', 'full model']
     """
-    named = group_metrics(metrics) if isinstance(metrics, TokenGroups) else named_metrics(metrics)
+    if isinstance(metrics, TokenGroups):
+        named: dict[str, MetricLike] = dict(group_metrics(metrics))
+    else:
+        named = scoring.named_metrics(metrics)
     check_batch_size(batch_size)
-    given = check_positions(positions) or _metric_positions(named)
+    given = scoring.check_positions(positions) or _metric_positions(named)
     tokens, ss, idx = _prepare(model, inputs, sites, given, ln)
     rows: list[tuple[str, str, Site | None]] = [(s.name, s.paper_name, s) for s in ss]
     rows.append((FULL, FULL_PAPER, None))
-    accs = {(r, m, j): RowMean(m) for r, _, _ in rows for m in named for j in range(len(idx))}
+    accs = {
+        (r, m, j): scoring.RowMean(m) for r, _, _ in rows for m in named for j in range(len(idx))
+    }
     batches = list(tokens.split(batch_size))
     with torch.no_grad():
         unembed = _tl.FinalLogits(model)  # one transposed W_U for every row and batch
@@ -249,7 +243,8 @@ def group_lens(
                 for m, metric in named.items():
                     for j in range(len(idx)):
                         # the lens chooses the position: a metric scores that one position
-                        value = call_metric(metric, logits[:, j : j + 1], own_positions=False)
+                        one = logits[:, j : j + 1]
+                        value = scoring.call_metric(metric, one, own_positions=False)
                         accs[(name, m, j)].add(value, batch.shape[0], f"row {name!r}")
     records: list[dict[str, Any]] = []
     for name, paper, s in rows:
@@ -271,7 +266,7 @@ def group_lens(
                         "module": name,  # the former name of "site", kept for old code
                     }
                 )
-    return tidy_table(records)
+    return scoring.tidy_table(records)
 
 
 def lens_table(df: pd.DataFrame, names: Literal["paper", "short"] = "paper") -> pd.DataFrame:
@@ -293,4 +288,4 @@ def lens_table(df: pd.DataFrame, names: Literal["paper", "short"] = "paper") -> 
     if names not in ("paper", "short"):
         raise ValueError(f"names must be 'paper' or 'short', got {names!r}")
     d = df.assign(_row=df["paper_name"] if names == "paper" else df["site"])
-    return wide_table(d, "_row", ["position", "metric"])
+    return scoring.wide_table(d, "_row", ["position", "metric"])

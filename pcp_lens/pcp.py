@@ -85,6 +85,17 @@ _UNIT_TOL = 1e-5  # how far from unit norm a stored direction may be
 # ------------------------------------------------------------------------------------------------
 
 
+def _vector(value: Any, what: str, site: Site, length: int, named: str) -> Tensor:
+    """A finite float64 vector of ``length`` entries (the scales or the bias of a site)."""
+    v = as_f64(value, f"{what} of site {site.name!r}").reshape(-1)
+    if v.numel() != length:
+        raise ValueError(
+            f"{what} of site {site.name!r} must have length {length} ({named}), got {v.numel()}"
+        )
+    check_finite_values(v, f"{what} of site {site.name!r}")
+    return v
+
+
 @dataclass(frozen=True, eq=False)
 class SitePCP:
     """One site's replacement ``y = x·M (+ b)`` with ``M = Σ_l α_l û_l û_lᵀ``; float64, CPU.
@@ -136,22 +147,10 @@ class SitePCP:
         r, d = u.shape
         if r > d:
             raise ValueError(f"rank must be an int in 1..{d} (d_model), got {r} directions")
-        a = as_f64(self.scales, f"scales of site {site.name!r}").reshape(-1)
-        if a.numel() != r:
-            raise ValueError(
-                f"scales of site {site.name!r} must have length {r} (the rank), got {a.numel()}"
-            )
-        check_finite_values(a, f"scales of site {site.name!r}")
         object.__setattr__(self, "directions", u)
-        object.__setattr__(self, "scales", a)
+        object.__setattr__(self, "scales", _vector(self.scales, "scales", site, r, "the rank"))
         if self.bias is not None:
-            b = as_f64(self.bias, f"bias of site {site.name!r}").reshape(-1)
-            if b.numel() != d:
-                raise ValueError(
-                    f"bias of site {site.name!r} must have length {d} (d_model), got {b.numel()}"
-                )
-            check_finite_values(b, f"bias of site {site.name!r}")
-            object.__setattr__(self, "bias", b)
+            object.__setattr__(self, "bias", _vector(self.bias, "bias", site, d, "d_model"))
         if self.kind not in DIRECTION_KINDS:
             raise ValueError(
                 f"kind must be one of {', '.join(map(repr, DIRECTION_KINDS))}, got {self.kind!r}"

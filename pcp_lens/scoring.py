@@ -380,7 +380,7 @@ def tidy_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """
     df = pd.DataFrame(list(records))
     order = [c for c in COLUMNS if c in df.columns]
-    df = df[order + [c for c in df.columns if c not in order]]
+    df = cast(pd.DataFrame, df[order + [c for c in df.columns if c not in order]])
     for col in _NULLABLE_INTS:
         if col in df.columns:
             df[col] = pd.array(

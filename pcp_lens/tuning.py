@@ -546,12 +546,11 @@ def sweep(
         values="value")[df.setting.unique()]`` gives the paper's table layout.
 
     Examples:
+        >>> from pcp_lens import GroupMetric, TokenGroups, fit_pcp
         >>> from pcp_lens.testing import tiny_model
-        >>> from pcp_lens.groups import GroupMetric, TokenGroups
-        >>> from pcp_lens.pcp import fit_pcp
-        >>> m = tiny_model()
-        >>> sets = {"pp": torch.randint(0, 50, (8, 2)), "pt": torch.randint(0, 50, (8, 2))}
-        >>> pcp = fit_pcp(m, torch.cat(list(sets.values())), "mlp0", 2, progress=False)
+        >>> m, toks = tiny_model(), torch.randint(0, 50, (16, 2))
+        >>> sets = {"pp": toks[:8], "pt": toks[8:]}
+        >>> pcp = fit_pcp(m, toks, "mlp0", 2, progress=False)
         >>> neg = GroupMetric(TokenGroups({"neg": range(10)}, d_vocab=50), "neg", k=5)
         >>> df = sweep(m, pcp, {"mlp0": [(1.0, 1.0), (-1.2, 0.5)]}, sets, neg,
         ...            val_tokens=torch.randint(0, 50, (4, 8)))
