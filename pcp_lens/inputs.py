@@ -8,7 +8,7 @@ which is exact for causal models.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,3 +174,17 @@ def check_same_shape(a: TokenBatch, b: TokenBatch, names: tuple[str, str]) -> No
             f"{names[0]} and {names[1]} must have the same shape [batch, pos], got "
             f"{tuple(a.tokens.shape)} and {tuple(b.tokens.shape)}"
         )
+
+
+def named_sets(inputs: Inputs | Mapping[str, Inputs], default: str = "inputs") -> dict[str, Any]:
+    """``{name: inputs}`` from one input set (named ``default``) or a non-empty mapping.
+
+    Examples:
+        >>> list(named_sets(["a b"])), list(named_sets({"pp": ["a"], "pt": ["b"]}))
+        (['inputs'], ['pp', 'pt'])
+    """
+    if isinstance(inputs, Mapping):
+        if not inputs:
+            raise ValueError("inputs is an empty mapping; name at least one input set")
+        return dict(inputs)
+    return {default: inputs}

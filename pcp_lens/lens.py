@@ -35,6 +35,7 @@ from pcp_lens import _tl, scoring
 from pcp_lens._tl import HookedTransformer, HookPoint
 from pcp_lens.groups import TokenGroups, group_metrics
 from pcp_lens.inputs import Inputs, as_tokens, check_batch_size
+from pcp_lens.scoring import Metric as Metric  # re-exported: its former home
 from pcp_lens.scoring import MetricLike, Positions
 from pcp_lens.sites import Site, SiteLike, all_sites, as_sites
 

@@ -45,6 +45,7 @@ from torch import Tensor
 
 from pcp_lens import _tl
 from pcp_lens._tl import HookedTransformer, Hooks
+from pcp_lens._tl import HookFn as HookFn  # re-exported: its former home
 from pcp_lens.inputs import Inputs
 from pcp_lens.pca import (
     PCAFit,
@@ -61,6 +62,8 @@ from pcp_lens.pca import (
 )
 from pcp_lens.pcp_hooks import FactoredMap, site_hooks
 from pcp_lens.pcp_storage import DIRECTION_KINDS, TENSOR_FIELDS, read_pcp, write_pcp
+from pcp_lens.pcp_storage import FORMAT as FORMAT  # re-exported: their former home
+from pcp_lens.pcp_storage import FORMAT_VERSION as FORMAT_VERSION
 from pcp_lens.sites import Site, SiteLike
 
 __all__ = [

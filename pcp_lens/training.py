@@ -83,6 +83,7 @@ from pcp_lens.checkpoints import (
     save_checkpoint,
     tie_embeddings,
 )
+from pcp_lens.checkpoints import CHECKPOINT_VERSION as CHECKPOINT_VERSION  # its former home
 from pcp_lens.inputs import TokenBatch, check_batch_size, check_token_dtype
 from pcp_lens.sites import Site
 
