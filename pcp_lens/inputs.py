@@ -18,7 +18,8 @@ from torch import Tensor
 
 from pcp_lens._tl import HookedTransformer
 
-Inputs = Tensor | str | Sequence[str] | Sequence[Tensor]
+#: token ids ``[batch, pos]``, one string, strings, or 1-d token-id rows
+Inputs = Int[Tensor, "batch pos"] | str | Sequence[str] | Sequence[Int[Tensor, " pos"]]
 
 
 @dataclass(frozen=True)
