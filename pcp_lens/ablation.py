@@ -308,7 +308,9 @@ def resample_ablation(
                 f"source activations for {s.name!r} have shape {tuple(acts.shape)}; expected "
                 f"[n, pos, {', '.join(map(str, want))}]"
             )
-    gen = torch.Generator().manual_seed(int(seed))
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    gen = torch.Generator().manual_seed(seed)
 
     def value(act: Tensor, idx: list[int] | None, where: str) -> Tensor:
         if tuple(act.shape[2:]) != tuple(acts.shape[2:]):

@@ -299,10 +299,10 @@ def group_metrics(
     groups: TokenGroups,
     stat: Stat = "topk",
     k: int = 10,
-    positions: Sequence[int] = (-1,),
+    positions: int | Sequence[int] = (-1,),
 ) -> dict[str, GroupMetric]:
     """One :class:`GroupMetric` per group, keyed by group name."""
-    return {g: GroupMetric(groups, g, stat, k, tuple(positions)) for g in groups.names}
+    return {g: GroupMetric(groups, g, stat, k, positions) for g in groups.names}  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

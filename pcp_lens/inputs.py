@@ -111,6 +111,11 @@ def as_tokens(
     else:
         if isinstance(inputs, str):
             inputs = [inputs]
+        if not isinstance(inputs, Sequence):
+            raise ValueError(
+                f"{name} must be a token tensor [batch, pos], a string or a list of strings or of "
+                f"1-d token tensors, got {type(inputs).__name__}"
+            )
         if len(inputs) == 0:
             raise ValueError(f"{name} is empty")
         if all(isinstance(x, str) for x in inputs):

@@ -178,6 +178,12 @@ def patching_grid(
         >>> patching_grid(df, "mlp").tolist()
         [[1.0, 2.0], [3.0, 4.0]]
     """
+    need = ["direction", "kind", "head", "layer", "position"]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"df must be a causal_patching table with columns {need}; it lacks {missing}"
+        )
     kinds = [k for k in PATCHABLE if k in set(df["kind"])]
     if kind not in kinds:
         raise ValueError(f"kind must be one of the table's kinds {kinds}, got {kind!r}")

@@ -95,7 +95,10 @@ class Site:
         if isinstance(spec, Site):
             return spec
         if not isinstance(spec, str):
-            raise TypeError(f"site must be a Site or a string, got {type(spec).__name__}")
+            raise TypeError(
+                f"site must be a Site or a string such as 'mlp0', got {spec!r} "
+                f"({type(spec).__name__})"
+            )
         s = spec.strip()
         if s == "embed":
             return cls(None, "embed")

@@ -165,9 +165,10 @@ def position_mask(tb: TokenBatch, positions: Positions) -> Bool[Tensor, "batch p
     for p in ps:
         idx = torch.where(torch.tensor(p >= 0, device=lengths.device), p, lengths + p)
         if ((idx < 0) | (idx >= lengths)).any():
+            n = int(lengths.min())
             raise ValueError(
-                f"position out of range: {p}, shortest sequence has positions "
-                f"0..{int(lengths.min()) - 1}"
+                f"positions: position out of range: {p}; the shortest sequence has {n} tokens, "
+                f"allowed positions are 0..{n - 1} or -{n}..-1"
             )
         sel[torch.arange(len(idx), device=sel.device), idx] = True
     return sel

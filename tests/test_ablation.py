@@ -166,6 +166,10 @@ def test_hook_repr_is_readable():
         (lambda m: zero_ablation("attn0.h9", model=m), "head out of range: 9"),
         (lambda m: zero_ablation("mlp0", positions=["1"]), "positions must be None, an int"),
         (lambda m: zero_ablation("mlp0", positions=[]), "at least one position"),
+        (
+            lambda m: resample_ablation("mlp0", torch.zeros(2, 3, D), seed="a"),
+            "seed must be an int, got 'a'",
+        ),
         (lambda m: mean_ablation("mlp0", torch.zeros(7), model=m), r"expected \(16,\)"),
         (lambda m: mean_ablation("mlp0", torch.zeros(2, D)), "1-d float vector"),
         (

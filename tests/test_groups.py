@@ -354,6 +354,7 @@ def test_group_metrics_refuse_bad_logits_and_positions(g8):
         with pytest.raises(ValueError, match=re.escape(shown)):
             PositionMetric(lambda lg: lg.mean(), positions=bad)
     assert GroupMetric(g8, "neg", k=2, positions=2).positions == (2,)  # the one rule: a bare int
+    assert group_metrics(g8, k=2, positions=1)["neg"].positions == (1,)
     with pytest.raises(ValueError, match="fn must be a callable selected_logits -> Tensor, got 3"):
         PositionMetric(3)  # type: ignore[arg-type]
 

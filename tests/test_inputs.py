@@ -22,6 +22,18 @@ def test_strings_are_tokenized_with_bos(text_model):
     assert as_tokens(text_model, "the cat", prepend_bos=False).tokens.tolist() == [[1, 2]]
 
 
+@pytest.mark.parametrize("bad", [None, 3, 2.5, {1, 2}])
+def test_inputs_of_no_allowed_type_are_named(model, bad):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "inputs must be a token tensor [batch, pos], a string or a list of strings or of 1-d "
+            f"token tensors, got {type(bad).__name__}"
+        ),
+    ):
+        as_tokens(model, bad)
+
+
 def test_strings_the_tokenizer_cannot_encode_are_named():
     from pcp_lens.toy.tokenizer import build_tokenizer
 

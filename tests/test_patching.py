@@ -271,6 +271,8 @@ def test_patching_grid_names_what_is_allowed(model, pair):
         patching_grid(df, "mlp", column="valu")
     with pytest.raises(ValueError, match=re.escape("direction must be one of the table's")):
         patching_grid(df, "mlp", direction="backwards")
+    with pytest.raises(ValueError, match=re.escape("df must be a causal_patching table with")):
+        patching_grid(df.drop(columns="kind"), "mlp")
     heads = df[df["head"].notna()]
     with pytest.raises(ValueError, match="no whole-module rows of kind 'attn'"):
         patching_grid(heads, "attn")
