@@ -23,6 +23,7 @@ from torch import Tensor
 from pcp_lens import _tl
 from pcp_lens._tl import HookedTransformer
 from pcp_lens.inputs import Inputs, as_tokens
+from pcp_lens.scoring import Positions
 from pcp_lens.sites import MODULE_KINDS, Site, SiteLike
 from pcp_lens.stats import RunningMoments, collect_stats, position_mask, stream_activations
 
@@ -299,7 +300,7 @@ def fit_pca(
     sites: SiteLike | Iterable[SiteLike],
     rank: int | Mapping[SiteLike, int],
     *,
-    positions: Sequence[int] | None = None,
+    positions: Positions = None,
     method: PCAMethod = "streaming",
     batch_size: int = 32,
     progress: bool = True,
@@ -383,7 +384,7 @@ def least_squares_scales(
     replacement: PCPReplacement,
     inputs: Inputs,
     *,
-    positions: Sequence[int] | None = None,
+    positions: Positions = None,
     sites: SiteLike | Iterable[SiteLike] | None = None,
     bias: bool = False,
     batch_size: int = 32,

@@ -64,6 +64,7 @@ from pcp_lens.pcp_hooks import FactoredMap, site_hooks
 from pcp_lens.pcp_storage import DIRECTION_KINDS, TENSOR_FIELDS, read_pcp, write_pcp
 from pcp_lens.pcp_storage import FORMAT as FORMAT  # re-exported: their former home
 from pcp_lens.pcp_storage import FORMAT_VERSION as FORMAT_VERSION
+from pcp_lens.scoring import Positions
 from pcp_lens.sites import Site, SiteLike
 
 __all__ = [
@@ -618,7 +619,7 @@ def fit_pcp(
     sites: SiteLike | Iterable[SiteLike],
     rank: int | Mapping[SiteLike, int],
     *,
-    positions: Sequence[int] | None = None,
+    positions: Positions = None,
     directions: Literal["principal", "reference_code"] = "principal",
     scales: Literal["least_squares", "ones"] = "least_squares",
     bias: bool = False,

@@ -158,8 +158,9 @@ def score_inputs(
         model: the model.
         inputs: ``{set name: tokens or strings}``; sequences within a set must have equal length
             (sets may differ).
-        metric: a :class:`~pcp_lens.groups.GroupMetric` (keys are set names) or
-            ``{metric name: metric}`` (keys are ``(set, metric name)``).
+        metric: any metric (``docs/metrics.md``; keys are set names), e.g. a
+            :class:`~pcp_lens.groups.GroupMetric`, or ``{metric name: metric}`` (keys are
+            ``(set, metric name)``).
         replacement: a PCP replacement to insert, or ``None`` for the unedited model.
 
     Examples:
@@ -337,8 +338,8 @@ def tune(
         model: the model (must match the replacement's fingerprint).
         replacement: directions, starting scales and the sites to replace.
         inputs: ``{set name: tokens or strings}``, e.g. the paper's ``pp, pt, nn, ss, st``.
-        metric: a ``GroupMetric`` (e.g. top-10 negativity at position −1) or
-            ``{name: metric}``.
+        metric: any metric (``docs/metrics.md``), e.g. a ``GroupMetric`` (top-10 negativity at
+            position −1), or ``{name: metric}``.
         target: ``{key: score}`` with keys as returned by :func:`score_inputs` (set names for
             one metric); only these keys enter the objective. Default: the unedited model's
             scores on every set ("re-insert the mechanism"); e.g. ``{"pt": 0.0, "pp": ...}`` to
@@ -533,7 +534,7 @@ def sweep(
             site (``"mlp0"``: the value multiplies, or sets, all its components; a value may also
             be one number per component, e.g. ``(-1.2, 0.5)``) or ``(site, component)``.
         inputs: ``{set name: tokens or strings}``.
-        metric: a ``GroupMetric`` or ``{name: metric}``.
+        metric: any metric (``docs/metrics.md``) or ``{name: metric}``.
         val_tokens: tokens for :func:`validation_loss` (omit to skip it).
         relative: factors multiply the current scales (the paper's Tab. V–VII); ``False`` sets α.
         unedited: also report the model without replacement (setting ``"unedited"``).
