@@ -51,7 +51,7 @@ def main() -> None:
 
     def ours() -> dict[str, float]:
         df = ablation_sweep(model, tokens, metric, sites, means=means, progress=False)
-        return dict(zip(df.ablation, df.value, strict=True))
+        return dict(zip(df.site, df.value, strict=True))
 
     def by_hand() -> dict[str, float]:
         with torch.no_grad():

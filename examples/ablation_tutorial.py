@@ -102,7 +102,7 @@ def main(out: Path | None = None) -> None:
         method="mean",
         means=means,
     )
-    print(df[df.ablation == "mlp0"].head(3).to_string())
+    print(df[df.site == "mlp0"].drop(columns="ablation").head(3).to_string())
     neg = df[df.metric == "negative"]
     print("\nTop-5 negativity under mean ablation (every position):")
     print(ablation_table(neg).round(2).to_string())

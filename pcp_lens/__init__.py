@@ -3,6 +3,7 @@
 The public API, re-exported; each technique lives in the module named after it.
 """
 
+from pcp_lens._io import package_version
 from pcp_lens.ablation import (
     ablation_hooks,
     ablation_means,
@@ -53,7 +54,7 @@ from pcp_lens.training import (
 )
 from pcp_lens.tuning import TuneResult, score_inputs, sweep, tune, validation_loss
 
-__version__ = "0.1.0"
+__version__ = package_version()
 
 __all__ = [
     "ActivationStats",

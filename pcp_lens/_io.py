@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
+
+
+def package_version() -> str:
+    """The installed pcp_lens version, from the package metadata (``"unknown"`` if not installed).
+
+    Examples:
+        >>> package_version().count(".") >= 1
+        True
+    """
+    try:
+        return importlib.metadata.version("pcp_lens")
+    except importlib.metadata.PackageNotFoundError:  # running from a bare source tree
+        return "unknown"
 
 
 @contextmanager

@@ -7,7 +7,7 @@ between TransformerLens 2.x and 3.x live here, so a TransformerLens upgrade touc
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -35,9 +35,11 @@ with warnings.catch_warnings():
 
 __all__ = [
     "ActivationCache",
+    "HookFn",
     "HookPoint",
     "HookedTransformer",
     "HookedTransformerConfig",
+    "Hooks",
     "block_input_name",
     "hook_name",
     "module_input",
@@ -45,6 +47,11 @@ __all__ = [
     "new_model",
     "processing_fingerprint",
 ]
+
+#: a forward hook: it returns the replacement activation, or ``None`` to leave it unchanged
+HookFn = Callable[[Tensor, HookPoint], "Tensor | None"]
+#: hooks as values, ready for ``model.hooks(fwd_hooks=...)`` and ``run_with_hooks``
+Hooks = list[tuple[str, HookFn]]
 
 # kind -> TransformerLens activation name (as understood by get_act_name)
 _ACT = {

@@ -34,10 +34,25 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pcp_lens import _tl
-from pcp_lens._tl import HookedTransformer, HookPoint
-from pcp_lens.inputs import Inputs, as_tokens
+from pcp_lens._tl import HookedTransformer, HookPoint, Hooks
+from pcp_lens._tl import HookFn as HookFn  # re-exported: its former home
+from pcp_lens.inputs import Inputs, as_tokens, named_sets
+from pcp_lens.means import ablation_means, mean_reference_code, nested_average
+from pcp_lens.scoring import Metric as Metric  # re-exported: its former home
+from pcp_lens.scoring import (
+    MetricLike,
+    Positions,
+    RowMean,
+    call_metric,
+    check_positions,
+    declared_positions,
+    named_metrics,
+    resolve_positions,
+    tidy_table,
+    wide_table,
+)
 from pcp_lens.sites import Site, SiteLike, all_sites, as_sites
-from pcp_lens.stats import ActivationStats, collect_stats, stream_activations
+from pcp_lens.stats import ActivationStats, stream_activations
 
 __all__ = [
     "ablation_hooks",
@@ -54,57 +69,7 @@ __all__ = [
 ]
 
 Method = Literal["mean", "zero", "resample"]
-Metric = Callable[[Tensor], Tensor]
-HookFn = Callable[[Tensor, HookPoint], Tensor]
-Hooks = list[tuple[str, HookFn]]
-Positions = int | Sequence[int] | None
 MeanLike = Tensor | ActivationStats
-
-
-# -- positions -------------------------------------------------------------------------------
-def _check_positions(positions: Positions, name: str = "positions") -> tuple[int, ...] | None:
-    """Normalise ``positions`` to a tuple of ints (or None for all), checking types only."""
-    if positions is None:
-        return None
-    if isinstance(positions, int) and not isinstance(positions, bool):
-        return (positions,)
-    if isinstance(positions, (str, bytes)) or not isinstance(positions, Iterable):
-        raise ValueError(f"{name} must be None, an int or a sequence of ints, got {positions!r}")
-    out = tuple(positions)
-    if not out:
-        raise ValueError(f"{name} must name at least one position (or be None for all positions)")
-    for p in out:
-        if not isinstance(p, int) or isinstance(p, bool):
-            raise ValueError(f"{name} must hold ints, got {p!r} in {positions!r}")
-    return out
-
-
-def resolve_positions(positions: Positions, n: int, where: str = "") -> list[int] | None:
-    """Turn positions (negative ones count from the end) into indices ``0..n-1``, or raise.
-
-    Args:
-        positions: ``None`` (all positions), an int or a sequence of ints.
-        n: the sequence length.
-        where: context for the error message (e.g. a hook name).
-
-    Returns:
-        The non-negative indices in the given order, or ``None`` for all positions.
-
-    Examples:
-        >>> resolve_positions([0, -1], 5)
-        [0, 4]
-    """
-    ps = _check_positions(positions)
-    if ps is None:
-        return None
-    for p in ps:
-        if not -n <= p < n:
-            at = f" at {where}" if where else ""
-            raise ValueError(
-                f"position out of range{at}: {p}; sequences have {n} tokens, allowed positions "
-                f"are 0..{n - 1} or -{n}..-1"
-            )
-    return [p % n for p in ps]
 
 
 # -- hooks -------------------------------------------------------------------------------------
@@ -178,7 +143,7 @@ def zero_ablation(
         torch.Size([2, 5, 50])
     """
     s = _site(site, model)
-    ps = _check_positions(positions)
+    ps = check_positions(positions)
 
     def value(act: Tensor, idx: list[int] | None, where: str) -> Tensor:
         return torch.zeros((), dtype=act.dtype, device=act.device)
@@ -241,7 +206,7 @@ def mean_ablation(
         True
     """
     s = _site(site, model)
-    ps = _check_positions(positions)
+    ps = check_positions(positions)
     m = _mean_vector(mean, s, model)
     cast: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
@@ -315,7 +280,7 @@ def resample_ablation(
         torch.Size([3, 5, 50])
     """
     s = _site(site, model)
-    ps = _check_positions(positions)
+    ps = check_positions(positions)
     if isinstance(source, Tensor) and source.is_floating_point():
         acts = source.detach()
         if acts.dim() < 3 or acts.shape[0] < 1:
@@ -343,7 +308,9 @@ def resample_ablation(
                 f"source activations for {s.name!r} have shape {tuple(acts.shape)}; expected "
                 f"[n, pos, {', '.join(map(str, want))}]"
             )
-    gen = torch.Generator().manual_seed(int(seed))
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    gen = torch.Generator().manual_seed(seed)
 
     def value(act: Tensor, idx: list[int] | None, where: str) -> Tensor:
         if tuple(act.shape[2:]) != tuple(acts.shape[2:]):
@@ -421,251 +388,27 @@ def ablation_hooks(
     return hooks
 
 
-# -- means -------------------------------------------------------------------------------------
-def _named_sets(inputs: Inputs | Mapping[str, Inputs], default: str = "inputs") -> dict[str, Any]:
-    if isinstance(inputs, Mapping):
-        if not inputs:
-            raise ValueError("inputs is an empty mapping; name at least one input set")
-        return dict(inputs)
-    return {default: inputs}
-
-
-def _per_set_means(
-    model: HookedTransformer,
-    inputs: Inputs | Mapping[str, Inputs],
-    sites: SiteLike | Iterable[SiteLike],
-    positions: Positions,
-    batch_size: int,
-    progress: bool,
-) -> tuple[list[Site], list[tuple[int, dict[str, Tensor]]]]:
-    """Per input set: (count, {site name: float64 mean}), via streaming statistics."""
-    ss = as_sites(sites, model)
-    ps = _check_positions(positions)
-    keys = {s.name: (s.hook_name if s.head is not None else s.name) for s in ss}
-    out: list[tuple[int, dict[str, Tensor]]] = []
-    for set_name, inp in _named_sets(inputs).items():
-        try:
-            st = collect_stats(
-                model,
-                inp,
-                sorted(set(keys.values())),
-                ps,
-                batch_size,
-                cov=False,
-                progress=progress,
-            )
-        except ValueError as e:
-            raise ValueError(f"input set {set_name!r}: {e}") from e
-        means: dict[str, Tensor] = {}
-        for s in ss:
-            m = st[keys[s.name]].mean
-            if s.head is not None:
-                d_head = _tl.head_dims(model)[1]
-                m = m[s.head * d_head : (s.head + 1) * d_head]
-            means[s.name] = m
-        n = st[keys[ss[0].name]].n if ss else 0
-        out.append((n, means))
-    return ss, out
-
-
-def ablation_means(
-    model: HookedTransformer,
-    inputs: Inputs | Mapping[str, Inputs],
-    sites: SiteLike | Iterable[SiteLike],
-    positions: Positions = None,
-    *,
-    batch_size: int = 32,
-    progress: bool = True,
-) -> dict[str, Float[Tensor, " d"]]:
-    """The plain mean of each site's output over all inputs at ``positions`` (the paper's intent).
-
-    Every collected vector counts once: with several named input sets this is the mean over
-    their union, not a mean of per-set means. Computed with streaming float64 statistics
-    (:func:`pcp_lens.collect_stats`), so inputs may be large and of unequal lengths.
-
-    Args:
-        model: the model to run.
-        inputs: tokens or strings, or ``{name: inputs}`` (e.g. the toy model's pp, nn, pn, np).
-        sites: sites to average (head sites give ``d_head`` means of ``hook_z``).
-        positions: positions to pool (METHODS §5.1: 1 for the toy model, 8 for GPT-2 medium);
-            ``None`` pools every position. Negative ones count from each sequence's end.
-        batch_size: rows per forward pass.
-        progress: show tqdm bars.
-
-    Returns:
-        ``{site name: float64 mean}``, ready for :func:`mean_ablation` / :func:`ablation_sweep`.
-
-    Examples:
-        >>> from pcp_lens.testing import tiny_model
-        >>> model = tiny_model()
-        >>> sets = {"a": torch.randint(0, 50, (6, 4)), "b": torch.randint(0, 50, (2, 4))}
-        >>> m = ablation_means(model, sets, ["mlp0", "attn1.h0"], positions=[1], progress=False)
-        >>> {k: tuple(v.shape) for k, v in m.items()}
-        {'mlp0': (16,), 'attn1.h0': (4,)}
-    """
-    ss, per_set = _per_set_means(model, inputs, sites, positions, batch_size, progress)
-    total = sum(n for n, _ in per_set)
-    return {s.name: torch.stack([m[s.name] * n for n, m in per_set]).sum(0) / total for s in ss}
-
-
-def nested_average(
-    means: Sequence[Float[Tensor, " d"]], counts: Sequence[int], counts_per_input: int = 1
-) -> Float[Tensor, " d"]:
-    """The reference code's averaging over consecutive data sets (METHODS §5.1, quirk 8).
-
-    The authors' ``get_mean_activations`` keeps one running sum across data sets but divides it
-    by the current set's counter at the end of each set::
-
-        r_1 = S_1 / (c n_1),   r_j = (r_{j-1} + S_j) / (c n_j),   S_j = n_j * mean_j
-
-    where ``c = counts_per_input`` is how often the counter advances per input (1 in the toy code;
-    20 in the GPT-2-medium code, whose counter runs once per hooked layer). The result is
-    dominated by the last set: ``mean_K/c + mean_{K-1}/(c² n_K) + ...``.
-
-    Args:
-        means: per-set means, in the order the code visits the sets.
-        counts: per-set numbers of inputs.
-        counts_per_input: counter increments per input.
-
-    Examples:
-        >>> nested_average([torch.tensor([2.0]), torch.tensor([4.0])], [2, 4]).tolist()
-        [4.5]
-    """
-    if len(means) != len(counts) or not means:
-        raise ValueError(
-            f"means and counts must be non-empty and of equal length, got {len(means)} and "
-            f"{len(counts)}"
-        )
-    if counts_per_input < 1:
-        raise ValueError(f"counts_per_input must be >= 1, got {counts_per_input}")
-    r = torch.zeros_like(means[0])
-    for m, n in zip(means, counts, strict=True):
-        if n < 1:
-            raise ValueError(f"counts must be >= 1, got {list(counts)}")
-        r = (r + m * n) / (counts_per_input * n)
-    return r
-
-
-def mean_reference_code(
-    model: HookedTransformer,
-    inputs: Mapping[str, Inputs],
-    sites: SiteLike | Iterable[SiteLike],
-    positions: Positions = None,
-    *,
-    counts_per_input: int = 1,
-    batch_size: int = 32,
-    progress: bool = True,
-) -> dict[str, Float[Tensor, " d"]]:
-    """The "mean" the paper's code actually ablated with: :func:`nested_average` over input sets.
-
-    Use it only to reproduce the paper's numbers exactly; :func:`ablation_means` is the intended
-    plain mean. The order of ``inputs`` matters (toy code: pp, nn, pn, np at position 1; GPT-2
-    medium: clean then toxic at position 8 with ``counts_per_input=20``).
-
-    Args:
-        model: the model to run.
-        inputs: ``{name: inputs}`` in the order the code visits them.
-        sites: sites to average.
-        positions: positions to pool (one per input in the paper's code).
-        counts_per_input: counter increments per input (see :func:`nested_average`).
-        batch_size: rows per forward pass.
-        progress: show tqdm bars.
-
-    Examples:
-        >>> from pcp_lens.testing import tiny_model
-        >>> model = tiny_model()
-        >>> sets = {"pp": torch.randint(0, 50, (5, 2)), "np": torch.randint(0, 50, (5, 2))}
-        >>> m = mean_reference_code(model, sets, ["mlp0"], positions=[1], progress=False)
-        >>> tuple(m["mlp0"].shape)
-        (16,)
-    """
-    if not isinstance(inputs, Mapping):
-        raise ValueError(
-            "mean_reference_code needs inputs as an ordered mapping {name: inputs}; the nested "
-            "division depends on the data sets and their order"
-        )
-    ss, per_set = _per_set_means(model, inputs, sites, positions, batch_size, progress)
-    counts = [n for n, _ in per_set]
-    return {
-        s.name: nested_average([m[s.name] for _, m in per_set], counts, counts_per_input)
-        for s in ss
-    }
-
-
 # -- sweep -------------------------------------------------------------------------------------
-class _RowMean:
-    """Average of metric values over batches, weighted by rows."""
-
-    def __init__(self) -> None:
-        self.total = 0.0
-        self.n = 0
-
-    def add(self, value: Tensor, rows: int, name: str) -> None:
-        v = torch.as_tensor(value).detach().double()
-        if v.numel() == 1:
-            self.total += float(v) * rows
-        elif v.dim() >= 1 and v.shape[0] == rows:
-            self.total += float(v.reshape(rows, -1).mean(1).sum())
-        else:
-            raise ValueError(
-                f"metric {name!r} must return a scalar (a mean over the batch) or per-prompt "
-                f"values with the batch first; got shape {tuple(v.shape)} for a batch of {rows}"
-            )
-        self.n += rows
-
-    @property
-    def value(self) -> float:
-        return self.total / self.n if self.n else float("nan")
-
-
-def _named_metrics(metrics: Metric | Mapping[str, Metric]) -> dict[str, Metric]:
-    if isinstance(metrics, Mapping):
-        if not metrics:
-            raise ValueError("metrics is an empty mapping; pass at least one metric")
-        out = dict(metrics)
-    else:
-        out = {"metric": metrics}
-    for k, m in out.items():
-        if not callable(m):
-            raise ValueError(f"metric {k!r} must be callable logits -> tensor, got {m!r}")
-    return out
-
-
-def _declared(metric: Metric) -> tuple[int, ...] | None:
-    """Positions a metric reads, if it declares them and can score selected logits."""
-    pos = getattr(metric, "positions", None)
-    if pos is None or not callable(getattr(metric, "score", None)):
-        return None
-    return tuple(int(p) for p in pos)
-
-
 def _score_batch(
     final: _tl.FinalLogits,
     resid: Float[Tensor, "batch pos d_model"],
-    metrics: Mapping[str, Metric],
-    accs: Mapping[str, _RowMean],
+    metrics: Mapping[str, MetricLike],
+    accs: Mapping[str, RowMean],
 ) -> None:
     """Evaluate every metric on the logits of a final residual, unembedding only what is read."""
     n = resid.shape[1]
+    declared = {k: declared_positions(m, f"metric {k!r}") for k, m in metrics.items()}
     wanted: list[int] = []
-    for name, m in metrics.items():
-        ps = _declared(m)
+    for k, ps in declared.items():
         if ps is not None:
-            for p in resolve_positions(ps, n, where=f"metric {name!r}") or []:
-                if p not in wanted:
-                    wanted.append(p)
+            wanted += resolve_positions(ps, n, name=f"metric {k!r} positions") or []
+    wanted = list(dict.fromkeys(wanted))
     sel = final(resid[:, wanted]) if wanted else None
-    full: Tensor | None = None
-    for name, m in metrics.items():
-        ps = _declared(m)
-        if ps is not None and sel is not None:
-            cols = [wanted.index(p) for p in resolve_positions(ps, n) or []]
-            v = m.score(sel[:, cols])  # type: ignore[attr-defined]
-        else:
-            if full is None:
-                full = final(resid)
-            v = m(full)
-        accs[name].add(v, resid.shape[0], name)
+    full = final(resid) if any(ps is None for ps in declared.values()) else None
+    for k, m in metrics.items():
+        logits, at = (full, None) if declared[k] is None else (sel, wanted)
+        assert logits is not None
+        accs[k].add(call_metric(m, logits, at, n=n, name=f"metric {k!r}"), resid.shape[0])
 
 
 def _start_layer(model: HookedTransformer, sites: Sequence[Site]) -> int | None:
@@ -712,7 +455,7 @@ def _conditions(
 def ablation_sweep(
     model: HookedTransformer,
     inputs: Inputs | Mapping[str, Inputs],
-    metrics: Metric | Mapping[str, Metric],
+    metrics: MetricLike | Mapping[str, MetricLike],
     sites: SiteLike | Iterable[SiteLike] | None = None,
     combos: Mapping[str, Iterable[SiteLike]] | Iterable[Iterable[SiteLike]] | None = None,
     method: Method = "mean",
@@ -730,11 +473,11 @@ def ablation_sweep(
     and metric: the paper's Tab. I (toy) and Tab. VIII (GPT-2 medium) in tidy form. Turn it into
     the paper's layout with :func:`ablation_table`.
 
-    Metrics are callables ``logits [batch, pos, d_vocab] -> tensor`` returning a batch mean (or
-    per-prompt values, which are averaged); values are averaged over batches weighted by rows, so
-    a metric that is not a mean over prompts needs ``batch_size`` >= the number of prompts. A
-    metric that declares ``positions`` and a ``score(selected_logits)`` method (such as
-    :class:`pcp_lens.GroupMetric`) gets logits computed only at those positions.
+    Metrics follow the library's one contract (``docs/metrics.md``): a plain callable gets full
+    logits, a metric that declares ``positions`` and ``score`` (such as
+    :class:`pcp_lens.GroupMetric`) gets logits computed only there. Values are averaged over
+    batches weighted by rows, so a metric that is not a mean over prompts needs ``batch_size`` >=
+    the number of prompts.
 
     Args:
         model: the model (never modified; no hook is left attached, even after an error).
@@ -754,9 +497,10 @@ def ablation_sweep(
         progress: show a tqdm bar.
 
     Returns:
-        A DataFrame with columns ``ablation`` (``"unchanged"``, a site name or a combination
-        label), ``paper_name``, ``sites``, ``layer``, ``kind``, ``head``, ``method``, ``input_set``,
-        ``metric``, ``value`` and ``n`` (prompts).
+        A DataFrame in the library's table vocabulary (``docs/concepts.md``): ``site``
+        (``"unchanged"``, a site name or a combination label), ``paper_name``, ``sites``,
+        ``layer``, ``kind``, ``head``, ``method``, ``input_set``, ``metric``, ``value``, ``n``
+        (prompts), and ``ablation``, the former name of ``site`` (kept for existing code).
 
     Examples:
         >>> from pcp_lens import TokenGroups, group_metrics
@@ -765,20 +509,20 @@ def ablation_sweep(
         >>> groups = TokenGroups({"neg": range(10), "pos": range(10, 20)}, d_vocab=50)
         >>> df = ablation_sweep(model, {"pt": torch.randint(0, 50, (8, 3))},
         ...                     group_metrics(groups), method="zero", progress=False)
-        >>> len(df), list(df.ablation.unique())
+        >>> len(df), list(df.site.unique())
         (10, ['unchanged', 'attn0', 'mlp0', 'attn1', 'mlp1'])
     """
     if method not in ("mean", "zero", "resample"):
         raise ValueError(f"method must be one of 'mean', 'zero', 'resample', got {method!r}")
-    named = _named_metrics(metrics)
+    named = named_metrics(metrics)
     conds = _conditions(model, sites, combos)
     ablated = list(dict.fromkeys(s for _, _, ss in conds for s in ss))
-    ps = _check_positions(positions)
+    ps = check_positions(positions)
     if method == "mean":
         # validate every mean before any forward pass
         ablation_hooks(model, ablated, "mean", means=means, positions=ps)
     sets = {}
-    for k, v in _named_sets(inputs).items():
+    for k, v in named_sets(inputs).items():
         tb = as_tokens(model, v, name=f"inputs[{k!r}]")
         resolve_positions(ps, tb.tokens.shape[1], where=f"input set {k!r}")
         sets[k] = tb
@@ -806,7 +550,7 @@ def ablation_sweep(
                 else []
                 for label, _, ss in conds
             }
-            accs = {label: {k: _RowMean() for k in named} for label, _, _ in conds}
+            accs = {label: {k: RowMean(k) for k in named} for label, _, _ in conds}
             for batch in tb.batches(batch_size):
                 clean, clean_final = _tl.block_inputs(model, batch.tokens, need)
                 for label, _, _ in conds:
@@ -826,7 +570,7 @@ def ablation_sweep(
                 for k, acc in accs[label].items():
                     rows.append(
                         {
-                            "ablation": label,
+                            "site": label,
                             "paper_name": paper,
                             "sites": "+".join(s.name for s in ss),
                             "layer": one.layer if one is not None else None,
@@ -837,46 +581,14 @@ def ablation_sweep(
                             "metric": k,
                             "value": acc.value,
                             "n": acc.n,
+                            "ablation": label,  # the former name of "site", kept for old code
                         }
                     )
                 bar.update()
-    df = pd.DataFrame(rows)
-    for col in ("layer", "head"):
-        df[col] = df[col].astype("Int64")
-    return df
+    return tidy_table(rows)
 
 
 # -- tables -------------------------------------------------------------------------------------
-def wide_table(
-    df: pd.DataFrame, index: str, columns: Sequence[str], values: str = "value"
-) -> pd.DataFrame:
-    """Pivot a tidy table, keeping rows and columns in order of first appearance.
-
-    Column levels holding a single value are dropped (at least one level is kept).
-
-    Examples:
-        >>> t = pd.DataFrame({"m": ["b", "b", "a"], "g": ["x", "y", "x"], "value": [1, 2, 3]})
-        >>> wide_table(t, "m", ["g"]).to_dict()
-        {'x': {'b': 1.0, 'a': 3.0}, 'y': {'b': 2.0, 'a': nan}}
-    """
-    cols = [c for c in columns if cast(pd.Series, df[c]).nunique(dropna=False) > 1] or [columns[-1]]
-    wide = df.pivot_table(index=index, columns=cols, values=values, aggfunc="first", sort=False)
-    wide = wide.reindex(index=list(dict.fromkeys(df[index])))
-    if len(cols) == 1:
-        wide = wide.reindex(columns=list(dict.fromkeys(df[cols[0]])))
-        wide.columns.name = None
-    else:
-        # each level in its own order of first appearance, the first level slowest
-        ranks = [{v: i for i, v in enumerate(dict.fromkeys(df[c]))} for c in cols]
-        order = sorted(
-            dict.fromkeys(zip(*(df[c] for c in cols), strict=True)),
-            key=lambda t: tuple(r[v] for r, v in zip(ranks, t, strict=True)),
-        )
-        wide = wide.reindex(columns=pd.MultiIndex.from_tuples(order, names=cols))
-    wide.index.name = None
-    return wide.astype(float)
-
-
 def ablation_table(
     df: pd.DataFrame,
     layout: Literal["site", "layer"] = "site",
@@ -907,15 +619,15 @@ def ablation_table(
     """
     if layout == "site":
         d = df.copy()
-        d["_row"] = d["paper_name"] if names == "paper" else d["ablation"]
-        base = d[d["ablation"] == "unchanged"]
-        d = cast(pd.DataFrame, pd.concat([d[d["ablation"] != "unchanged"], base]))
+        d["_row"] = d["paper_name"] if names == "paper" else d["site"]
+        base = d[d["site"] == "unchanged"]
+        d = cast(pd.DataFrame, pd.concat([d[d["site"] != "unchanged"], base]))
         return wide_table(d, "_row", ["input_set", "metric"])
     if layout != "layer":
         raise ValueError(f"layout must be 'site' or 'layer', got {layout!r}")
     whole = df["layer"].notna() & df["head"].isna() & (df["kind"] != "combo")
     single = cast(pd.DataFrame, df[whole])
-    base = cast(pd.DataFrame, df[df["ablation"] == "unchanged"])
+    base = cast(pd.DataFrame, df[df["site"] == "unchanged"])
     kinds = list(dict.fromkeys(single["kind"]))
     unchanged = pd.concat([base.assign(kind=k) for k in kinds]) if kinds else base
     d = cast(pd.DataFrame, pd.concat([single, unchanged]))
@@ -923,6 +635,6 @@ def ablation_table(
         "Unchanged"
         if a == "unchanged"
         else (str(int(layer) + 1) if names == "paper" else str(layer))
-        for a, layer in zip(d["ablation"], d["layer"], strict=True)
+        for a, layer in zip(d["site"], d["layer"], strict=True)
     ]
     return wide_table(d, "_row", ["input_set", "metric", "kind"])

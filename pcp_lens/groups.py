@@ -5,9 +5,9 @@ words (k = 10). :func:`topk_share` computes that share for every group at once, 
 leading shape; :func:`prob_mass` and :func:`mean_logit` are the softmax-mass and mean-logit
 analogues.
 
-A *metric* is any callable ``logits -> Tensor``. :class:`GroupMetric` is the library's own: it also
-declares which positions it reads (``metric.positions``), so that patching and lenses compute
-logits only there.
+A *metric* follows the one contract of :mod:`pcp_lens.scoring` (``docs/metrics.md``).
+:class:`GroupMetric` is the library's own: it also declares which positions it reads
+(``metric.positions``), so that ablation, patching and tuning compute logits only there.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-Metric = Callable[[Tensor], Tensor]
+from pcp_lens.scoring import Metric as Metric  # re-exported: its former home
+from pcp_lens.scoring import check_positions, resolve_positions
+
 Stat = Literal["topk", "prob", "logit"]
 
 
@@ -94,7 +96,10 @@ class TokenGroups:
                 forms = [w, " " + w] if with_space else [w]
                 found = False
                 for f in forms:
-                    enc = tokenizer.encode(f, add_special_tokens=False)
+                    try:
+                        enc = tokenizer.encode(f, add_special_tokens=False)
+                    except Exception:  # some tokenizers raise on words they lack: not a token
+                        continue
                     # a word-level tokenizer maps unknown words to its unk token: not the word
                     if len(enc) == 1 and (enc[0] != unk or f.strip() == unk_token):
                         ids.append(int(enc[0]))
@@ -218,14 +223,22 @@ def group_scores(
 
 
 def select_positions(
-    x: Float[Tensor, "batch pos *rest"], positions: Sequence[int]
+    x: Float[Tensor, "batch pos *rest"], positions: int | Sequence[int]
 ) -> Float[Tensor, "batch n_positions *rest"]:
-    """Index the position axis (dim 1), with a clear error for positions out of range."""
-    n = x.shape[1]
-    for p in positions:
-        if not -n <= p < n:
-            raise ValueError(f"position out of range: {p}, sequences have positions 0..{n - 1}")
-    return x[:, list(positions)]
+    """Index the position axis (dim 1), with a clear error for positions out of range.
+
+    Examples:
+        >>> select_positions(torch.arange(6).reshape(1, 3, 2), [-1]).tolist()
+        [[[4, 5]]]
+    """
+    if x.dim() < 2:
+        raise ValueError(
+            f"logits must be [batch, pos, d_vocab] (a position axis to select from), got shape "
+            f"{tuple(x.shape)}"
+        )
+    idx = resolve_positions(positions, x.shape[1])
+    assert idx is not None
+    return x[:, idx]
 
 
 @dataclass(frozen=True)
@@ -255,9 +268,9 @@ class GroupMetric:
         group_scores(torch.zeros(self.groups.d_vocab), self.groups, self.stat, self.k)
         if self.reduce not in ("mean", "none"):
             raise ValueError(f"reduce must be 'mean' or 'none', got {self.reduce!r}")
-        object.__setattr__(self, "positions", tuple(int(p) for p in self.positions))
-        if not self.positions:
-            raise ValueError("positions must name at least one position")
+        if self.positions is None:
+            raise ValueError("positions must name the positions the metric reads, got None")
+        object.__setattr__(self, "positions", check_positions(self.positions))
 
     def score(self, selected: Float[Tensor, "batch n_positions d_vocab"]) -> Tensor:
         """Score logits already restricted to :attr:`positions`."""
@@ -267,17 +280,29 @@ class GroupMetric:
         return s.mean() if self.reduce == "mean" else s
 
     def __call__(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Tensor:
+        _check_logits(logits, self.groups.d_vocab)
         return self.score(select_positions(logits, self.positions))
+
+
+def _check_logits(logits: Tensor, d_vocab: int | None = None) -> None:
+    if not isinstance(logits, Tensor) or logits.dim() != 3:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be a tensor [batch, pos, d_vocab], got {shape}")
+    if d_vocab is not None and logits.shape[-1] != d_vocab:
+        raise ValueError(
+            f"logits have {logits.shape[-1]} entries in the last dimension but the groups were "
+            f"built for d_vocab={d_vocab}"
+        )
 
 
 def group_metrics(
     groups: TokenGroups,
     stat: Stat = "topk",
     k: int = 10,
-    positions: Sequence[int] = (-1,),
+    positions: int | Sequence[int] = (-1,),
 ) -> dict[str, GroupMetric]:
     """One :class:`GroupMetric` per group, keyed by group name."""
-    return {g: GroupMetric(groups, g, stat, k, tuple(positions)) for g in groups.names}
+    return {g: GroupMetric(groups, g, stat, k, positions) for g in groups.names}  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -296,9 +321,17 @@ class PositionMetric:
     fn: Callable[[Tensor], Tensor]
     positions: tuple[int, ...] = (-1,)
 
+    def __post_init__(self) -> None:
+        if not callable(self.fn):
+            raise ValueError(f"fn must be a callable selected_logits -> Tensor, got {self.fn!r}")
+        if self.positions is None:
+            raise ValueError("positions must name the positions the metric reads, got None")
+        object.__setattr__(self, "positions", check_positions(self.positions))
+
     def score(self, selected: Float[Tensor, "batch n_positions d_vocab"]) -> Tensor:
         """Score logits already restricted to :attr:`positions`."""
         return self.fn(selected)
 
     def __call__(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Tensor:
+        _check_logits(logits)
         return self.fn(select_positions(logits, self.positions))

@@ -8,8 +8,9 @@ which is exact for causal models.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Int
@@ -17,7 +18,8 @@ from torch import Tensor
 
 from pcp_lens._tl import HookedTransformer
 
-Inputs = Tensor | str | Sequence[str] | Sequence[Tensor]
+#: token ids ``[batch, pos]``, one string, strings, or 1-d token-id rows
+Inputs = Int[Tensor, "batch pos"] | str | Sequence[str] | Sequence[Int[Tensor, " pos"]]
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,38 @@ class TokenBatch:
 
     def batches(self, batch_size: int) -> Iterator[TokenBatch]:
         """Split into consecutive batches of at most ``batch_size`` rows."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_batch_size(batch_size)
         for i in range(0, self.tokens.shape[0], batch_size):
             yield TokenBatch(self.tokens[i : i + batch_size], self.mask[i : i + batch_size])
+
+
+def check_batch_size(batch_size: Any, name: str = "batch_size") -> int:
+    """Return ``batch_size`` if it is an int >= 1, else raise ``ValueError`` naming ``name``.
+
+    Examples:
+        >>> check_batch_size(0)
+        Traceback (most recent call last):
+        ...
+        ValueError: batch_size must be an int >= 1, got 0
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {batch_size!r}")
+    return batch_size
+
+
+def check_token_dtype(tokens: Tensor, name: str = "inputs") -> None:
+    """Refuse float, complex and bool tensors as tokens (a bool tensor is not ids 0 and 1).
+
+    Examples:
+        >>> check_token_dtype(torch.tensor([[True, False]]))
+        Traceback (most recent call last):
+        ...
+        ValueError: inputs must be an integer tensor of token ids [batch, pos], got torch.bool
+    """
+    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+        raise ValueError(
+            f"{name} must be an integer tensor of token ids [batch, pos], got {tokens.dtype}"
+        )
 
 
 def as_tokens(
@@ -65,7 +95,8 @@ def as_tokens(
     if isinstance(inputs, Tensor):
         if inputs.dim() == 1:
             inputs = inputs[None]
-        if inputs.dim() != 2 or inputs.is_floating_point():
+        check_token_dtype(inputs, name)
+        if inputs.dim() != 2:
             raise ValueError(
                 f"{name} must be an integer tensor [batch, pos], got {inputs.dtype} of shape "
                 f"{tuple(inputs.shape)}"
@@ -80,14 +111,21 @@ def as_tokens(
     else:
         if isinstance(inputs, str):
             inputs = [inputs]
+        if not isinstance(inputs, Sequence):
+            raise ValueError(
+                f"{name} must be a token tensor [batch, pos], a string or a list of strings or of "
+                f"1-d token tensors, got {type(inputs).__name__}"
+            )
         if len(inputs) == 0:
             raise ValueError(f"{name} is empty")
         if all(isinstance(x, str) for x in inputs):
             if model.tokenizer is None:
                 raise ValueError(f"{name} are strings but the model has no tokenizer; pass tokens")
-            rows = [model.to_tokens(x, prepend_bos=prepend_bos)[0] for x in inputs]  # type: ignore[arg-type]
+            rows = [_tokenize(model, x, prepend_bos, f"{name}[{i}]") for i, x in enumerate(inputs)]  # type: ignore[arg-type]
         elif all(isinstance(x, Tensor) for x in inputs):
             rows = [torch.as_tensor(x).flatten() for x in inputs]
+            for i, r in enumerate(rows):
+                check_token_dtype(r, f"{name}[{i}]")
         else:
             raise ValueError(f"{name} must be strings or token tensors, not a mix")
         tokens, mask = _pad(rows, allow_ragged, name)
@@ -99,6 +137,18 @@ def as_tokens(
         )
     device = model.cfg.device
     return TokenBatch(tokens.to(device), mask.to(device))
+
+
+def _tokenize(
+    model: HookedTransformer, text: str, prepend_bos: bool | None, name: str
+) -> Int[Tensor, " pos"]:
+    try:
+        return model.to_tokens(text, prepend_bos=prepend_bos)[0]
+    except Exception as e:  # tokenizers raise bare Exceptions for words they lack
+        raise ValueError(
+            f"{name} = {text!r} cannot be tokenized by the model's tokenizer ({e}); pass text "
+            "its vocabulary covers, or token ids"
+        ) from e
 
 
 def _pad(rows: list[Tensor], allow_ragged: bool, name: str) -> tuple[Tensor, Tensor]:
@@ -130,3 +180,17 @@ def check_same_shape(a: TokenBatch, b: TokenBatch, names: tuple[str, str]) -> No
             f"{names[0]} and {names[1]} must have the same shape [batch, pos], got "
             f"{tuple(a.tokens.shape)} and {tuple(b.tokens.shape)}"
         )
+
+
+def named_sets(inputs: Inputs | Mapping[str, Inputs], default: str = "inputs") -> dict[str, Any]:
+    """``{name: inputs}`` from one input set (named ``default``) or a non-empty mapping.
+
+    Examples:
+        >>> list(named_sets(["a b"])), list(named_sets({"pp": ["a"], "pt": ["b"]}))
+        (['inputs'], ['pp', 'pt'])
+    """
+    if isinstance(inputs, Mapping):
+        if not inputs:
+            raise ValueError("inputs is an empty mapping; name at least one input set")
+        return dict(inputs)
+    return {default: inputs}

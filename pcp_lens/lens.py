@@ -22,8 +22,8 @@ the unmodified model. Logits are only computed at the chosen positions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, cast
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 import pandas as pd
 import torch
@@ -31,18 +31,18 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pcp_lens import _tl
+from pcp_lens import _tl, scoring
 from pcp_lens._tl import HookedTransformer, HookPoint
-from pcp_lens.ablation import _named_metrics, _RowMean, resolve_positions, wide_table
 from pcp_lens.groups import TokenGroups, group_metrics
-from pcp_lens.inputs import Inputs, as_tokens
+from pcp_lens.inputs import Inputs, as_tokens, check_batch_size
+from pcp_lens.scoring import Metric as Metric  # re-exported: its former home
+from pcp_lens.scoring import MetricLike, Positions
 from pcp_lens.sites import Site, SiteLike, all_sites, as_sites
 
 __all__ = ["LN_MODES", "group_lens", "lens_logits", "lens_table"]
 
 LnMode = Literal["isolated", "cached", "none"]
 LN_MODES: tuple[str, ...] = ("isolated", "cached", "none")
-Metric = Callable[[Tensor], Tensor]
 FULL = "full"
 FULL_PAPER = "full model"
 
@@ -108,13 +108,13 @@ def _prepare(
     model: HookedTransformer,
     inputs: Inputs,
     sites: SiteLike | Iterable[SiteLike] | None,
-    positions: int | Sequence[int],
+    positions: Positions,
     ln: str,
 ) -> tuple[Tensor, list[Site], list[int]]:
     _check_ln(ln)
     tb = as_tokens(model, inputs)
     ss = _default_sites(model) if sites is None else as_sites(sites, model)
-    idx = resolve_positions(positions, tb.tokens.shape[1], where="inputs")
+    idx = scoring.resolve_positions(positions, tb.tokens.shape[1], where="inputs")
     if idx is None:
         raise ValueError("positions must name positions for a lens (got None)")
     return tb.tokens, ss, idx
@@ -163,26 +163,19 @@ def lens_logits(
     return out
 
 
-def _score(metric: Metric, logits: Tensor) -> Tensor:
-    """Score logits ``[batch, 1, d_vocab]`` of one position."""
-    score = getattr(metric, "score", None)
-    return cast(Tensor, score(logits) if callable(score) else metric(logits))
-
-
-def _metric_positions(metrics: Mapping[str, Metric]) -> list[int]:
+def _metric_positions(metrics: Mapping[str, MetricLike]) -> list[int]:
+    """The positions the metrics declare, in order of first appearance (``[-1]`` if none)."""
     ps: list[int] = []
-    for m in metrics.values():
-        for p in getattr(m, "positions", None) or ():
-            if int(p) not in ps:
-                ps.append(int(p))
-    return ps or [-1]
+    for k, m in metrics.items():
+        ps += scoring.declared_positions(m, f"metric {k!r}") or ()
+    return list(dict.fromkeys(ps)) or [-1]
 
 
 def group_lens(
     model: HookedTransformer,
     inputs: Inputs,
-    metrics: TokenGroups | Metric | Mapping[str, Metric],
-    positions: int | Sequence[int] | None = None,
+    metrics: TokenGroups | MetricLike | Mapping[str, MetricLike],
+    positions: Positions = None,
     sites: SiteLike | Iterable[SiteLike] | None = None,
     *,
     ln: LnMode = "isolated",
@@ -199,10 +192,10 @@ def group_lens(
         model: the model (not modified; no hook is left attached, even after an error).
         inputs: tokens or strings of equal length.
         metrics: :class:`~pcp_lens.TokenGroups` (top-10 share of every group), one metric, or
-            ``{name: metric}``. A metric is scored on the logits of one position at a time
-            (``[batch, 1, d_vocab]``): through its ``score`` method if it has one (a
-            :class:`~pcp_lens.GroupMetric`; its own ``positions`` are then ignored), else by
-            calling it. It must return a batch mean or per-prompt values.
+            ``{name: metric}``. The lens chooses the positions: a metric is scored on the logits
+            of one position at a time (``[batch, 1, d_vocab]``), through its ``score`` method if
+            it declares positions (which are then only the default of ``positions``), else by
+            calling it (``docs/metrics.md``).
         positions: positions to score; default the positions the metrics declare, else ``-1``.
         sites: rows; default embeddings, then per layer attention, its heads, MLP, ``resid_post``.
         ln: ``"isolated"`` (the paper's), ``"cached"`` or ``"none"``; see the module docs.
@@ -211,8 +204,10 @@ def group_lens(
         progress: show a tqdm bar.
 
     Returns:
-        A DataFrame with columns ``module`` (site name, or ``"full"``), ``paper_name``, ``layer``,
-        ``kind``, ``head``, ``metric``, ``position`` (as given), ``value``, ``n`` and ``ln``.
+        A DataFrame in the library's table vocabulary (``docs/concepts.md``): ``site`` (site
+        name, or ``"full"``), ``paper_name``, ``layer``, ``kind``, ``head``, ``metric``,
+        ``position`` (as given), ``value``, ``n``, ``ln``, and ``module``, the former name of
+        ``site`` (kept for existing code).
 
     Examples:
         >>> from pcp_lens.testing import tiny_model
@@ -224,13 +219,18 @@ def group_lens(
         ['embd', 'L1 attn', 'L1 att0', 'L1 att1', 'L1 att2', 'L1 att3', 'L1 mlp',
          'L1 resid_post', 'full model']
     """
-    named = group_metrics(metrics) if isinstance(metrics, TokenGroups) else _named_metrics(metrics)
-    pos = _metric_positions(named) if positions is None else positions
-    tokens, ss, idx = _prepare(model, inputs, sites, pos, ln)
-    given = [pos] if isinstance(pos, int) else list(pos)
+    if isinstance(metrics, TokenGroups):
+        named: dict[str, MetricLike] = dict(group_metrics(metrics))
+    else:
+        named = scoring.named_metrics(metrics)
+    check_batch_size(batch_size)
+    given = scoring.check_positions(positions) or _metric_positions(named)
+    tokens, ss, idx = _prepare(model, inputs, sites, given, ln)
     rows: list[tuple[str, str, Site | None]] = [(s.name, s.paper_name, s) for s in ss]
     rows.append((FULL, FULL_PAPER, None))
-    accs = {(r, m, j): _RowMean() for r, _, _ in rows for m in named for j in range(len(idx))}
+    accs = {
+        (r, m, j): scoring.RowMean(m) for r, _, _ in rows for m in named for j in range(len(idx))
+    }
     batches = list(tokens.split(batch_size))
     with torch.no_grad():
         unembed = _tl.FinalLogits(model)  # one transposed W_U for every row and batch
@@ -243,9 +243,10 @@ def group_lens(
                 logits = _project(unembed, vecs[name], ln_row, scale)
                 for m, metric in named.items():
                     for j in range(len(idx)):
-                        accs[(name, m, j)].add(
-                            _score(metric, logits[:, j : j + 1]), batch.shape[0], m
-                        )
+                        # the lens chooses the position: a metric scores that one position
+                        one = logits[:, j : j + 1]
+                        value = scoring.call_metric(metric, one, own_positions=False)
+                        accs[(name, m, j)].add(value, batch.shape[0], f"row {name!r}")
     records: list[dict[str, Any]] = []
     for name, paper, s in rows:
         for j, p in enumerate(given):
@@ -253,7 +254,7 @@ def group_lens(
                 acc = accs[(name, m, j)]
                 records.append(
                     {
-                        "module": name,
+                        "site": name,
                         "paper_name": paper,
                         "layer": s.layer if s is not None else None,
                         "kind": s.kind if s is not None else FULL,
@@ -263,12 +264,10 @@ def group_lens(
                         "value": acc.value,
                         "n": acc.n,
                         "ln": ln,
+                        "module": name,  # the former name of "site", kept for old code
                     }
                 )
-    df = pd.DataFrame(records)
-    for col in ("layer", "head"):
-        df[col] = df[col].astype("Int64")
-    return df
+    return scoring.tidy_table(records)
 
 
 def lens_table(df: pd.DataFrame, names: Literal["paper", "short"] = "paper") -> pd.DataFrame:
@@ -289,5 +288,5 @@ def lens_table(df: pd.DataFrame, names: Literal["paper", "short"] = "paper") -> 
     """
     if names not in ("paper", "short"):
         raise ValueError(f"names must be 'paper' or 'short', got {names!r}")
-    d = df.assign(_row=df["paper_name"] if names == "paper" else df["module"])
-    return wide_table(d, "_row", ["position", "metric"])
+    d = df.assign(_row=df["paper_name"] if names == "paper" else df["site"])
+    return scoring.wide_table(d, "_row", ["position", "metric"])

@@ -36,9 +36,19 @@ from tqdm.auto import tqdm
 
 from pcp_lens import _tl
 from pcp_lens._tl import HookedTransformer
-from pcp_lens.groups import select_positions
-from pcp_lens.inputs import Inputs, as_tokens, check_same_shape
+from pcp_lens.inputs import Inputs, as_tokens, check_batch_size, check_same_shape
+from pcp_lens.scoring import (
+    MetricLike,
+    call_metric,
+    check_metric,
+    declared_positions,
+    mean_value,
+    resolve_positions,
+    tidy_table,
+)
 from pcp_lens.sites import Site, SiteLike, all_sites, as_sites
+
+__all__ = ["PATCHABLE", "causal_patching", "patching_grid"]
 
 Direction = Literal["clean_to_corrupted", "corrupted_to_clean", "both"]
 PATCHABLE = ("attn", "mlp", "resid_pre", "resid_mid", "resid_post")
@@ -57,9 +67,9 @@ def causal_patching(
     model: HookedTransformer,
     clean: Inputs,
     corrupted: Inputs,
-    metric: Callable[[Tensor], Tensor],
+    metric: MetricLike,
     sites: SiteLike | Iterable[SiteLike] | None = None,
-    positions: Literal["each", "all"] | Sequence[int] = "each",
+    positions: Literal["each", "all"] | int | Sequence[int] = "each",
     direction: Direction = "clean_to_corrupted",
     max_batch_tokens: int = 32768,
     progress: bool = True,
@@ -70,14 +80,16 @@ def causal_patching(
         model: the model (in eval mode; dropout would make patched runs noisy).
         clean: tokens ``[batch, pos]`` or strings of equal token length.
         corrupted: same shape as ``clean``.
-        metric: ``logits [batch, pos, d_vocab] -> scalar tensor``. If it has ``positions`` and a
+        metric: a metric (``docs/metrics.md``): a callable ``logits [batch, pos, d_vocab] ->``
+            a batch mean or per-prompt values; if it declares ``positions`` and a
             ``score(selected_logits)`` method (as :class:`~pcp_lens.GroupMetric` does), logits are
             computed only at those positions.
         sites: sites to patch (default: every ``attn`` and ``mlp`` site). Kinds ``attn``, ``mlp``,
             ``resid_pre``, ``resid_mid``, ``resid_post`` and attention heads (``"attn1.h3"``,
             patched at ``hook_z``).
-        positions: ``"each"`` patches every position separately, a list patches those positions
-            separately, ``"all"`` patches the whole sequence at once.
+        positions: ``"each"`` patches every position separately, an int or a list of distinct
+            ints patches those positions separately, ``"all"`` patches the whole sequence at
+            once.
         direction: ``"clean_to_corrupted"`` runs the corrupted input with clean activations
             (TransformerLens's convention), ``"corrupted_to_clean"`` the reverse, ``"both"`` both.
         max_batch_tokens: memory budget: at most this many (row × position) residual vectors per
@@ -85,9 +97,10 @@ def causal_patching(
         progress: show a tqdm bar.
 
     Returns:
-        Tidy DataFrame with columns ``direction, site, layer, kind, head, position, value,
-        baseline, effect`` (``position`` is -1 for ``"all"``; ``effect = value - baseline``, the
-        indirect effect; ``baseline`` is the metric of the unpatched target run).
+        A DataFrame in the library's table vocabulary (``docs/concepts.md``): ``direction, site,
+        paper_name, layer, kind, head, position, value, baseline, effect`` (``position`` is -1
+        for ``"all"``; ``effect = value - baseline``, the indirect effect; ``baseline`` is the
+        metric of the unpatched target run).
 
     Examples:
         >>> from pcp_lens.testing import tiny_model
@@ -98,6 +111,7 @@ def causal_patching(
         >>> len(df), sorted(df.columns)[:3]
         (20, ['baseline', 'direction', 'effect'])
     """
+    check_metric(metric)
     cb = as_tokens(model, clean, name="clean")
     xb = as_tokens(model, corrupted, name="corrupted")
     check_same_shape(cb, xb, ("clean", "corrupted"))
@@ -109,8 +123,7 @@ def causal_patching(
                 f"{', '.join(PATCHABLE)} (and attention heads)"
             )
     _tl.check_resumable(model)
-    if max_batch_tokens < 1:
-        raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+    check_batch_size(max_batch_tokens, "max_batch_tokens")
     if direction not in ("clean_to_corrupted", "corrupted_to_clean", "both"):
         raise ValueError(
             "direction must be 'clean_to_corrupted', 'corrupted_to_clean' or 'both', "
@@ -132,26 +145,25 @@ def causal_patching(
             )
         ]
     )
-    frames = []
+    rows = []
     for name, source, target in plan:
         values, baseline = _patch(model, source, target, metric, units, max_batch_tokens, progress)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "direction": name,
-                    "site": [u.site.name for u in units],
-                    "layer": [u.site.layer for u in units],
-                    "kind": [u.site.kind for u in units],
-                    "head": pd.array([u.site.head for u in units], dtype="Int64"),
-                    "position": [u.p0 if u.p1 - u.p0 == 1 else -1 for u in units],
-                    "value": values,
-                    "baseline": baseline,
-                }
-            )
-        )
-    df = pd.concat(frames, ignore_index=True)
-    df["effect"] = df["value"] - df["baseline"]
-    return df
+        rows += [
+            {
+                "direction": name,
+                "site": u.site.name,
+                "paper_name": u.site.paper_name,
+                "layer": u.site.layer,
+                "kind": u.site.kind,
+                "head": u.site.head,
+                "position": u.p0 if u.p1 - u.p0 == 1 else -1,
+                "value": v,
+                "baseline": baseline,
+                "effect": v - baseline,
+            }
+            for u, v in zip(units, values, strict=True)
+        ]
+    return tidy_table(rows)
 
 
 def patching_grid(
@@ -166,10 +178,28 @@ def patching_grid(
         >>> patching_grid(df, "mlp").tolist()
         [[1.0, 2.0], [3.0, 4.0]]
     """
+    need = ["direction", "kind", "head", "layer", "position"]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"df must be a causal_patching table with columns {need}; it lacks {missing}"
+        )
+    kinds = [k for k in PATCHABLE if k in set(df["kind"])]
+    if kind not in kinds:
+        raise ValueError(f"kind must be one of the table's kinds {kinds}, got {kind!r}")
+    if column not in df.columns:
+        raise ValueError(f"column must be one of {list(df.columns)}, got {column!r}")
     keep = (df["kind"] == kind) & df["head"].isna()
     if direction is not None:
+        directions = list(dict.fromkeys(df["direction"]))
+        if direction not in directions:
+            raise ValueError(
+                f"direction must be one of the table's {directions}, got {direction!r}"
+            )
         keep &= df["direction"] == direction
     sel = pd.DataFrame(df.loc[keep])
+    if sel.empty:
+        raise ValueError(f"the table has no whole-module rows of kind {kind!r} (only heads)")
     if len(set(sel["direction"])) > 1:
         raise ValueError("the table has both directions; pass direction=...")
     wide = sel.pivot(index="layer", columns="position", values=column).sort_index()
@@ -177,24 +207,19 @@ def patching_grid(
 
 
 def _units(
-    sites: list[Site], positions: Literal["each", "all"] | Sequence[int], n: int
+    sites: list[Site], positions: Literal["each", "all"] | int | Sequence[int], n: int
 ) -> list[_Unit]:
     if isinstance(positions, str):
         if positions == "all":
             return [_Unit(s, 0, n) for s in sites]
         if positions != "each":
             raise ValueError(
-                f"positions must be 'each', 'all' or a list of ints, got {positions!r}"
+                f"positions must be 'each', 'all', an int or a list of distinct ints, got "
+                f"{positions!r}"
             )
         pos = list(range(n))
     else:
-        pos = []
-        for p in positions:
-            if not isinstance(p, int) or not -n <= p < n:
-                raise ValueError(
-                    f"position out of range: {p!r}, sequences have positions 0..{n - 1}"
-                )
-            pos.append(p % n)
+        pos = resolve_positions(positions, n, where="clean and corrupted") or list(range(n))
     return [_Unit(s, p, p + 1) for s in sites for p in pos]
 
 
@@ -212,7 +237,7 @@ def _patch(
     model: HookedTransformer,
     source: Tensor,
     target: Tensor,
-    metric: Callable[[Tensor], Tensor],
+    metric: MetricLike,
     units: list[_Unit],
     max_batch_tokens: int,
     progress: bool,
@@ -221,13 +246,14 @@ def _patch(
     src_names, tgt_names = _needed_hooks(units, n_layers)
     _, src_cache = _tl.run_with_cache(model, source, src_names)
     target_logits, tgt_cache = _tl.run_with_cache(model, target, tgt_names)
-    baseline = float(_as_scalar(metric(target_logits)))
+    b, n = target.shape
+    baseline = mean_value(call_metric(metric, target_logits), b, where="unpatched target run")
     final_logits = _tl.FinalLogits(model)
-    positions = getattr(metric, "positions", None)
-    sparse = positions is not None and callable(getattr(metric, "score", None))
-    if sparse:
-        metric_pos = sorted({p % target.shape[1] for p in positions})  # type: ignore[union-attr]
-        target_logits = select_positions(target_logits, positions)  # type: ignore[arg-type]
+    declared = declared_positions(metric)
+    sparse = declared is not None
+    if declared is not None:
+        metric_pos = sorted(resolve_positions(declared, n, name="metric positions") or [])
+        target_logits = target_logits[:, metric_pos]
 
     # group units sharing a position window; within a group, order by layer so runs join the
     # batch as it passes their layer
@@ -247,18 +273,19 @@ def _patch(
         for i in range(0, len(group), per_chunk):
             chunk = group[i : i + per_chunk]
             resid = _run_chunk(model, src_cache, tgt_cache, chunk, p0, p1)
-            b = source.shape[0]
             if sparse:
                 local = [p - p0 for p in metric_pos if p >= p0]
                 logits = final_logits(resid[:, local])
-                for j, u in enumerate(chunk):
-                    full = _with_prefix(target_logits, logits[j * b : (j + 1) * b], metric_pos, p0)
-                    values[u] = float(_as_scalar(metric.score(full)))  # type: ignore[attr-defined]
             else:
                 logits = final_logits(resid)
-                for j, u in enumerate(chunk):
-                    full = torch.cat([target_logits[:, :p0], logits[j * b : (j + 1) * b]], dim=1)
-                    values[u] = float(_as_scalar(metric(full)))
+            for j, u in enumerate(chunk):
+                mine = logits[j * b : (j + 1) * b]
+                if sparse:
+                    full = _with_prefix(target_logits, mine, metric_pos, p0)
+                    v = call_metric(metric, full, metric_pos, n=n)
+                else:
+                    v = call_metric(metric, torch.cat([target_logits[:, :p0], mine], dim=1))
+                values[u] = mean_value(v, b, where=f"patching {u.site.name} at {p0}")
             bar.update(1)
     bar.close()
     return [values[u] for u in units], baseline
@@ -364,9 +391,3 @@ def _setter(rows: slice, patch: Tensor, head: int | None) -> Callable[[Tensor, o
 
     return hook
 
-
-def _as_scalar(x: Tensor | float) -> Tensor:
-    t = torch.as_tensor(x)
-    if t.numel() != 1:
-        raise ValueError(f"metric must return a scalar, got a tensor of shape {tuple(t.shape)}")
-    return t.reshape(())

@@ -13,14 +13,16 @@ the only free parameters. The paper writes α_l = s_l·f_l² (tuned factor f, si
 Workflow:
 
 * :func:`fit_pca` — principal components of each site's output (streaming covariance, or
-  scikit-learn for small sets), with explained variance.
+  scikit-learn for small sets), with explained variance (in :mod:`pcp_lens.pca`, with the
+  other fitting maths).
 * :func:`fit_pcp` — directions (``"principal"``, the paper's; or ``"reference_code"``, the authors'
   inverse-transform variant of ``METHODS.md`` §8.3) and scales (least squares by default) →
   an immutable :class:`PCPReplacement`.
 * :meth:`PCPReplacement.hooks` — TransformerLens hooks for ``model.hooks``, ``run_with_hooks``,
   ``run_with_cache`` and ``generate``.
 * :meth:`PCPReplacement.scale`, :meth:`PCPReplacement.flip` — edits that return new values.
-* :meth:`PCPReplacement.save` / :meth:`PCPReplacement.load` — safetensors + JSON metadata.
+* :meth:`PCPReplacement.save` / :meth:`PCPReplacement.load` — safetensors + JSON metadata
+  (the format: :mod:`pcp_lens.pcp_storage`).
 * :func:`least_squares_scales` — the closed-form α that best reproduce the modules' own outputs.
 
 Tuning with Optuna and factor sweeps live in :mod:`pcp_lens.tuning`.
@@ -28,14 +30,13 @@ Tuning with Optuna and factor sweeps live in :mod:`pcp_lens.tuning`.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import pandas as pd
 import torch
@@ -43,11 +44,28 @@ from jaxtyping import Float
 from torch import Tensor
 
 from pcp_lens import _tl
-from pcp_lens._io import atomic_file, check_format
-from pcp_lens._tl import HookedTransformer
-from pcp_lens.inputs import Inputs, as_tokens
-from pcp_lens.sites import MODULE_KINDS, Site, SiteLike
-from pcp_lens.stats import RunningMoments, _position_mask, collect_stats, stream_activations
+from pcp_lens._tl import HookedTransformer, Hooks
+from pcp_lens._tl import HookFn as HookFn  # re-exported: its former home
+from pcp_lens.inputs import Inputs
+from pcp_lens.pca import (
+    PCAFit,
+    PCAMethod,
+    as_f64,
+    check_finite_values,
+    factors_from_scales,
+    fit_pca,
+    least_squares_scales,
+    pcp_site,
+    pcp_sites,
+    reference_code_directions,
+    scales_from_factors,
+)
+from pcp_lens.pcp_hooks import FactoredMap, site_hooks
+from pcp_lens.pcp_storage import DIRECTION_KINDS, TENSOR_FIELDS, read_pcp, write_pcp
+from pcp_lens.pcp_storage import FORMAT as FORMAT  # re-exported: their former home
+from pcp_lens.pcp_storage import FORMAT_VERSION as FORMAT_VERSION
+from pcp_lens.scoring import Positions
+from pcp_lens.sites import Site, SiteLike
 
 __all__ = [
     "PCAFit",
@@ -57,350 +75,29 @@ __all__ = [
     "fit_pca",
     "fit_pcp",
     "least_squares_scales",
+    "pcp_sites",
     "reference_code_directions",
     "scales_from_factors",
 ]
 
 DirectionKind = Literal["principal", "reference_code", "custom"]
-DIRECTION_KINDS: tuple[str, ...] = get_args(DirectionKind)
-PCAMethod = Literal["streaming", "sklearn"]
-HookFn = Callable[..., Tensor | None]
-
-FORMAT = "pcp_lens.PCPReplacement"
-FORMAT_VERSION = 1
 _UNIT_TOL = 1e-5  # how far from unit norm a stored direction may be
-
-
-# ------------------------------------------------------------------------------------------------
-# sites, ranks and small helpers
-# ------------------------------------------------------------------------------------------------
-
-
-def _pcp_site(spec: SiteLike, model: HookedTransformer | None = None, arg: str = "sites") -> Site:
-    """Parse one site and refuse the kinds PCP cannot replace."""
-    site = Site.parse(spec)
-    if site.kind not in MODULE_KINDS or site.head is not None:
-        raise ValueError(
-            f"{arg}: PCP replaces whole attention or MLP modules; got {site.name!r} (kind "
-            f"{site.kind!r}{'' if site.head is None else f', head {site.head}'}); allowed: "
-            "'attnL' or 'mlpL' sites such as 'attn1', 'mlp0'"
-        )
-    if model is not None:
-        site.validate(model)
-        if site.input_hook_name not in model.hook_dict:
-            raise ValueError(
-                f"{arg}: site {site.name!r} has no LayerNorm before its module in this model "
-                f"(normalization_type={model.cfg.normalization_type!r}); PCP needs the LayerNorm "
-                "output the module receives"
-            )
-    return site
-
-
-def _pcp_sites(
-    sites: SiteLike | Iterable[SiteLike], model: HookedTransformer | None = None
-) -> list[Site]:
-    items = [sites] if isinstance(sites, (str, Site)) else list(sites)
-    if not items:
-        raise ValueError("sites: need at least one 'attnL' or 'mlpL' site, got none")
-    out = [_pcp_site(s, model) for s in items]
-    names = [s.name for s in out]
-    if len(set(names)) != len(names):
-        raise ValueError(f"sites: each site may appear once, got {names}")
-    return sorted(out, key=Site.sort_key)
-
-
-def _ranks(
-    rank: int | Mapping[SiteLike, int], sites: Sequence[Site], d_model: int
-) -> dict[str, int]:
-    if isinstance(rank, Mapping):
-        given = {Site.parse(k).name: v for k, v in rank.items()}
-        missing = [s.name for s in sites if s.name not in given]
-        extra = sorted(set(given) - {s.name for s in sites})
-        if missing or extra:
-            raise ValueError(
-                f"rank: a mapping must give one rank per site; missing {missing}, unknown {extra}"
-            )
-    else:
-        given = {s.name: rank for s in sites}
-    for name, r in given.items():
-        if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= d_model:
-            raise ValueError(
-                f"rank must be an int in 1..{d_model} (d_model) for site {name!r}, got {r!r}"
-            )
-    return given
-
-
-def _as_f64(x: Any, arg: str) -> Tensor:
-    if isinstance(x, Tensor):
-        t = x
-    else:
-        try:  # python floats are float64: never round them through float32
-            t = torch.as_tensor(x, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise ValueError(f"{arg} must be real numbers, got {x!r}") from e
-    if t.dtype == torch.bool or t.is_complex():
-        raise ValueError(f"{arg} must be real numbers, got dtype {t.dtype}")
-    return t.detach().to(device="cpu", dtype=torch.float64).clone().contiguous()
-
-
-def _check_finite(t: Tensor, arg: str) -> None:
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{arg} must be finite, got non-finite values (nan or inf)")
-
-
-def _flip_signs(components: Float[Tensor, "r d"]) -> Float[Tensor, "r d"]:
-    """scikit-learn's sign convention: the largest-magnitude entry of each component is positive."""
-    idx = components.abs().argmax(-1)
-    signs = torch.sign(components.gather(-1, idx[:, None]))
-    signs[signs == 0] = 1
-    return components * signs
-
-
-# ------------------------------------------------------------------------------------------------
-# α = s·f²
-# ------------------------------------------------------------------------------------------------
-
-
-def scales_from_factors(
-    factors: Sequence[float] | Tensor, signs: Sequence[float] | Tensor | None = None
-) -> Float[Tensor, " r"]:
-    """The paper's parametrisation: scales α_l = s_l·f_l² from factors f and multipliers s.
-
-    The sign of ``f`` is irrelevant (it enters squared); only ``s`` (default 1) flips a term.
-
-    Examples:
-        >>> scales_from_factors([1.0134995205857498, 0.9406299848075284], [-1.2, 0.5])
-        tensor([-1.2326,  0.4424], dtype=torch.float64)
-    """
-    f = _as_f64(factors, "factors").reshape(-1)
-    s = torch.ones_like(f) if signs is None else _as_f64(signs, "signs").reshape(-1)
-    if s.shape != f.shape:
-        raise ValueError(f"signs must have one entry per factor ({f.numel()}), got {s.numel()}")
-    return s * f * f
-
-
-def factors_from_scales(
-    scales: Sequence[float] | Tensor,
-) -> tuple[Float[Tensor, " r"], Float[Tensor, " r"]]:
-    """Split scales into the paper's ``(signs, factors)`` with α = s·f², s = ±1 and f = √|α| ≥ 0.
-
-    Examples:
-        >>> s, f = factors_from_scales([-4.0, 0.25])
-        >>> s.tolist(), f.tolist()
-        ([-1.0, 1.0], [2.0, 0.5])
-    """
-    a = _as_f64(scales, "scales").reshape(-1)
-    s = torch.where(a < 0, -1.0, 1.0).to(torch.float64)
-    return s, a.abs().sqrt()
-
-
-# ------------------------------------------------------------------------------------------------
-# PCA of module outputs
-# ------------------------------------------------------------------------------------------------
-
-
-def reference_code_directions(
-    mean: Float[Tensor, " d_model"], components: Float[Tensor, "r d_model"]
-) -> Float[Tensor, "r d_model"]:
-    """The authors' code's directions: the inverse PCA transform of a constant vector, normalised.
-
-    For component ``l`` (``METHODS.md`` §8.3): ``e = 𝟙/d``, ``c_l = (e − μ)·v_l``,
-    ``w_l = μ + c_l·v_l`` (``inverse_transform`` adds the mean back), ``û_l = w_l/‖w_l‖``. When the
-    mean is not small every ``û_l`` is close to the mean direction.
-
-    Examples:
-        >>> v = torch.eye(3, dtype=torch.float64)[:2]
-        >>> reference_code_directions(torch.zeros(3, dtype=torch.float64), v)
-        tensor([[1., 0., 0.],
-                [0., 1., 0.]], dtype=torch.float64)
-    """
-    mean = _as_f64(mean, "mean")
-    comps = _as_f64(components, "components")
-    d = mean.shape[-1]
-    e = torch.full((d,), 1.0 / d, dtype=torch.float64)
-    c = (e - mean) @ comps.T  # [r]
-    w = mean[None, :] + c[:, None] * comps
-    norm = w.norm(dim=-1, keepdim=True)
-    if bool((norm == 0).any()):
-        raise ValueError("reference_code directions are undefined: a vector w_l is zero")
-    return w / norm
-
-
-@dataclass(frozen=True, eq=False)
-class PCAFit:
-    """Principal components of one site's output activations over an input set (float64, CPU).
-
-    ``components`` are orthonormal rows sorted by explained variance, with scikit-learn's sign
-    convention (the largest-magnitude entry of each row is positive); ``explained_variance`` uses
-    the unbiased (n − 1) covariance, as scikit-learn does.
-
-    Examples:
-        >>> from pcp_lens.testing import tiny_model
-        >>> fit = fit_pca(tiny_model(), torch.randint(0, 50, (8, 6)), "mlp0", 2, progress=False)
-        >>> fit["mlp0"].components.shape, fit["mlp0"].n_samples
-        (torch.Size([2, 16]), 48)
-    """
-
-    site: Site
-    mean: Float[Tensor, " d_model"]
-    components: Float[Tensor, "rank d_model"]
-    explained_variance: Float[Tensor, " rank"]
-    explained_variance_ratio: Float[Tensor, " rank"]
-    n_samples: int
-
-    @property
-    def rank(self) -> int:
-        """Number of components kept."""
-        return self.components.shape[0]
-
-    def directions(self, kind: Literal["principal", "reference_code"] = "principal") -> Tensor:
-        """The unit directions û_l of the chosen kind (see :func:`reference_code_directions`).
-
-        Examples:
-            >>> from pcp_lens.testing import tiny_model
-            >>> fit = fit_pca(tiny_model(), torch.randint(0, 50, (8, 4)), "mlp0", 2, progress=False)
-            >>> fit["mlp0"].directions("reference_code").norm(dim=-1).tolist()
-            [1.0, 1.0]
-        """
-        if kind == "principal":
-            return self.components.clone()
-        if kind == "reference_code":
-            return reference_code_directions(self.mean, self.components)
-        raise ValueError(f"directions must be 'principal' or 'reference_code', got {kind!r}")
-
-
-def _fit_from_cov(site: Site, mean: Tensor, cov: Tensor, n: int, rank: int) -> PCAFit:
-    evals, evecs = torch.linalg.eigh(cov.to(torch.float64))
-    order = torch.argsort(evals, descending=True)
-    evals, comps = evals[order], evecs[:, order].T
-    total = cov.diagonal().sum()
-    if not float(total) > 0:
-        raise ValueError(
-            f"activations at site {site.name!r} have zero variance over the inputs; there are "
-            "no principal components to fit"
-        )
-    ev = evals[:rank].clamp_min(0)
-    return PCAFit(
-        site=site,
-        mean=mean.to(torch.float64).cpu().clone(),
-        components=_flip_signs(comps[:rank]).contiguous().cpu(),
-        explained_variance=ev.cpu(),
-        explained_variance_ratio=(ev / total).cpu(),
-        n_samples=n,
-    )
-
-
-def _fit_sklearn(site: Site, x: Tensor, rank: int) -> PCAFit:
-    from sklearn.decomposition import PCA
-
-    x = x.to(torch.float64).cpu()
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"non-finite activations (nan or inf) at site {site.name!r}")
-    pca = PCA(n_components=rank, svd_solver="full").fit(x.numpy())
-    total = float(x.var(0, unbiased=True).sum())
-    if not total > 0:
-        raise ValueError(
-            f"activations at site {site.name!r} have zero variance over the inputs; there are "
-            "no principal components to fit"
-        )
-    return PCAFit(
-        site=site,
-        mean=_as_f64(pca.mean_, "mean"),
-        components=_as_f64(pca.components_, "components"),
-        explained_variance=_as_f64(pca.explained_variance_, "explained_variance"),
-        explained_variance_ratio=_as_f64(pca.explained_variance_ratio_, "ratio"),
-        n_samples=x.shape[0],
-    )
-
-
-def fit_pca(
-    model: HookedTransformer,
-    inputs: Inputs,
-    sites: SiteLike | Iterable[SiteLike],
-    rank: int | Mapping[SiteLike, int],
-    *,
-    positions: Sequence[int] | None = None,
-    method: PCAMethod = "streaming",
-    batch_size: int = 32,
-    progress: bool = True,
-) -> dict[str, PCAFit]:
-    """Fit the principal components of each site's module output over ``inputs``.
-
-    Args:
-        model: the model whose module outputs are analysed (its hooks are left untouched; any
-            hooks the caller attached stay in effect).
-        inputs: tokens ``[batch, pos]`` or strings (ragged inputs are right-padded and masked).
-        sites: attention or MLP sites, e.g. ``"mlp0"`` or ``["attn1", "mlp2"]``.
-        rank: components to keep, one int for all sites or ``{site: rank}``; each must lie in
-            ``1..min(d_model, n_samples - 1)``.
-        positions: token positions to pool (negative counts from each sequence's end);
-            ``None`` pools every real position. The paper uses position 1 (toy) or 8 (GPT-2).
-        method: ``"streaming"`` (float64 running covariance, any number of inputs) or
-            ``"sklearn"`` (``sklearn.decomposition.PCA`` on all activations held in memory; for
-            small sets). Both give the same components up to sign and the same variances.
-        batch_size: rows per forward pass.
-        progress: show a progress bar.
-
-    Returns:
-        ``{site name: PCAFit}``.
-
-    Examples:
-        >>> from pcp_lens.testing import tiny_model
-        >>> fits = fit_pca(tiny_model(), torch.randint(0, 50, (8, 4)), ["mlp0", "attn1"], 3,
-        ...                positions=[1], progress=False)
-        >>> sorted(fits), fits["mlp0"].explained_variance.shape
-        (['attn1', 'mlp0'], torch.Size([3]))
-    """
-    site_list = _pcp_sites(sites, model)
-    ranks = _ranks(rank, site_list, model.cfg.d_model)
-    if method not in get_args(PCAMethod):
-        raise ValueError(f"method must be 'streaming' or 'sklearn', got {method!r}")
-    tb = as_tokens(model, inputs, allow_ragged=True)
-    n = int(_position_mask(tb, positions).sum())
-    _check_samples(n, ranks, model.cfg.d_model)
-    where = f"while fitting PCA at sites {[s.name for s in site_list]}"
-    fits: dict[str, PCAFit] = {}
-    if method == "streaming":
-        try:
-            stats = collect_stats(
-                model, inputs, site_list, positions, batch_size, cov=True, progress=progress
-            )
-        except ValueError as e:
-            raise ValueError(f"inputs: {e} ({where})") from e
-        for s in site_list:
-            st = stats[s.name]
-            assert st.cov is not None
-            fits[s.name] = _fit_from_cov(s, st.mean, st.cov, st.n, ranks[s.name])
-        return fits
-    rows: dict[str, list[Tensor]] = {s.hook_name: [] for s in site_list}
-    for got in stream_activations(
-        model, tb, list(rows), positions, batch_size=batch_size, progress=progress
-    ):
-        for h, x in got.items():
-            rows[h].append(x.detach().to("cpu", torch.float64))
-    for s in site_list:
-        fits[s.name] = _fit_sklearn(s, torch.cat(rows[s.hook_name]), ranks[s.name])
-    return fits
-
-
-def _check_samples(n: int, ranks: Mapping[str, int], d_model: int) -> None:
-    if n < 2:
-        raise ValueError(
-            f"inputs: PCA needs at least 2 activation vectors per site (and rank + 1 for a given "
-            f"rank), got {n} at the chosen positions"
-        )
-    for name, r in ranks.items():
-        if r > n - 1:
-            raise ValueError(
-                f"rank must be an int in 1..{min(d_model, n - 1)} (min(d_model={d_model}, "
-                f"n_samples - 1={n - 1})) for site {name!r}, got {r}; pass more inputs or "
-                "positions, or a smaller rank"
-            )
 
 
 # ------------------------------------------------------------------------------------------------
 # the replacement value
 # ------------------------------------------------------------------------------------------------
+
+
+def _vector(value: Any, what: str, site: Site, length: int, named: str) -> Tensor:
+    """A finite float64 vector of ``length`` entries (the scales or the bias of a site)."""
+    v = as_f64(value, f"{what} of site {site.name!r}").reshape(-1)
+    if v.numel() != length:
+        raise ValueError(
+            f"{what} of site {site.name!r} must have length {length} ({named}), got {v.numel()}"
+        )
+    check_finite_values(v, f"{what} of site {site.name!r}")
+    return v
 
 
 @dataclass(frozen=True, eq=False)
@@ -436,15 +133,15 @@ class SitePCP:
     explained_variance_ratio: Float[Tensor, " rank"] | None = None
 
     def __post_init__(self) -> None:
-        site = _pcp_site(self.site, arg="site")
+        site = pcp_site(self.site, arg="site")
         object.__setattr__(self, "site", site)
-        u = _as_f64(self.directions, f"directions of site {site.name!r}")
+        u = as_f64(self.directions, f"directions of site {site.name!r}")
         if u.dim() != 2 or u.shape[0] < 1 or u.shape[1] < 1:
             raise ValueError(
                 f"directions of site {site.name!r} must be a [rank, d_model] matrix with "
                 f"rank >= 1, got shape {tuple(u.shape)}"
             )
-        _check_finite(u, f"directions of site {site.name!r}")
+        check_finite_values(u, f"directions of site {site.name!r}")
         norms = u.norm(dim=-1)
         if bool(((norms - 1).abs() > _UNIT_TOL).any()):
             raise ValueError(
@@ -454,22 +151,10 @@ class SitePCP:
         r, d = u.shape
         if r > d:
             raise ValueError(f"rank must be an int in 1..{d} (d_model), got {r} directions")
-        a = _as_f64(self.scales, f"scales of site {site.name!r}").reshape(-1)
-        if a.numel() != r:
-            raise ValueError(
-                f"scales of site {site.name!r} must have length {r} (the rank), got {a.numel()}"
-            )
-        _check_finite(a, f"scales of site {site.name!r}")
         object.__setattr__(self, "directions", u)
-        object.__setattr__(self, "scales", a)
+        object.__setattr__(self, "scales", _vector(self.scales, "scales", site, r, "the rank"))
         if self.bias is not None:
-            b = _as_f64(self.bias, f"bias of site {site.name!r}").reshape(-1)
-            if b.numel() != d:
-                raise ValueError(
-                    f"bias of site {site.name!r} must have length {d} (d_model), got {b.numel()}"
-                )
-            _check_finite(b, f"bias of site {site.name!r}")
-            object.__setattr__(self, "bias", b)
+            object.__setattr__(self, "bias", _vector(self.bias, "bias", site, d, "d_model"))
         if self.kind not in DIRECTION_KINDS:
             raise ValueError(
                 f"kind must be one of {', '.join(map(repr, DIRECTION_KINDS))}, got {self.kind!r}"
@@ -477,7 +162,7 @@ class SitePCP:
         for name in ("explained_variance", "explained_variance_ratio"):
             v = getattr(self, name)
             if v is not None:
-                t = _as_f64(v, f"{name} of site {site.name!r}").reshape(-1)
+                t = as_f64(v, f"{name} of site {site.name!r}").reshape(-1)
                 if t.numel() != r:
                     raise ValueError(
                         f"{name} of site {site.name!r} must have length {r}, got {t.numel()}"
@@ -516,41 +201,7 @@ class SitePCP:
             >>> SitePCP("mlp0", torch.eye(3)[:1], [2.0]).apply(torch.tensor([[1.0, 1.0, 1.0]]))
             tensor([[2., 0., 0.]])
         """
-        return _Factored(self, x.dtype)(x)
-
-
-class _Factored:
-    """û ``[r, d]``, α ``[r]`` and b ``[d]`` in one dtype, cached per device.
-
-    ``x·M (+ b)`` is computed as ``((x·Ûᵀ)·diag(α))·Û (+ b)``: 4·d·r flops per position instead of
-    the d² of a dense M.
-    """
-
-    def __init__(self, part: SitePCP, dtype: torch.dtype) -> None:
-        self.dtype = dtype
-        self._cpu = (
-            part.directions.to(dtype),
-            part.scales.to(dtype),
-            None if part.bias is None else part.bias.to(dtype),
-        )
-        self._on: dict[torch.device, tuple[Tensor, Tensor, Tensor | None]] = {}
-
-    def on(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
-        if device not in self._on:
-            self._on[device] = tuple(  # type: ignore[assignment]
-                None if t is None else t.to(device) for t in self._cpu
-            )
-        return self._on[device]
-
-    def finish(self, z: Float[Tensor, "... r"]) -> Float[Tensor, "... d_model"]:
-        """From coordinates ``z = x·Ûᵀ`` to ``x·M (+ b)``."""
-        u, alpha, b = self.on(z.device)
-        y = (z * alpha) @ u
-        return y if b is None else y + b
-
-    def __call__(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
-        u = self.on(x.device)[0]
-        return self.finish(x.to(self.dtype) @ u.T)
+        return FactoredMap(self, x.dtype)(x)
 
 
 def _json_value(v: Any) -> Any:
@@ -666,7 +317,7 @@ class PCPReplacement:
             >>> pcp.part("mlp0").rank, pcp.matrix("mlp0")[0, 0].item(), pcp.scales()
             (1, 3.0, {'mlp0': [3.0]})
         """
-        name = _pcp_site(site, arg="site").name
+        name = pcp_site(site, arg="site").name
         for p in self.parts:
             if p.site.name == name:
                 return p
@@ -714,7 +365,7 @@ class PCPReplacement:
         for a, b in zip(self.parts, other.parts, strict=True):
             if a.site != b.site or a.kind != b.kind:
                 return False
-            for name in _TENSOR_FIELDS:
+            for name in TENSOR_FIELDS:
                 x, y = getattr(a, name), getattr(b, name)
                 if (x is None) != (y is None):
                     return False
@@ -785,9 +436,9 @@ class PCPReplacement:
                 "processing (or fit a new replacement on this model)"
             )
         for p in self.parts:
-            _pcp_site(p.site, model, arg="model")
+            pcp_site(p.site, model, arg="model")
 
-    def hooks(self, model: HookedTransformer) -> list[tuple[str, HookFn]]:
+    def hooks(self, model: HookedTransformer) -> Hooks:
         """TransformerLens forward hooks that insert this replacement into ``model``.
 
         Per site, two hooks: one on the LayerNorm output the module receives
@@ -813,9 +464,9 @@ class PCPReplacement:
         """
         self.check(model)
         dtype = torch.promote_types(model.cfg.dtype, torch.float32)
-        out: list[tuple[str, HookFn]] = []
+        out: Hooks = []
         for p in self.parts:
-            out.extend(_site_hooks(model, p, dtype))
+            out.extend(site_hooks(model, p, dtype))
         return out
 
     # -- edits ---------------------------------------------------------------------------------
@@ -868,7 +519,7 @@ class PCPReplacement:
         """
         p = self.part(site)
         idx = _components(p, components, "components")
-        f = _as_f64(factors, "factors").reshape(-1)
+        f = as_f64(factors, "factors").reshape(-1)
         if f.numel() == 1:
             f = f.expand(len(idx))
         if f.numel() != len(idx):
@@ -876,7 +527,7 @@ class PCPReplacement:
                 f"factors must be one number or one per component ({len(idx)} for site "
                 f"{p.site.name!r}), got {f.numel()}"
             )
-        _check_finite(f, "factors")
+        check_finite_values(f, "factors")
         a = p.scales.clone()
         sel = torch.tensor(idx, dtype=torch.long)
         a[sel] = a[sel] * f if relative else f
@@ -917,9 +568,9 @@ class PCPReplacement:
         The file holds, per site, ``<site>.directions`` / ``.scales`` (and ``.bias``,
         ``.explained_variance``, ``.explained_variance_ratio`` where present) in float64, plus a
         JSON header entry ``"pcp_lens"`` with the format version, sites, ranks, direction kinds
-        and the model fingerprint. It is written to a temporary file in the same folder and
-        renamed over ``path``, so a crash never leaves a half-written file. Loading it back with
-        :meth:`load` is bit-exact and never unpickles.
+        and the model fingerprint (:mod:`pcp_lens.pcp_storage`). It is written to a temporary file
+        in the same folder and renamed over ``path``, so a crash never leaves a half-written file.
+        Loading it back with :meth:`load` is bit-exact and never unpickles.
 
         Examples:
             >>> import tempfile, os
@@ -930,32 +581,7 @@ class PCPReplacement:
             ...     PCPReplacement.load(pcp.save(os.path.join(d, "pcp.safetensors"))).equal(pcp)
             True
         """
-        from safetensors.torch import save_file
-
-        from pcp_lens import __version__
-
-        path = Path(path)
-        tensors: dict[str, Tensor] = {}
-        sites_meta = []
-        for p in self.parts:
-            entry: dict[str, Any] = {"site": p.site.name, "rank": p.rank, "kind": p.kind}
-            for name in _TENSOR_FIELDS:
-                t = getattr(p, name)
-                if name not in ("directions", "scales"):
-                    entry[name] = t is not None
-                if t is not None:
-                    tensors[f"{p.site.name}.{name}"] = t.contiguous()
-            sites_meta.append(entry)
-        meta = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "pcp_lens_version": __version__,
-            "fingerprint": dict(self.fingerprint),
-            "sites": sites_meta,
-        }
-        with atomic_file(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"pcp_lens": json.dumps(meta, sort_keys=True)})
-        return path
+        return write_pcp(path, self.parts, self.fingerprint)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PCPReplacement:
@@ -973,144 +599,13 @@ class PCPReplacement:
             ...
             FileNotFoundError: no PCP file at 'no/such/file.safetensors'
         """
-        from safetensors import SafetensorError, safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no PCP file at {str(path)!r}")
+        fp, entries = read_pcp(path)
         try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                header = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-            raise ValueError(f"{str(path)!r} is not a readable safetensors file: {e}") from e
-        return _from_saved(str(path), header, tensors)
+            parts = [SitePCP(site=site, kind=kind, **kw) for site, kind, kw in entries]  # type: ignore[arg-type]
+            return cls(tuple(parts), fp)
+        except ValueError as err:
+            raise ValueError(f"{str(path)!r}: {err}") from err
 
-
-_TENSOR_FIELDS = (
-    "directions",
-    "scales",
-    "bias",
-    "explained_variance",
-    "explained_variance_ratio",
-)
-
-
-def _from_saved(
-    where: str, header: Mapping[str, str], tensors: Mapping[str, Tensor]
-) -> PCPReplacement:
-    def bad(msg: str) -> ValueError:
-        return ValueError(f"{where!r}: {msg}")
-
-    if "pcp_lens" not in header:
-        raise bad(f"no 'pcp_lens' metadata entry (header keys: {sorted(header)}); not a PCP file")
-    try:
-        meta = json.loads(header["pcp_lens"])
-    except json.JSONDecodeError as e:
-        raise bad(f"the 'pcp_lens' metadata is not valid JSON ({e})") from e
-    if not isinstance(meta, dict):
-        raise bad(f"the 'pcp_lens' metadata must be a JSON object, got {type(meta).__name__}")
-    check_format(meta, FORMAT, FORMAT_VERSION, bad, prefix="metadata ")
-    fp = meta.get("fingerprint")
-    if not isinstance(fp, dict) or not isinstance(fp.get("d_model"), int):
-        raise bad(f"metadata 'fingerprint' must be an object with an int 'd_model', got {fp!r}")
-    d_model = fp["d_model"]
-    sites = meta.get("sites")
-    if not isinstance(sites, list) or not sites:
-        raise bad(f"metadata 'sites' must be a non-empty list, got {sites!r}")
-    expected: dict[str, tuple[int, ...]] = {}
-    entries = []
-    for e in sites:
-        if not isinstance(e, dict):
-            raise bad(f"each metadata 'sites' entry must be an object, got {e!r}")
-        try:
-            site = _pcp_site(e.get("site"), arg="site")  # type: ignore[arg-type]
-        except (TypeError, ValueError) as err:
-            raise bad(f"metadata site {e.get('site')!r} is invalid: {err}") from err
-        r = e.get("rank")
-        if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= d_model:
-            raise bad(
-                f"metadata rank of site {site.name!r} must be an int in 1..{d_model}, got {r!r}"
-            )
-        if e.get("kind") not in DIRECTION_KINDS:
-            raise bad(
-                f"metadata kind of site {site.name!r} must be one of {list(DIRECTION_KINDS)}, "
-                f"got {e.get('kind')!r}"
-            )
-        shapes = {"directions": (r, d_model), "scales": (r,)}
-        for name, shape in (
-            ("bias", (d_model,)),
-            ("explained_variance", (r,)),
-            ("explained_variance_ratio", (r,)),
-        ):
-            flag = e.get(name)
-            if not isinstance(flag, bool):
-                raise bad(
-                    f"metadata {name!r} of site {site.name!r} must be true/false, got {flag!r}"
-                )
-            if flag:
-                shapes[name] = shape
-        for name, shape in shapes.items():
-            expected[f"{site.name}.{name}"] = shape
-        entries.append((site, e["kind"], shapes))
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise bad(f"tensors do not match the metadata: missing {missing}, unexpected {extra}")
-    for key, shape in expected.items():
-        t = tensors[key]
-        if tuple(t.shape) != shape or t.dtype != torch.float64:
-            raise bad(
-                f"tensor {key!r} must be float64 of shape {list(shape)}, got {t.dtype} of shape "
-                f"{list(t.shape)}"
-            )
-    parts = []
-    try:
-        for site, kind, shapes in entries:
-            kw = {n: tensors[f"{site.name}.{n}"] for n in shapes}
-            parts.append(SitePCP(site=site, kind=kind, **kw))
-        return PCPReplacement(tuple(parts), fp)
-    except ValueError as err:
-        raise bad(str(err)) from err
-
-
-def _site_hooks(
-    model: HookedTransformer, part: SitePCP, dtype: torch.dtype
-) -> list[tuple[str, HookFn]]:
-    site = part.site
-    kind, layer = site.kind, site.layer
-    assert layer is not None
-    fac = _Factored(part, dtype)
-    state: dict[str, Tensor] = {}
-
-    def pcp_capture(act: Tensor, hook: Any) -> None:
-        # attention runs its LayerNorm once each for queries, keys and values: keep the last
-        state["x"] = act
-
-    def pcp_replace(act: Tensor, hook: Any) -> Tensor:
-        normalized = state.pop("x", None)
-        if normalized is None:
-            raise RuntimeError(
-                f"PCP hook on {site.hook_name} found no module input: the capture hook on "
-                f"{site.input_hook_name} must be attached too and fire first in the same forward"
-            )
-        if normalized.shape != act.shape:
-            raise RuntimeError(
-                f"PCP at site {site.name!r}: module input of shape {tuple(normalized.shape)} "
-                f"does not match the module output {tuple(act.shape)} (per-head inputs such as "
-                "use_split_qkv_input are not supported)"
-            )
-        # The module input x = module_input(n) is an affine map of the normalised vector n
-        # (n ⊙ w + b for LayerNorm): fold it into the r directions instead of materialising x,
-        # x·ûᵀ = n·(module_input(û) − module_input(0))ᵀ + module_input(0)·ûᵀ. It is re-read on
-        # every call, so hooks follow LayerNorm weights that change while they are attached.
-        u = fac.on(normalized.device)[0]
-        x0 = _tl.module_input(model, kind, layer, normalized.new_zeros(normalized.shape[-1]))
-        u_in = (_tl.module_input(model, kind, layer, u) - x0).to(fac.dtype)
-        z = normalized.to(fac.dtype) @ u_in.T + x0.to(fac.dtype) @ u.T
-        return fac.finish(z).to(act.dtype)
-
-    return [(site.input_hook_name, pcp_capture), (site.hook_name, pcp_replace)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1124,7 +619,7 @@ def fit_pcp(
     sites: SiteLike | Iterable[SiteLike],
     rank: int | Mapping[SiteLike, int],
     *,
-    positions: Sequence[int] | None = None,
+    positions: Positions = None,
     directions: Literal["principal", "reference_code"] = "principal",
     scales: Literal["least_squares", "ones"] = "least_squares",
     bias: bool = False,
@@ -1209,102 +704,3 @@ def fit_pcp(
             progress=progress,
         )
     return rep
-
-
-def least_squares_scales(
-    model: HookedTransformer,
-    replacement: PCPReplacement,
-    inputs: Inputs,
-    *,
-    positions: Sequence[int] | None = None,
-    sites: SiteLike | Iterable[SiteLike] | None = None,
-    bias: bool = False,
-    batch_size: int = 32,
-    progress: bool = True,
-) -> PCPReplacement:
-    """The closed-form α (and optional bias) that best reproduce each module's own output.
-
-    For each site with directions û_l, module input x and module output y, minimise
-    ``E‖y − Σ_l α_l (û_l·x) û_l − b‖²`` over α (and b if ``bias``). With z_l = û_l·x, w_l = û_l·y
-    and G = ÛÛᵀ the normal equations are ``(G ⊙ E[z zᵀ]) α = E[z ⊙ w]`` (raw moments; centred
-    moments and ``b = E[y] − M·E[x]`` with a bias). Only the 2r projections per position are
-    streamed (float64 running moments), so any number of inputs fits in memory. Each module is
-    fitted on the *unedited* model's activations (hooks the caller attached stay in effect).
-
-    Args:
-        model: the model (must match the replacement's fingerprint).
-        replacement: supplies the sites and directions; its scales are replaced.
-        inputs: tokens or strings.
-        positions: positions to fit on (``None``: all real positions).
-        sites: refit only these sites (default: all).
-        bias: also fit a bias per site (otherwise the current bias is dropped).
-        batch_size: rows per forward pass.
-        progress: show a progress bar.
-
-    Returns:
-        A new replacement with the fitted scales.
-
-    Examples:
-        >>> from pcp_lens.testing import tiny_model
-        >>> m = tiny_model()
-        >>> pcp = fit_pcp(m, torch.randint(0, 50, (16, 4)), "mlp1", 2, scales="ones",
-        ...               progress=False)
-        >>> least_squares_scales(m, pcp, torch.randint(0, 50, (16, 4)), progress=False
-        ...                      ).part("mlp1").scales.shape
-        torch.Size([2])
-    """
-    replacement.check(model)
-    parts = (
-        list(replacement.parts)
-        if sites is None
-        else [replacement.part(s) for s in _pcp_sites(sites)]
-    )
-    tb = as_tokens(model, inputs, allow_ragged=True)
-    n = int(_position_mask(tb, positions).sum())
-    if n < (2 if bias else 1):
-        raise ValueError(
-            f"inputs: least squares needs at least {2 if bias else 1} activation vectors, got {n}"
-        )
-    names = sorted({h for p in parts for h in (p.site.input_hook_name, p.site.hook_name)})
-    proj: dict[str, RunningMoments] = {}
-    ymean: dict[str, RunningMoments] = {}
-    for got in stream_activations(model, tb, names, positions, batch_size, progress):
-        for p in parts:
-            s = p.site
-            assert s.layer is not None
-            normalized, y = got[s.input_hook_name], got[s.hook_name]
-            if normalized.shape[-1] != p.d_model:
-                raise ValueError(
-                    f"model: site {s.name!r} receives per-head inputs (width "
-                    f"{normalized.shape[-1]}); PCP needs one d_model vector per position"
-                )
-            x = _tl.module_input(model, s.kind, s.layer, normalized).to(torch.float64)
-            y = y.to(torch.float64)
-            u = p.directions.to(x.device)
-            zw = torch.cat([x @ u.T, y @ u.T], -1)
-            if not bool(torch.isfinite(zw).all()):
-                raise ValueError(f"inputs: non-finite activations (nan or inf) at site {s.name!r}")
-            if s.name not in proj:
-                proj[s.name] = RunningMoments(2 * p.rank, device=x.device)
-                ymean[s.name] = RunningMoments(p.d_model, cov=False, device=x.device)
-            proj[s.name].update(zw)
-            if bias:
-                ymean[s.name].update(y)
-    new = replacement
-    for p in parts:
-        acc = proj[p.site.name]
-        assert acc.m2 is not None
-        r = p.rank
-        mu = acc.mean.cpu()
-        second = acc.m2.cpu() / acc.n  # centred
-        if not bias:
-            second = second + torch.outer(mu, mu)  # raw
-        gram = p.directions @ p.directions.T
-        a_mat = gram * second[:r, :r]
-        c = second[:r, r:].diagonal()
-        alpha = torch.linalg.pinv(a_mat, hermitian=True) @ c
-        b = None
-        if bias:
-            b = ymean[p.site.name].mean.cpu() - p.directions.T @ (alpha * mu[:r])
-        new = new._with_part(replace(p, scales=alpha, bias=b))
-    return new

@@ -19,6 +19,7 @@ Full hook names (``"blocks.0.hook_mlp_out"``) parse too.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,11 @@ class Site:
     head: int | None = None
 
     def __post_init__(self) -> None:
+        # table columns hold numpy or pandas ints: take any integer, keep it a plain int
+        for name in ("layer", "head"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, (bool, int)) and hasattr(v, "__index__"):
+                object.__setattr__(self, name, operator.index(v))
         if self.kind not in KINDS:
             raise ValueError(f"unknown site kind: {self.kind!r}; allowed: {', '.join(KINDS)}")
         if self.kind == "embed":
@@ -72,7 +78,10 @@ class Site:
                 f"layer must be an int >= 0 for kind {self.kind!r}, got {self.layer!r}"
             )
         if self.head is not None and (
-            self.kind != "attn" or not isinstance(self.head, int) or self.head < 0
+            self.kind != "attn"
+            or not isinstance(self.head, int)
+            or isinstance(self.head, bool)
+            or self.head < 0
         ):
             raise ValueError(
                 f"head must be None or an int >= 0 on an 'attn' site, got head={self.head!r} "
@@ -86,7 +95,10 @@ class Site:
         if isinstance(spec, Site):
             return spec
         if not isinstance(spec, str):
-            raise TypeError(f"site must be a Site or a string, got {type(spec).__name__}")
+            raise TypeError(
+                f"site must be a Site or a string such as 'mlp0', got {spec!r} "
+                f"({type(spec).__name__})"
+            )
         s = spec.strip()
         if s == "embed":
             return cls(None, "embed")

@@ -12,13 +12,14 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from pcp_lens import _tl
 from pcp_lens._tl import HookedTransformer
 from pcp_lens.inputs import Inputs, TokenBatch, as_tokens
+from pcp_lens.scoring import Positions, check_positions
 from pcp_lens.sites import Site, SiteLike
 
 
@@ -117,7 +118,7 @@ def stream_activations(
     model: HookedTransformer,
     tokens: TokenBatch,
     hook_names: Sequence[str],
-    positions: Sequence[int] | None = None,
+    positions: Positions = None,
     batch_size: int = 32,
     progress: bool = True,
 ) -> Iterator[dict[str, Float[Tensor, "n d"]]]:
@@ -127,9 +128,10 @@ def stream_activations(
     activations are flattened to ``n_heads * d_head`` columns.
     """
     stop = _stop_layer(model, hook_names)
+    positions = check_positions(positions)
     batches = list(tokens.batches(batch_size))
     for tb in tqdm(batches, desc="activations", disable=not progress, leave=False):
-        rows = _position_mask(tb, positions)
+        rows = position_mask(tb, positions)
         got: dict[str, Tensor] = {}
 
         def grab(
@@ -144,18 +146,29 @@ def stream_activations(
         yield got
 
 
-def _position_mask(tb: TokenBatch, positions: Sequence[int] | None) -> Tensor:
-    """Bool ``[batch, pos]``: real positions that are among ``positions`` (all if None)."""
-    if positions is None:
+def position_mask(tb: TokenBatch, positions: Positions) -> Bool[Tensor, "batch pos"]:
+    """Bool ``[batch, pos]``: real positions that are among ``positions`` (all if None).
+
+    Negative positions count from each row's own last real token (rows may be padded).
+
+    Examples:
+        >>> mask = torch.tensor([[1, 1, 1], [1, 1, 0]]).bool()
+        >>> tb = TokenBatch(torch.zeros(2, 3, dtype=torch.long), mask)
+        >>> position_mask(tb, -1).int().tolist()
+        [[0, 0, 1], [0, 1, 0]]
+    """
+    ps = check_positions(positions)
+    if ps is None:
         return tb.mask
     lengths = tb.mask.sum(1)
     sel = torch.zeros_like(tb.mask)
-    for p in positions:
+    for p in ps:
         idx = torch.where(torch.tensor(p >= 0, device=lengths.device), p, lengths + p)
         if ((idx < 0) | (idx >= lengths)).any():
+            n = int(lengths.min())
             raise ValueError(
-                f"position out of range: {p}, shortest sequence has positions "
-                f"0..{int(lengths.min()) - 1}"
+                f"positions: position out of range: {p}; the shortest sequence has {n} tokens, "
+                f"allowed positions are 0..{n - 1} or -{n}..-1"
             )
         sel[torch.arange(len(idx), device=sel.device), idx] = True
     return sel
@@ -165,7 +178,7 @@ def collect_stats(
     model: HookedTransformer,
     inputs: Inputs,
     sites: SiteLike | Iterable[SiteLike],
-    positions: Sequence[int] | None = None,
+    positions: Positions = None,
     batch_size: int = 32,
     cov: bool = True,
     progress: bool = True,
@@ -177,8 +190,8 @@ def collect_stats(
         inputs: tokens ``[batch, pos]`` or strings; unequal lengths are right-padded and the padding
             is excluded.
         sites: sites (``"mlp0"``, ``Site(1, "attn")``) or raw hook names.
-        positions: positions to include (pooled); ``None`` pools every real position. Negative
-            positions count from each sequence's own end.
+        positions: positions to include (pooled): an int or distinct ints; ``None`` pools every
+            real position. Negative positions count from each sequence's own end.
         batch_size: rows per forward pass.
         cov: also accumulate the ``d × d`` covariance (turn off to save memory for mean ablation).
         progress: show a tqdm bar.

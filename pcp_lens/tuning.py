@@ -30,7 +30,15 @@ from torch import Tensor
 from pcp_lens import _tl
 from pcp_lens._tl import HookedTransformer
 from pcp_lens.inputs import Inputs, as_tokens
-from pcp_lens.pcp import PCPReplacement, _pcp_sites, least_squares_scales, scales_from_factors
+from pcp_lens.pcp import PCPReplacement, least_squares_scales, pcp_sites, scales_from_factors
+from pcp_lens.scoring import (
+    MetricLike,
+    RowMean,
+    call_metric,
+    declared_positions,
+    named_metrics,
+    resolve_positions,
+)
 from pcp_lens.sites import SiteLike
 
 __all__ = ["TuneResult", "score_inputs", "sweep", "tune", "validation_loss"]
@@ -46,20 +54,11 @@ Bounds = tuple[float, float]
 # ------------------------------------------------------------------------------------------------
 
 
-def _is_metric(m: Any) -> bool:
-    return hasattr(m, "positions") and callable(getattr(m, "score", None))
-
-
-def _metrics(metric: Any) -> tuple[dict[str, Any], bool]:
-    """``({name: metric}, single)``; a single metric is named after its group."""
-    if _is_metric(metric):
-        return {str(getattr(metric, "group", "metric")): metric}, True
-    if isinstance(metric, Mapping) and metric and all(_is_metric(m) for m in metric.values()):
-        return {str(k): m for k, m in metric.items()}, False
-    raise ValueError(
-        "metric must be a GroupMetric (or any metric with .positions and .score, such as "
-        f"PositionMetric) or a non-empty mapping {{name: metric}} of them, got {metric!r}"
-    )
+def _metrics(metric: MetricLike | Mapping[str, MetricLike]) -> tuple[dict[str, MetricLike], bool]:
+    """``({name: metric}, single)``; a single metric is named after its group (else "metric")."""
+    single = not isinstance(metric, Mapping)
+    default = str(getattr(metric, "group", "metric")) if single else "metric"
+    return named_metrics(metric, "metric", default=default), single
 
 
 class _SetBatch:
@@ -69,7 +68,7 @@ class _SetBatch:
         self,
         model: HookedTransformer,
         inputs: Mapping[str, Inputs],
-        metrics: Mapping[str, Any],
+        metrics: Mapping[str, MetricLike],
         single: bool,
         start: int,
     ) -> None:
@@ -83,9 +82,12 @@ class _SetBatch:
             str(k): as_tokens(model, v, name=f"inputs[{str(k)!r}]").tokens
             for k, v in inputs.items()
         }
-        width = max(t.shape[1] for t in toks.values())
+        self.lengths = {k: t.shape[1] for k, t in toks.items()}
+        width = max(self.lengths.values())
         padded, rows, pos = [], [], []
-        self.groups: list[tuple[Key, Any, int, int, tuple[int, int]]] = []
+        # per (set, metric): key, metric, metric name, set name, rows a:b of the gathered
+        # logits, (batch, positions read) and those positions (None: all, for a plain metric)
+        self.groups: list[tuple[Key, MetricLike, str, str, int, int, tuple[int, int], Any]] = []
         self.rows_of: dict[str, list[Tensor]] = {}
         offset, sel = 0, 0
         for name, t in toks.items():
@@ -93,21 +95,22 @@ class _SetBatch:
             padded.append(torch.cat([t, t.new_zeros(b, width - n)], 1))
             self.rows_of[name] = list(t)
             for mname, m in metrics.items():
-                ps = [int(p) for p in m.positions]
-                bad = [p for p in ps if not -n <= p < n]
-                if bad or not ps:
-                    raise ValueError(
-                        f"metric {mname!r}: positions {bad or ps} out of range for input set "
-                        f"{name!r} of length {n}; allowed: {-n}..{n - 1}"
-                    )
-                absolute = torch.tensor([p % n for p in ps], device=t.device)
-                rows.append(
-                    torch.arange(offset, offset + b, device=t.device).repeat_interleave(len(ps))
+                # a positioned metric is read where it declares; a plain one at every position
+                declared = declared_positions(m, f"metric {mname!r}")
+                ps = resolve_positions(
+                    declared, n, where=f"input set {name!r}", name=f"metric {mname!r} positions"
                 )
-                pos.append(absolute.repeat(b))
+                absolute = list(range(n)) if ps is None else ps
+                rows.append(
+                    torch.arange(offset, offset + b, device=t.device).repeat_interleave(
+                        len(absolute)
+                    )
+                )
+                pos.append(torch.tensor(absolute, device=t.device).repeat(b))
                 key: Key = name if single else (name, mname)
-                self.groups.append((key, m, sel, sel + b * len(ps), (b, len(ps))))
-                sel += b * len(ps)
+                span = b * len(absolute)
+                self.groups.append((key, m, mname, name, sel, sel + span, (b, len(absolute)), ps))
+                sel += span
             offset += b
         self.tokens = torch.cat(padded)
         self.rows, self.pos = torch.cat(rows), torch.cat(pos)
@@ -127,16 +130,14 @@ class _SetBatch:
         with torch.no_grad(), _tl.attached(model, hooks):
             resid = _tl.run_blocks(model, self.resid, self.start, model.cfg.n_layers)
             logits = self.final(resid[self.rows, self.pos])
-        vals = []
-        for key, m, a, b, shape in self.groups:
-            v = m.score(logits[a:b].reshape(*shape, -1))
-            if v.numel() != 1:
-                raise ValueError(
-                    f"metric for {key!r} must reduce to one number (reduce='mean'), got shape "
-                    f"{tuple(v.shape)}"
-                )
-            vals.append(v.reshape(()).to(torch.float64))
-        return dict(zip(self.keys, torch.stack(vals).tolist(), strict=True))
+        out: dict[Key, float] = {}
+        for key, m, mname, set_name, a, b, shape, ps in self.groups:
+            sel = logits[a:b].reshape(*shape, -1)
+            v = call_metric(m, sel, ps, n=self.lengths[set_name], name=f"metric {mname!r}")
+            acc = RowMean(mname)
+            acc.add(v, shape[0], f"input set {set_name!r}")
+            out[key] = acc.value
+        return out
 
 
 def _start_layer(model: HookedTransformer, replacement: PCPReplacement | None) -> int:
@@ -148,7 +149,7 @@ def _start_layer(model: HookedTransformer, replacement: PCPReplacement | None) -
 def score_inputs(
     model: HookedTransformer,
     inputs: Mapping[str, Inputs],
-    metric: Any,
+    metric: MetricLike | Mapping[str, MetricLike],
     replacement: PCPReplacement | None = None,
 ) -> dict[Key, float]:
     """Group scores of the model (PCP-edited if ``replacement`` is given) per named input set.
@@ -157,8 +158,9 @@ def score_inputs(
         model: the model.
         inputs: ``{set name: tokens or strings}``; sequences within a set must have equal length
             (sets may differ).
-        metric: a :class:`~pcp_lens.groups.GroupMetric` (keys are set names) or
-            ``{metric name: metric}`` (keys are ``(set, metric name)``).
+        metric: any metric (``docs/metrics.md``; keys are set names), e.g. a
+            :class:`~pcp_lens.groups.GroupMetric`, or ``{metric name: metric}`` (keys are
+            ``(set, metric name)``).
         replacement: a PCP replacement to insert, or ``None`` for the unedited model.
 
     Examples:
@@ -312,7 +314,7 @@ def tune(
     model: HookedTransformer,
     replacement: PCPReplacement,
     inputs: Mapping[str, Inputs],
-    metric: Any,
+    metric: MetricLike | Mapping[str, MetricLike],
     *,
     target: Mapping[Any, float] | None = None,
     sites: SiteLike | Iterable[SiteLike] | None = None,
@@ -336,8 +338,8 @@ def tune(
         model: the model (must match the replacement's fingerprint).
         replacement: directions, starting scales and the sites to replace.
         inputs: ``{set name: tokens or strings}``, e.g. the paper's ``pp, pt, nn, ss, st``.
-        metric: a ``GroupMetric`` (e.g. top-10 negativity at position −1) or
-            ``{name: metric}``.
+        metric: any metric (``docs/metrics.md``), e.g. a ``GroupMetric`` (top-10 negativity at
+            position −1), or ``{name: metric}``.
         target: ``{key: score}`` with keys as returned by :func:`score_inputs` (set names for
             one metric); only these keys enter the objective. Default: the unedited model's
             scores on every set ("re-insert the mechanism"); e.g. ``{"pt": 0.0, "pp": ...}`` to
@@ -393,7 +395,7 @@ def tune(
     names = (
         [s.name for s in replacement.sites]
         if sites is None
-        else [replacement.part(s).site.name for s in _pcp_sites(sites)]
+        else [replacement.part(s).site.name for s in pcp_sites(sites)]
     )
     batch = _SetBatch(model, inputs, metrics, single, _start_layer(model, replacement))
     goal = _target(target, batch)
@@ -516,7 +518,7 @@ def sweep(
     replacement: PCPReplacement,
     grid: Mapping[Any, Sequence[Any]],
     inputs: Mapping[str, Inputs],
-    metric: Any,
+    metric: MetricLike | Mapping[str, MetricLike],
     *,
     val_tokens: Inputs | None = None,
     relative: bool = True,
@@ -532,7 +534,7 @@ def sweep(
             site (``"mlp0"``: the value multiplies, or sets, all its components; a value may also
             be one number per component, e.g. ``(-1.2, 0.5)``) or ``(site, component)``.
         inputs: ``{set name: tokens or strings}``.
-        metric: a ``GroupMetric`` or ``{name: metric}``.
+        metric: any metric (``docs/metrics.md``) or ``{name: metric}``.
         val_tokens: tokens for :func:`validation_loss` (omit to skip it).
         relative: factors multiply the current scales (the paper's Tab. V–VII); ``False`` sets α.
         unedited: also report the model without replacement (setting ``"unedited"``).
@@ -545,12 +547,11 @@ def sweep(
         values="value")[df.setting.unique()]`` gives the paper's table layout.
 
     Examples:
+        >>> from pcp_lens import GroupMetric, TokenGroups, fit_pcp
         >>> from pcp_lens.testing import tiny_model
-        >>> from pcp_lens.groups import GroupMetric, TokenGroups
-        >>> from pcp_lens.pcp import fit_pcp
-        >>> m = tiny_model()
-        >>> sets = {"pp": torch.randint(0, 50, (8, 2)), "pt": torch.randint(0, 50, (8, 2))}
-        >>> pcp = fit_pcp(m, torch.cat(list(sets.values())), "mlp0", 2, progress=False)
+        >>> m, toks = tiny_model(), torch.randint(0, 50, (16, 2))
+        >>> sets = {"pp": toks[:8], "pt": toks[8:]}
+        >>> pcp = fit_pcp(m, toks, "mlp0", 2, progress=False)
         >>> neg = GroupMetric(TokenGroups({"neg": range(10)}, d_vocab=50), "neg", k=5)
         >>> df = sweep(m, pcp, {"mlp0": [(1.0, 1.0), (-1.2, 0.5)]}, sets, neg,
         ...            val_tokens=torch.randint(0, 50, (4, 8)))

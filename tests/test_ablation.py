@@ -164,8 +164,12 @@ def test_hook_repr_is_readable():
         (lambda m: zero_ablation("mlpx"), "cannot parse site 'mlpx'"),
         (lambda m: zero_ablation("mlp3", model=m), r"layer out of range: 3, model has layers 0..2"),
         (lambda m: zero_ablation("attn0.h9", model=m), "head out of range: 9"),
-        (lambda m: zero_ablation("mlp0", positions=["1"]), "positions must hold ints"),
+        (lambda m: zero_ablation("mlp0", positions=["1"]), "positions must be None, an int"),
         (lambda m: zero_ablation("mlp0", positions=[]), "at least one position"),
+        (
+            lambda m: resample_ablation("mlp0", torch.zeros(2, 3, D), seed="a"),
+            "seed must be an int, got 'a'",
+        ),
         (lambda m: mean_ablation("mlp0", torch.zeros(7), model=m), r"expected \(16,\)"),
         (lambda m: mean_ablation("mlp0", torch.zeros(2, D)), "1-d float vector"),
         (
@@ -254,7 +258,7 @@ def test_sweep_matches_direct_runs(model, tokens, groups):
         progress=False,
     )
     assert list(df.columns) == [
-        "ablation",
+        "site",
         "paper_name",
         "sites",
         "layer",
@@ -265,10 +269,12 @@ def test_sweep_matches_direct_runs(model, tokens, groups):
         "metric",
         "value",
         "n",
+        "ablation",
     ]
-    assert list(df.ablation.unique()) == ["unchanged", "attn0", "mlp1", "attn2.h1", "both"]
+    assert list(df.site.unique()) == ["unchanged", "attn0", "mlp1", "attn2.h1", "both"]
+    assert (df.ablation == df.site).all()  # the former name, kept for existing code
     assert (df.n == 6).all()
-    kinds = df.groupby("ablation", sort=False)["kind"].agg(lambda k: sorted(set(k.dropna())))
+    kinds = df.groupby("site", sort=False)["kind"].agg(lambda k: sorted(set(k.dropna())))
     assert kinds.to_dict() == {
         "unchanged": [],
         "attn0": ["attn"],
@@ -276,8 +282,8 @@ def test_sweep_matches_direct_runs(model, tokens, groups):
         "attn2.h1": ["attn"],
         "both": ["combo"],
     }
-    assert df[df.ablation == "attn2.h1"]["head"].tolist() == [1, 1]
-    val = df.set_index(["ablation", "metric"])["value"]
+    assert df[df.site == "attn2.h1"]["head"].tolist() == [1, 1]
+    val = df.set_index(["site", "metric"])["value"]
     for m, metric in metrics.items():
         assert val["unchanged", m] == pytest.approx(float(metric(model(tokens))), abs=1e-6)
         for label, ss in [

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from pcp_lens.groups import (
     GroupMetric,
+    PositionMetric,
     TokenGroups,
     group_metrics,
     group_scores,
@@ -264,16 +265,20 @@ def test_group_metric_positions_and_reduce_none(g8):
 def test_group_metric_position_out_of_range(g8, pos):
     m = GroupMetric(g8, "neg", positions=(0, pos), k=2)
     with pytest.raises(
-        ValueError, match=re.escape(f"position out of range: {pos}, sequences have positions 0..3")
+        ValueError,
+        match=re.escape(f"position out of range: {pos}; sequences have 4 tokens, allowed"),
     ):
         m(torch.zeros(2, 4, 8))
 
 
 def test_select_positions_negative_and_error():
     x = torch.arange(2 * 5).reshape(2, 5)
-    assert select_positions(x, [-1, 0, -5]).tolist() == [[4, 0, 0], [9, 5, 5]]
+    assert select_positions(x, [-1, 0, -4]).tolist() == [[4, 0, 1], [9, 5, 6]]
     with pytest.raises(ValueError, match="position out of range: 5"):
         select_positions(x, [5])
+    # one position rule for the library: 0 and -5 are the same position of 5
+    with pytest.raises(ValueError, match=re.escape("the same position twice for sequences of 5")):
+        select_positions(x, [-1, 0, -5])
 
 
 def test_group_metric_validates_at_construction(g8):
@@ -313,6 +318,45 @@ def test_from_words_with_word_level_tokenizer(wtok):
     assert g.groups == {"positive": (6, 7), "negative": (8, 9)}
     assert g.d_vocab == len(wtok) == 12
     assert TokenGroups.from_words(wtok, {"a": ["dog"]}, d_vocab=50).d_vocab == 50
+
+
+def test_from_words_skips_words_a_raising_tokenizer_lacks():
+    """The toy tokenizer raises a bare Exception on unknown words: skipped with the warning."""
+    from pcp_lens.toy.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(["good", "bad", "love"])
+    with pytest.warns(UserWarning, match=r"1 words are not single tokens: \['zebra'\]"):
+        g = TokenGroups.from_words(
+            tok, {"positive": ["good", "love"], "negative": ["bad", "zebra"]}
+        )
+    assert g.groups["negative"] == (tok.convert_tokens_to_ids("bad"),)
+
+
+def test_group_metrics_refuse_bad_logits_and_positions(g8):
+    m = GroupMetric(g8, "neg", k=2)
+    for bad in (torch.zeros(8), torch.zeros(2, 8), torch.zeros(1, 2, 3, 8)):
+        with pytest.raises(
+            ValueError,
+            match=re.escape(
+                f"logits must be a tensor [batch, pos, d_vocab], got {tuple(bad.shape)}"
+            ),
+        ):
+            m(bad)
+    with pytest.raises(
+        ValueError, match=re.escape("logits must be a tensor [batch, pos, d_vocab]")
+    ):
+        PositionMetric(lambda lg: lg.mean())(torch.zeros(8))
+    with pytest.raises(ValueError, match=re.escape("but the groups were built for d_vocab=8")):
+        m(torch.zeros(2, 3, 9))
+    for bad, shown in [((1.5,), "got 1.5 in (1.5,)"), ((True,), "got True"), ((0, 0), "got [0]")]:
+        with pytest.raises(ValueError, match=re.escape(shown)):
+            GroupMetric(g8, "neg", k=2, positions=bad)
+        with pytest.raises(ValueError, match=re.escape(shown)):
+            PositionMetric(lambda lg: lg.mean(), positions=bad)
+    assert GroupMetric(g8, "neg", k=2, positions=2).positions == (2,)  # the one rule: a bare int
+    assert group_metrics(g8, k=2, positions=1)["neg"].positions == (1,)
+    with pytest.raises(ValueError, match="fn must be a callable selected_logits -> Tensor, got 3"):
+        PositionMetric(3)  # type: ignore[arg-type]
 
 
 def test_from_words_with_the_real_gpt2_tokenizer(gpt2_tokenizer):

@@ -22,6 +22,30 @@ def test_strings_are_tokenized_with_bos(text_model):
     assert as_tokens(text_model, "the cat", prepend_bos=False).tokens.tolist() == [[1, 2]]
 
 
+@pytest.mark.parametrize("bad", [None, 3, 2.5, {1, 2}])
+def test_inputs_of_no_allowed_type_are_named(model, bad):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "inputs must be a token tensor [batch, pos], a string or a list of strings or of 1-d "
+            f"token tensors, got {type(bad).__name__}"
+        ),
+    ):
+        as_tokens(model, bad)
+
+
+def test_strings_the_tokenizer_cannot_encode_are_named():
+    from pcp_lens.toy.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(["good", "bad"])
+    m = tiny_model(d_vocab=len(tok))
+    m.set_tokenizer(tok)
+    with pytest.raises(
+        ValueError, match=re.escape("inputs[1] = 'bad zebra' cannot be tokenized by the model's")
+    ):
+        as_tokens(m, ["good bad", "bad zebra"])
+
+
 def test_strings_and_tensors_give_the_same_batch(text_model):
     from_text = as_tokens(text_model, ["good dog", "bad cat"])
     from_tensor = as_tokens(text_model, torch.tensor([[0, 6, 10], [0, 8, 2]]))
@@ -93,11 +117,14 @@ def test_token_ids_out_of_range(model):
         torch.tensor([[1.0, 2.0]]),
         torch.tensor([[0.5]], dtype=torch.float16),
         torch.zeros(1, 2, 3, dtype=torch.long),
+        torch.tensor([[True, False]]),  # not token ids 1 and 0
+        [torch.tensor([True, False])],
     ],
 )
-def test_float_or_wrong_rank_tensor(model, bad):
+def test_float_bool_or_wrong_rank_tensor(model, bad):
     with pytest.raises(
-        ValueError, match=r"inputs must be an integer tensor \[batch, pos\], got torch\."
+        ValueError,
+        match=r"inputs(\[0\])? must be an integer tensor (of token ids )?\[batch, pos\], got ",
     ):
         as_tokens(model, bad)
 
@@ -139,7 +166,7 @@ def test_batches_split_rows_in_order(model):
     assert torch.equal(torch.cat([p.mask for p in parts]), tb.mask)
     assert [p.tokens.shape[0] for p in tb.batches(100)] == [7]
     for bad in (0, -1):
-        with pytest.raises(ValueError, match=f"batch_size must be >= 1, got {bad}"):
+        with pytest.raises(ValueError, match=f"batch_size must be an int >= 1, got {bad}"):
             list(tb.batches(bad))
 
 

@@ -139,7 +139,7 @@ def test_topk_shares_match_brute_force(model, tokens, groups):
     )
     logits = lens_logits(model, tokens, ["mlp0", "attn1.h2"], positions)
     neg, pos = set(range(12)), set(range(12, 30))
-    val = df.set_index(["module", "metric", "position"])["value"]
+    val = df.set_index(["site", "metric", "position"])["value"]
     for name in ("mlp0", "attn1.h2", "full"):
         for j, p in enumerate(positions):
             shares = {"neg": 0.0, "pos": 0.0}
@@ -201,6 +201,19 @@ def test_bad_input(model, tokens, groups):
         group_lens(model, tokens, {}, progress=False)
     with pytest.raises(ValueError, match="names must be"):
         lens_table(group_lens(model, tokens, groups, [0], ["mlp0"], progress=False), "long")
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=f"batch_size must be an int >= 1, got {bad!r}"):
+            group_lens(model, tokens, groups, batch_size=bad, progress=False)
+    with pytest.raises(
+        ValueError, match=r"positions must be None, an int .*; got 1\.5 in \[1\.5\]"
+    ):
+        group_lens(model, tokens, groups, [1.5], progress=False)
+
+
+def test_the_former_row_key_column_is_kept(model, tokens, groups):
+    df = group_lens(model, tokens, groups, [0], ["mlp0"], progress=False)
+    assert df.columns[0] == "site" and df.columns[-1] == "module"
+    assert (df["module"] == df["site"]).all()
 
 
 def test_metric_error_leaves_model_clean(model, tokens):

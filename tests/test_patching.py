@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -184,11 +185,11 @@ def test_composes_with_user_hooks(model, pair):
         (dict(corrupted=torch.zeros(3, 6, dtype=torch.long)), "same shape"),
         (dict(sites=["mlp9"]), "layer out of range: 9, model has layers 0..3"),
         (dict(sites=["embed"]), "cannot patch site 'embed'"),
-        (dict(positions=[7]), "position out of range: 7"),
+        (dict(positions=[7]), "position out of range at clean and corrupted: 7"),
         (dict(positions="some"), "positions must be 'each', 'all'"),
         (dict(direction="sideways"), "direction must be"),
-        (dict(max_batch_tokens=0), "max_batch_tokens must be >= 1"),
-        (dict(metric=lambda lg: lg[:, -1, 0]), "metric must return a scalar"),
+        (dict(max_batch_tokens=0), "max_batch_tokens must be an int >= 1, got 0"),
+        (dict(metric=lambda lg: lg[0, -1, :2]), "metric must return a scalar"),
         (dict(clean=torch.full((3, 7), V)), "out of range: \\[60\\]"),
     ],
 )
@@ -223,3 +224,55 @@ def test_unequal_lengths_refused(model):
     ragged = [torch.tensor([1, 2]), torch.tensor([1, 2, 3])]
     with pytest.raises(ValueError, match="unequal lengths"):
         causal_patching(model, ragged, ragged, logit_diff, progress=False)
+
+
+def test_metric_with_unsorted_positions(model, pair):
+    """Declared positions out of order: each patch still scores the right positions (a bug once)."""
+    clean, corrupted = pair
+    groups = TokenGroups({"neg": list(range(0, 20))}, d_vocab=V)
+    m = GroupMetric(groups, "neg", k=10, positions=(-1, 2))
+    df = causal_patching(model, clean, corrupted, m, sites=["mlp1", "attn0"], progress=False)
+    for r in df.itertuples():
+        ref = naive(
+            model, clean, corrupted, m, Site.parse(r.site), slice(r.position, r.position + 1)
+        )
+        assert r.value == pytest.approx(ref, abs=1e-6), (r.site, r.position)
+
+
+def test_repeated_positions_are_refused(model, pair):
+    clean, corrupted = pair
+    with pytest.raises(ValueError, match=re.escape("got [1] more than once in [1, 1]")):
+        causal_patching(model, clean, corrupted, logit_diff, positions=[1, 1], progress=False)
+    with pytest.raises(ValueError, match=re.escape("name the same position twice")):
+        causal_patching(model, clean, corrupted, logit_diff, positions=[6, -1], progress=False)
+
+
+def test_non_callable_metric_fails_before_any_forward_pass(model, pair):
+    clean, corrupted = pair
+    calls = []
+    counter = [("hook_embed", lambda act, hook: calls.append(1))]
+    with (
+        model.hooks(fwd_hooks=counter),
+        pytest.raises(ValueError, match="metric must be a callable logits"),
+    ):
+        causal_patching(model, clean, corrupted, "neg", progress=False)  # type: ignore[arg-type]
+    assert calls == []
+
+
+def test_patching_grid_names_what_is_allowed(model, pair):
+    clean, corrupted = pair
+    df = causal_patching(model, clean, corrupted, logit_diff, ["mlp0", "attn1.h0"], progress=False)
+    with pytest.raises(
+        ValueError,
+        match=re.escape("kind must be one of the table's kinds ['attn', 'mlp'], got 'mlpp'"),
+    ):
+        patching_grid(df, "mlpp")
+    with pytest.raises(ValueError, match=re.escape("column must be one of")):
+        patching_grid(df, "mlp", column="valu")
+    with pytest.raises(ValueError, match=re.escape("direction must be one of the table's")):
+        patching_grid(df, "mlp", direction="backwards")
+    with pytest.raises(ValueError, match=re.escape("df must be a causal_patching table with")):
+        patching_grid(df.drop(columns="kind"), "mlp")
+    heads = df[df["head"].notna()]
+    with pytest.raises(ValueError, match="no whole-module rows of kind 'attn'"):
+        patching_grid(heads, "attn")

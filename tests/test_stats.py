@@ -150,10 +150,13 @@ def test_ragged_strings(text_model):
 def test_position_out_of_range(model, ragged_rows):
     with pytest.raises(
         ValueError,
-        match=re.escape("position out of range: -2, shortest sequence has positions 0..0"),
+        match=re.escape(
+            "position out of range: -2; the shortest sequence has 1 tokens, allowed positions are "
+            "0..0 or -1..-1"
+        ),
     ):
         collect_stats(model, ragged_rows, "mlp0", positions=[-2], progress=False)
-    with pytest.raises(ValueError, match=re.escape("position out of range: 6, shortest sequence")):
+    with pytest.raises(ValueError, match=re.escape("position out of range: 6; the shortest seq")):
         collect_stats(
             model, torch.zeros(2, 6, dtype=torch.long), "mlp0", positions=[6], progress=False
         )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 
 import pandas as pd
 import pytest
 import torch
 
-from pcp_lens.groups import GroupMetric, TokenGroups
+from pcp_lens.groups import GroupMetric, PositionMetric, TokenGroups
 from pcp_lens.pcp import PCPReplacement, SitePCP, fit_pcp, least_squares_scales
 from pcp_lens.tuning import TuneResult, score_inputs, sweep, tune, validation_loss
 
@@ -181,8 +182,11 @@ def test_tune_clips_initial_into_bounds(model, sets, neg, pcp):
         (dict(sites="attn1"), "site 'attn1' is not replaced"),
         (dict(num_threads=0), "num_threads must be None or an int >= 1"),
         (dict(inputs={}), "inputs must be a non-empty mapping"),
-        (dict(inputs={"a": _toks(2, 1, 0)}, metric_pos=(-2,)), "out of range for input set 'a'"),
-        (dict(metric=lambda x: x), "metric must be a GroupMetric"),
+        (
+            dict(inputs={"a": _toks(2, 1, 0)}, metric_pos=(-2,)),
+            "position out of range at input set 'a': -2",
+        ),
+        (dict(metric="neg"), "metric must be a callable logits"),
     ],
 )
 def test_bad_tune_arguments(model, sets, groups, neg, pcp, hygiene, kw, match):
@@ -196,6 +200,46 @@ def test_bad_tune_arguments(model, sets, groups, neg, pcp, hygiene, kw, match):
         tune(model, pcp, inputs, metric, n_trials=kw.pop("n_trials", 2), progress=False, **kw)
     hygiene.check(model, snap)
     assert torch.get_num_threads() == 1
+
+
+class _NanWhenEdited:
+    """Finite on the unedited model (the default target), nan in every trial."""
+
+    positions = (-1,)
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def score(self, selected):
+        self.calls += 1
+        return selected[:, 0, 0].mean() * (float("nan") if self.calls > 1 else 1.0)
+
+
+def test_nan_metric_is_named_not_left_to_optuna(model, sets, pcp, hygiene):
+    snap = hygiene.snapshot(model)
+    nan = PositionMetric(lambda lg: lg[:, 0, 0].mean() * float("nan"), positions=(-1,))
+    with pytest.raises(
+        ValueError,
+        match=re.escape("metric returned non-finite values (nan or inf) (input set 'pp'); a"),
+    ):
+        tune(model, pcp, sets, nan, n_trials=2, progress=False)
+    # nan only on edited models: the first trial fails with the same message, not Optuna's
+    with pytest.raises(ValueError, match=re.escape("metric 'neg' returned non-finite values")):
+        tune(model, pcp, sets, {"neg": _NanWhenEdited()}, n_trials=2, progress=False)
+    hygiene.check(model, snap)
+
+
+def test_tuning_accepts_every_metric_the_others_do(model, sets, pcp):
+    """Plain callables and per-prompt values, as in ablation, the lens and patching."""
+    plain = {"last": lambda lg: lg[:, -1, 3], "mean": lambda lg: lg[:, -1, 3].mean()}
+    got = score_inputs(model, sets, plain, pcp)
+    with torch.no_grad(), model.hooks(fwd_hooks=pcp.hooks(model)):
+        for name, t in sets.items():
+            want = float(model(t)[:, -1, 3].mean())
+            assert got[(name, "last")] == pytest.approx(want, abs=1e-5)
+            assert got[(name, "mean")] == pytest.approx(want, abs=1e-5)
+    res = tune(model, pcp, sets, plain["mean"], n_trials=2, progress=False)
+    assert sorted(res.scores) == sorted(sets)
 
 
 def test_sweep_table(model, sets, neg, pcp):
