@@ -98,7 +98,7 @@ def mean_ablation_table(c: ToyCtx) -> dict:
         )
         for metric, suffix in METRIC_SUFFIX.items():
             rows = df[df.metric == metric]
-            value = dict(zip(rows["ablation"], rows["value"].astype(float), strict=True))
+            value = dict(zip(rows["site"], rows["value"].astype(float), strict=True))
             tag = mean_name + suffix
             out[f"attn{tag}"] = [round(value[f"attn{i}"], 4) for i in range(n)]
             out[f"mlp{tag}"] = [round(value[f"mlp{i}"], 4) for i in range(n)]
@@ -196,7 +196,7 @@ def sign_search(c: ToyCtx, rep: PCPReplacement, site: str, grid: Sequence[float]
     """F5's search: a relative factor per layer-1 component from ``grid`` (every combination);
     keep each setting's n+n and p+t scores."""
     combos: list[tuple[float, ...]] = list(itertools.product(grid, repeat=rep.part(site).rank))
-    settings: list[float | tuple[float, ...]] = [s if len(s) > 1 else s[0] for s in combos]
+    settings: list[float | tuple[float, ...]] = [s[0] if len(s) == 1 else s for s in combos]
     table = relative_scale_table(c, rep, site, settings, keys=["nn", "pt"], val=False)
     rows = []
     for s in settings:

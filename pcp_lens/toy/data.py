@@ -345,7 +345,7 @@ def switch_sentiment(
             cuts.append(-1)
             continue
         c = int(cut[i])
-        out.append(" ".join([*row[:c], *tails[which[i]][i].split(" ")[c:]]))
+        out.append(" ".join([*row[:c], *tails[int(which[i])][i].split(" ")[c:]]))
         cuts.append(c)
     return out, cuts
 
