@@ -357,3 +357,104 @@ def run_with_cache(
         tokens, names_filter=lambda name: name in wanted, stop_at_layer=stop_at_layer
     )
     return cast(Tensor, out), cache
+
+
+# -- added for pcp_lens.language (HF GPT-2 folders, KV-cached generation) ------------------------
+
+
+def gpt2_config_from_hf(hf_config: Any, **overrides: Any) -> HookedTransformerConfig:
+    """A ``HookedTransformerConfig`` for a Hugging Face ``GPT2Config``, without the hub.
+
+    The fields are those TransformerLens's ``from_pretrained`` derives for GPT-2 checkpoints
+    (``convert_hf_model_config``), computed here from the config object itself so no model name
+    has to be looked up online. ``overrides`` (e.g. ``normalization_type="LNPre"``, ``device``,
+    ``dtype``) are applied last.
+    """
+    n_inner = getattr(hf_config, "n_inner", None)
+    cfg: dict[str, Any] = {
+        "d_model": hf_config.n_embd,
+        "d_head": hf_config.n_embd // hf_config.n_head,
+        "n_heads": hf_config.n_head,
+        "d_mlp": n_inner if n_inner is not None else 4 * hf_config.n_embd,
+        "n_layers": hf_config.n_layer,
+        "n_ctx": hf_config.n_positions,
+        "eps": hf_config.layer_norm_epsilon,
+        "d_vocab": hf_config.vocab_size,
+        "act_fn": hf_config.activation_function,
+        "use_attn_scale": getattr(hf_config, "scale_attn_weights", True),
+        "use_local_attn": False,
+        "scale_attn_by_inverse_layer_idx": bool(
+            getattr(hf_config, "scale_attn_by_inverse_layer_idx", False)
+        ),
+        "normalization_type": "LN",
+        "original_architecture": "GPT2LMHeadModel",
+        "init_weights": False,
+    }
+    cfg.update(overrides)
+    return HookedTransformerConfig(**cfg)
+
+
+def gpt2_state_dict_from_hf(hf_model: Any, cfg: HookedTransformerConfig) -> dict[str, Tensor]:
+    """TransformerLens's own GPT-2 weight conversion (``convert_gpt2_weights``), offline."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+
+    return convert_gpt2_weights(hf_model, cfg)
+
+
+def load_processed(
+    model: HookedTransformer,
+    state_dict: dict[str, Tensor],
+    *,
+    fold_ln: bool,
+    center_writing_weights: bool,
+    center_unembed: bool,
+    fold_value_biases: bool,
+) -> None:
+    """Load a TransformerLens state dict with ``from_pretrained``'s weight processing.
+
+    The flags are recorded on ``model.cfg`` so :func:`processing_fingerprint` sees them.
+    """
+    model.load_and_process_state_dict(
+        state_dict,
+        fold_ln=fold_ln,
+        center_writing_weights=center_writing_weights,
+        center_unembed=center_unembed,
+        fold_value_biases=fold_value_biases,
+        refactor_factored_attn_matrices=False,
+    )
+    for name, value in (
+        ("fold_ln", fold_ln),
+        ("center_writing_weights", center_writing_weights),
+        ("center_unembed", center_unembed),
+        ("fold_value_biases", fold_value_biases),
+    ):
+        setattr(model.cfg, name, value)
+
+
+def new_kv_cache(model: HookedTransformer, batch: int) -> Any:
+    """An empty TransformerLens KV cache for ``batch`` rows on the model's device."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:  # TransformerLens 3.x
+            from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache as C
+        except ImportError:  # pragma: no cover - TransformerLens 2.x
+            from transformer_lens.past_key_value_caching import (  # type: ignore[no-redef]
+                HookedTransformerKeyValueCache as C,
+            )
+    return C.init_cache(model.cfg, model.cfg.device, batch)
+
+
+def forward_cached(
+    model: HookedTransformer, tokens: Tensor, kv_cache: Any
+) -> Float[Tensor, "batch pos d_vocab"]:
+    """Forward pass of ``tokens`` that continue the sequences held in ``kv_cache`` (appended to).
+
+    Only the new tokens are embedded, at positions ``cache length + 0, 1, ...`` (TransformerLens
+    offsets learned positions by the cache length). The attention mask is passed explicitly as
+    all ones: without it TransformerLens derives one from the tokenizer and would treat every
+    generated ``<|endoftext|>`` (GPT-2's pad id) as padding, which a full forward pass does not.
+    """
+    mask = torch.ones(tokens.shape, dtype=torch.long, device=tokens.device)
+    return model(tokens, past_kv_cache=kv_cache, attention_mask=mask)
