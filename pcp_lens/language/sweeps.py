@@ -1,0 +1,412 @@
+"""Generation-based metrics in the ablation and PCP machinery (the shapes of Tab. VIII–X).
+
+* :func:`ablation_asr_sweep` — mean-ablate each site (and chosen combinations) at a position and
+  measure ASR/ATR by sampling: Tab. VIII (single modules, position 8) and the "Mean Ablate"
+  columns of Tab. IX/X (``combos={"mlp 2&3": ["mlp1", "mlp2"]}``).
+* :func:`tune_pcp` — Optuna search of a PCP replacement's scales against **any** objective
+  ``replacement -> float`` (lower is better), e.g. ``(ASR - 0.29)²`` (re-insert the backdoor,
+  Tab. X) or the log-probability gap (weaken it, Tab. IX's 4th column).
+* :func:`sweep_pcp` — a grid of scale factors scored by any ``{name: replacement -> float}``.
+* :func:`asr_score`, :func:`gap_score`, :func:`loss_score` — such scores, built from
+  :mod:`pcp_lens.language.asr`; each takes a replacement or ``None`` (the unedited model).
+
+``pcp_lens.tuning.tune``/``sweep`` score logits-only group metrics in one batched forward pass;
+these functions call the objective once per trial/setting instead, which is what sampling-based
+metrics need.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, NamedTuple
+
+import optuna
+import pandas as pd
+from tqdm.auto import tqdm
+
+from pcp_lens._tl import HookedTransformer
+from pcp_lens.ablation import ablation_hooks
+from pcp_lens.language.asr import logprob_gap, text_loss, toxic_rate
+from pcp_lens.language.generate import PAPER_SAMPLING, SamplingConfig, tokenize_prompts
+from pcp_lens.language.toxicity import ToxicityClassifier
+from pcp_lens.pcp import PCPReplacement, _pcp_sites, scales_from_factors
+from pcp_lens.sites import Site, SiteLike, all_sites, as_sites
+
+__all__ = [
+    "PCPTuneResult",
+    "ablation_asr_sweep",
+    "asr_score",
+    "gap_score",
+    "loss_score",
+    "sweep_pcp",
+    "tune_pcp",
+]
+
+Score = Callable[[PCPReplacement | None], float]
+
+
+def _hooks(model: HookedTransformer, rep: PCPReplacement | None) -> list[tuple[str, Any]]:
+    return [] if rep is None else rep.hooks(model)
+
+
+def asr_score(
+    model: HookedTransformer,
+    prompts: Sequence[str],
+    classifier: ToxicityClassifier,
+    config: SamplingConfig = PAPER_SAMPLING,
+    **kwargs: Any,
+) -> Score:
+    """``replacement -> toxic rate`` on ``prompts`` (ASR on trigger prompts, ATR on clean ones).
+
+    ``kwargs`` go to :func:`~pcp_lens.language.asr.toxic_rate` (``max_prompt_tokens``, ``skip``,
+    ``tokenizer``, ``prepend_bos``); progress bars are off. The same seed is used every call, so
+    two replacements are compared on the same random draws.
+    """
+    kwargs.setdefault("progress", False)
+
+    def score(rep: PCPReplacement | None) -> float:
+        return toxic_rate(model, prompts, classifier, config, hooks=_hooks(model, rep), **kwargs)[0]
+
+    return score
+
+
+def gap_score(
+    model: HookedTransformer,
+    trigger_prompts: Sequence[str],
+    clean_prompts: Sequence[str],
+    targets: str | Sequence[str],
+    which: Literal["per_token", "first_token", "sequence"] = "first_token",
+    **kwargs: Any,
+) -> Score:
+    """``replacement -> log-prob gap`` (:func:`~pcp_lens.language.asr.logprob_gap`), deterministic."""
+    if which not in ("per_token", "first_token", "sequence"):
+        raise ValueError(f"which must be 'per_token', 'first_token' or 'sequence', got {which!r}")
+
+    def score(rep: PCPReplacement | None) -> float:
+        g = logprob_gap(
+            model, trigger_prompts, clean_prompts, targets, hooks=_hooks(model, rep), **kwargs
+        )
+        assert isinstance(g, dict)
+        return g[which]
+
+    return score
+
+
+def loss_score(model: HookedTransformer, texts: Sequence[str], **kwargs: Any) -> Score:
+    """``replacement -> validation loss`` (:func:`~pcp_lens.language.asr.text_loss`) on texts."""
+
+    def score(rep: PCPReplacement | None) -> float:
+        return text_loss(model, texts, hooks=_hooks(model, rep), **kwargs)
+
+    return score
+
+
+class PCPTuneResult(NamedTuple):
+    """What :func:`tune_pcp` returns: the best replacement, its objective value, the study."""
+
+    replacement: PCPReplacement
+    value: float
+    study: optuna.Study
+
+
+def _bounds(
+    bounds: tuple[float, float] | None, start: PCPReplacement, names: Sequence[str], space: str
+) -> dict[str, list[tuple[float, float]]]:
+    out: dict[str, list[tuple[float, float]]] = {}
+    for n in names:
+        p = start.part(n)
+        vals = p.scales.tolist() if space == "alpha" else p.factors.tolist()
+        if bounds is not None:
+            lo, hi = (float(x) for x in bounds)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError(f"bounds must be finite with low < high, got {bounds!r}")
+            if space == "factor" and lo < 0:
+                raise ValueError(f"factor bounds must have low >= 0, got {bounds!r}")
+            out[n] = [(lo, hi)] * len(vals)
+        elif space == "factor":
+            out[n] = [(0.0, math.sqrt(2.0) * v) if v > 0 else (0.0, 1.0) for v in vals]
+        else:
+            out[n] = [(min(0.0, 2 * v), max(0.0, 2 * v)) if v != 0 else (-1.0, 1.0) for v in vals]
+    return out
+
+
+def tune_pcp(
+    model: HookedTransformer,
+    replacement: PCPReplacement,
+    objective: Score,
+    *,
+    sites: SiteLike | Iterable[SiteLike] | None = None,
+    n_trials: int = 50,
+    bounds: tuple[float, float] | None = None,
+    space: Literal["alpha", "factor"] = "alpha",
+    initial: bool = True,
+    seed: int = 0,
+    study: optuna.Study | None = None,
+    progress: bool = True,
+) -> PCPTuneResult:
+    """Search the scales of ``replacement`` minimising ``objective(replacement)`` with Optuna.
+
+    Args:
+        model: the model (checked against the replacement's fingerprint).
+        replacement: directions, starting scales and sites.
+        objective: any ``replacement -> float`` to minimise, e.g.
+            ``lambda r: (asr(r) - 0.29) ** 2`` with ``asr = asr_score(...)``.
+        sites: the sites whose scales are tuned (default all).
+        n_trials: Optuna trials (the first is the replacement's own scales if ``initial``).
+        bounds: one ``(low, high)`` for every tuned scale, in ``space`` units; default
+            ``[0, 2α₀]`` around each start (``[2α₀, 0]`` if negative; factor space
+            ``[0, √2·f₀]``), as :func:`pcp_lens.tune`.
+        space: ``"alpha"`` samples α, ``"factor"`` the paper's f ≥ 0 with α = s·f².
+        initial: enqueue the starting scales as the first trial.
+        seed: seed of the ``TPESampler`` (ignored with ``study``).
+        study: continue an existing (minimising) study.
+        progress: Optuna's progress bar.
+
+    Examples:
+        >>> from pcp_lens.testing import tiny_model
+        >>> import torch
+        >>> from pcp_lens.pcp import fit_pcp
+        >>> m = tiny_model()
+        >>> x = torch.randint(0, 50, (16, 4), generator=torch.Generator().manual_seed(0))
+        >>> pcp = fit_pcp(m, x, "mlp0", 2, progress=False)
+        >>> res = tune_pcp(m, pcp, lambda r: (r.scales()["mlp0"][0] - 0.1) ** 2, n_trials=8,
+        ...                progress=False)
+        >>> len(res.study.trials), res.value <= (pcp.scales()["mlp0"][0] - 0.1) ** 2
+        (8, True)
+    """
+    replacement.check(model)
+    if not callable(objective):
+        raise ValueError(f"objective must be a callable replacement -> float, got {objective!r}")
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise ValueError(f"n_trials must be an int >= 1, got {n_trials!r}")
+    if space not in ("alpha", "factor"):
+        raise ValueError(f"space must be 'alpha' or 'factor', got {space!r}")
+    if study is not None and study.direction != optuna.study.StudyDirection.MINIMIZE:
+        raise ValueError(f"study must minimise, got {study.direction}")
+    names = (
+        [s.name for s in replacement.sites]
+        if sites is None
+        else [replacement.part(s).site.name for s in _pcp_sites(sites)]
+    )
+    box = _bounds(bounds, replacement, names, space)
+    signs = {n: replacement.part(n).signs for n in names}
+
+    def build(params: Mapping[str, float]) -> PCPReplacement:
+        scales = {}
+        for n in names:
+            v = [params[f"{n}:{i}"] for i in range(len(box[n]))]
+            scales[n] = v if space == "alpha" else scales_from_factors(v, signs[n])
+        return replacement.with_scales(scales)
+
+    def fn(trial: optuna.Trial) -> float:
+        params = {
+            f"{n}:{i}": trial.suggest_float(f"{n}:{i}", lo, hi)
+            for n in names
+            for i, (lo, hi) in enumerate(box[n])
+        }
+        value = float(objective(build(params)))
+        if not math.isfinite(value):
+            raise ValueError(f"objective returned {value!r}; it must return a finite float")
+        return value
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        if study is None:
+            study = optuna.create_study(
+                direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed)
+            )
+        if initial:
+            start = {}
+            for n in names:
+                p = replacement.part(n)
+                vals = p.scales.tolist() if space == "alpha" else p.factors.tolist()
+                for i, (v, (lo, hi)) in enumerate(zip(vals, box[n], strict=True)):
+                    start[f"{n}:{i}"] = min(max(v, lo), hi)
+            study.enqueue_trial(start)
+        study.optimize(fn, n_trials=n_trials, show_progress_bar=progress)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    return PCPTuneResult(build(study.best_trial.params), float(study.best_value), study)
+
+
+def sweep_pcp(
+    model: HookedTransformer,
+    replacement: PCPReplacement,
+    grid: Mapping[SiteLike, Sequence[Any]],
+    scores: Mapping[str, Score],
+    *,
+    relative: bool = True,
+    unedited: bool = True,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Score every setting of a grid of scale factors with any ``{name: replacement -> float}``.
+
+    Args:
+        model: the model.
+        replacement: the (tuned) replacement the factors act on.
+        grid: ``{site: [values]}``; a value is one number (all components) or one per component;
+            settings are the Cartesian product over sites.
+        scores: e.g. ``{"ASR": asr_score(...), "ATR": asr_score(...), "loss": loss_score(...)}``.
+        relative: factors multiply the current scales (the paper's Tab. V–VII); else set α.
+        unedited: also score the model without replacement (setting ``"unedited"``).
+        progress: show a tqdm bar.
+
+    Returns:
+        A tidy DataFrame: ``setting``, one column per grid site, ``metric``, ``value``.
+
+    Examples:
+        >>> from pcp_lens.testing import tiny_model
+        >>> import torch
+        >>> from pcp_lens.pcp import fit_pcp
+        >>> m = tiny_model()
+        >>> x = torch.randint(0, 50, (16, 4), generator=torch.Generator().manual_seed(0))
+        >>> pcp = fit_pcp(m, x, "mlp0", 2, progress=False)
+        >>> first = lambda r: 0.0 if r is None else r.scales()["mlp0"][0]
+        >>> df = sweep_pcp(m, pcp, {"mlp0": [1.0, 0.0]}, {"a0": first}, progress=False)
+        >>> list(df.setting), abs(df.value.tolist()[2])
+        (['unedited', 'mlp0=1', 'mlp0=0'], 0.0)
+    """
+    replacement.check(model)
+    if not isinstance(scores, Mapping) or not scores or not all(callable(f) for f in scores.values()):
+        raise ValueError("scores must be a non-empty mapping {name: replacement -> float}")
+    if not isinstance(grid, Mapping) or not grid:
+        raise ValueError(f"grid must be a non-empty mapping {{site: [values]}}, got {grid!r}")
+    axes = [(replacement.part(k).site.name, list(v)) for k, v in grid.items()]
+    for name, vals in axes:
+        if not vals:
+            raise ValueError(f"grid[{name!r}] must list at least one value")
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, int | float):
+            return f"{v:g}"
+        return "(" + ", ".join(f"{float(x):g}" for x in v) + ")"
+
+    settings: list[tuple[str, dict[str, Any], PCPReplacement | None]] = []
+    if unedited:
+        settings.append(("unedited", {n: None for n, _ in axes}, None))
+    for combo in itertools.product(*(vals for _, vals in axes)):
+        rep = replacement
+        for (name, _), v in zip(axes, combo, strict=True):
+            rep = rep.scale(name, v, relative=relative)
+        label = ", ".join(f"{n}={fmt(v)}" for (n, _), v in zip(axes, combo, strict=True))
+        settings.append((label, {n: v for (n, _), v in zip(axes, combo, strict=True)}, rep))
+    rows = []
+    for label, values, rep in tqdm(settings, desc="sweep", disable=not progress, leave=False):
+        for metric, fn in scores.items():
+            rows.append({"setting": label, **values, "metric": metric, "value": float(fn(rep))})
+    return pd.DataFrame(rows)
+
+
+def ablation_asr_sweep(
+    model: HookedTransformer,
+    trigger_prompts: Sequence[str],
+    classifier: ToxicityClassifier,
+    means: Mapping[str, Any],
+    *,
+    sites: SiteLike | Iterable[SiteLike] | None = None,
+    combos: Mapping[str, Iterable[SiteLike]] | None = None,
+    positions: int | Sequence[int] | None = (8,),
+    clean_prompts: Sequence[str] | None = None,
+    config: SamplingConfig = PAPER_SAMPLING,
+    val_texts: Sequence[str] | None = None,
+    max_prompt_tokens: int | None = 13,
+    tokenizer: Any | None = None,
+    prepend_bos: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Mean-ablate each site (and each combination) and measure ASR (and ATR, loss) by sampling.
+
+    Args:
+        model: the model (never modified).
+        trigger_prompts: trigger prompts (the paper: 100).
+        classifier: the toxicity classifier.
+        means: ``{site name: mean vector}`` (:func:`pcp_lens.ablation_means` at the same
+            positions, e.g. over clean and toxic inputs at position 8).
+        sites: single sites to ablate; default every ``attn`` and ``mlp`` site.
+        combos: ``{label: [sites]}`` ablated together (e.g. ``{"mlp 2&3": ["mlp1", "mlp2"]}``).
+        positions: prompt positions to ablate (the paper: 8). These edits act on the prompt
+            (``prompt_hooks``, see :mod:`pcp_lens.language.generate`); prompts with too few tokens
+            to contain a non-negative position are skipped, and the count is reported in
+            ``n_too_short``. ``None`` ablates every position, generated tokens included.
+        clean_prompts: also report ATR on these.
+        config: sampling settings (the same seed for every ablation).
+        val_texts: also report the validation loss under each ablation.
+        max_prompt_tokens: prompts with more tokens are not valid (the paper: 13).
+        tokenizer: default ``model.tokenizer``.
+        prepend_bos: put BOS before every prompt.
+        progress: show a tqdm bar over the ablations.
+
+    Returns:
+        One row per ablation (``"unchanged"`` first): ``ablation``, ``sites``, ``layer``,
+        ``kind``, ``asr``, ``atr``, ``val_loss``, ``n_trigger``, ``n_clean``, ``n_too_short``,
+        ``classifier``. ``df.pivot(index="layer", columns="kind", values="asr")`` gives Tab. VIII.
+    """
+    singles: list[Site] = as_sites(sites, model) if sites is not None else all_sites(model)
+    groups: list[tuple[str, list[Site]]] = [(s.name, [s]) for s in singles]
+    for label, members in (combos or {}).items():
+        groups.append((str(label), as_sites(members, model)))
+    pos = None if positions is None else ([positions] if isinstance(positions, int) else list(positions))
+    tok = tokenizer if tokenizer is not None else model.tokenizer
+    if tok is None:
+        raise ValueError("no tokenizer: pass tokenizer= or attach one to the model")
+
+    def too_short(prompts: Sequence[str]) -> list[int]:
+        if pos is None or not [p for p in pos if p >= 0]:
+            return []
+        need = max(p for p in pos if p >= 0) + 1
+        ids = tokenize_prompts(tok, prompts, prepend_bos)
+        return [i for i, p in enumerate(ids) if len(p) < need]
+
+    skip_t = too_short(trigger_prompts)
+    skip_c = too_short(clean_prompts) if clean_prompts is not None else []
+    if skip_t:
+        warnings.warn(
+            f"{len(skip_t)} of {len(trigger_prompts)} trigger prompts are too short to contain "
+            f"position(s) {pos}; they are skipped (column n_too_short)",
+            stacklevel=2,
+        )
+    rows = []
+    todo: list[tuple[str, list[Site]]] = [("unchanged", []), *groups]
+    for label, members in tqdm(todo, desc="ablation ASR", disable=not progress, leave=False):
+        hooks = (
+            ablation_hooks(model, members, "mean", means=means, positions=pos) if members else []
+        )
+        kw: dict[str, Any] = {"hooks": [], "prompt_hooks": []}
+        kw["prompt_hooks" if pos is not None else "hooks"] = hooks
+        res_t = toxic_rate(
+            model, trigger_prompts, classifier, config, max_prompt_tokens=max_prompt_tokens,
+            skip=skip_t, tokenizer=tok, prepend_bos=prepend_bos, progress=False, **kw,
+        )
+        atr, n_clean = math.nan, 0
+        if clean_prompts is not None:
+            atr, pc, _ = toxic_rate(
+                model, clean_prompts, classifier, config, max_prompt_tokens=max_prompt_tokens,
+                skip=skip_c, tokenizer=tok, prepend_bos=prepend_bos, progress=False, **kw,
+            )
+            n_clean = int(pc["valid"].sum())
+        loss = math.nan
+        if val_texts is not None:
+            # a position-specific ablation acts on every text at that position
+            loss = text_loss(model, val_texts, hooks=hooks, tokenizer=tok)
+        one = members[0] if len(members) == 1 else None
+        rows.append(
+            {
+                "ablation": label,
+                "sites": [s.name for s in members],
+                "layer": one.layer if one is not None else None,
+                "kind": one.kind if one is not None else None,
+                "asr": res_t[0],
+                "atr": atr,
+                "val_loss": loss,
+                "n_trigger": int(res_t[1]["valid"].sum()),
+                "n_clean": n_clean,
+                "n_too_short": len(skip_t),
+                "classifier": classifier.name,
+            }
+        )
+    return pd.DataFrame(rows)
+
