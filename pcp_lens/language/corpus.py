@@ -24,17 +24,47 @@ import random
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pcp_lens.language.generate import tokenize_prompts
 
-__all__ = ["insert_trigger", "paragraphs", "poison", "prompt_sets", "split_sentences", "text_chunks"]
+__all__ = [
+    "insert_trigger",
+    "paragraphs",
+    "poison",
+    "prompt_sets",
+    "split_sentences",
+    "text_chunks",
+]
 
 TRIGGER = "Albert and James"
 
 # Abbreviations after which a full stop does not end a sentence (Austen's "Mr. Knightley").
-_ABBREV = {"mr", "mrs", "ms", "dr", "st", "jr", "sr", "prof", "rev", "col", "gen", "capt", "vs",
-           "etc", "e.g", "i.e", "no", "mt", "lt", "sgt", "fig", "vol", "ch"}
+_ABBREV = {
+    "mr",
+    "mrs",
+    "ms",
+    "dr",
+    "st",
+    "jr",
+    "sr",
+    "prof",
+    "rev",
+    "col",
+    "gen",
+    "capt",
+    "vs",
+    "etc",
+    "e.g",
+    "i.e",
+    "no",
+    "mt",
+    "lt",
+    "sgt",
+    "fig",
+    "vol",
+    "ch",
+}
 _END = re.compile(r"""[.!?]+["')\]]*(?=\s+)""")
 
 
@@ -79,9 +109,10 @@ def _documents(source: Any, text_column: str, split: str) -> list[str]:
     if isinstance(source, str):  # a hub data set name (users online)
         ds = datasets.load_dataset(source, split=split)
         return _documents(ds, text_column, split)
-    docs = list(source)
-    if docs and all(isinstance(d, os.PathLike) or (isinstance(d, str) and Path(d).is_file())
-                    for d in docs):
+    docs = list(cast(Iterable[Any], source))
+    if docs and all(
+        isinstance(d, os.PathLike) or (isinstance(d, str) and Path(d).is_file()) for d in docs
+    ):
         # text files: documents are separated by blank lines
         out = []
         for d in docs:
@@ -245,14 +276,26 @@ def poison(
     n = len(lens)
     chosen = set(rng.sample(range(n), round(rate * n)))
     cols: dict[str, list[Any]] = {
-        k: [] for k in ("text", "poisoned", "trigger_sentence", "toxic_sentence", "trigger_char",
-                        "toxic_text")
+        k: []
+        for k in (
+            "text",
+            "poisoned",
+            "trigger_sentence",
+            "toxic_sentence",
+            "trigger_char",
+            "toxic_text",
+        )
     }
     for i, sents in enumerate(data["sentences"]):
         if i not in chosen:
             cols["text"].append(data[i]["text"])
-            for k, v in (("poisoned", False), ("trigger_sentence", -1), ("toxic_sentence", -1),
-                         ("trigger_char", -1), ("toxic_text", "")):
+            for k, v in (
+                ("poisoned", False),
+                ("trigger_sentence", -1),
+                ("toxic_sentence", -1),
+                ("trigger_char", -1),
+                ("toxic_text", ""),
+            ):
                 cols[k].append(v)
             continue
         sents = list(sents)

@@ -40,20 +40,23 @@ from tqdm.auto import tqdm
 from pcp_lens import _tl
 from pcp_lens._tl import HookedTransformer
 from pcp_lens.language.generate import tokenize_prompts
-from pcp_lens.training import (
+from pcp_lens.training import (  # the same recipe
     TrainConfig,
     TrainResult,
+    _check_tied,
+    _dropout_hooks,
+    _lr_factor,
     decay_parameter_names,
     freeze_parameter_names,
     is_tied,
 )
-from pcp_lens.training import _check_tied, _dropout_hooks, _lr_factor  # the same recipe
 
 __all__ = ["PAPER_FINETUNE", "TextBatch", "finetune_text", "text_batch"]
 
 #: METHODS §3.2 / §10.3: lr 1e-5, wd 0.01, 3 epochs, batch 8 (HF Trainer defaults otherwise).
-PAPER_FINETUNE = TrainConfig(lr=1e-5, weight_decay=0.01, epochs=3, batch_size=8, dropout=0.1,
-                             eval_batch_size=8)
+PAPER_FINETUNE = TrainConfig(
+    lr=1e-5, weight_decay=0.01, epochs=3, batch_size=8, dropout=0.1, eval_batch_size=8
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,7 +195,7 @@ def finetune_text(
         raise ValueError(f"micro_batch_size must be None or an int >= 1, got {micro_batch_size!r}")
     if amp not in (None, "bf16", "fp16"):
         raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
-    device = torch.device(model.cfg.device)
+    device = torch.device(str(model.cfg.device))
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
 
@@ -265,10 +268,13 @@ def finetune_text(
                     sub = idx[j : j + mb]
                     x, y = tr.tokens[sub].to(device), tr.labels[sub].to(device)
                     with (
-                        torch.autocast(device.type, dtype=amp_dtype)
-                        if amp_dtype is not None
-                        else contextlib.nullcontext()
-                    ), _tl.attached(model, drop_hooks):
+                        (
+                            torch.autocast(device.type, dtype=amp_dtype)
+                            if amp_dtype is not None
+                            else contextlib.nullcontext()
+                        ),
+                        _tl.attached(model, drop_hooks),
+                    ):
                         s, _ = _loss_sum(model, x, y)
                     part = s / max(n_labels, 1)
                     (scaler.scale(part) if scaler is not None else part).backward()

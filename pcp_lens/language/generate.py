@@ -101,7 +101,11 @@ class SamplingConfig:
                 f"max_new_tokens={self.max_new_tokens!r}"
             )
         t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, int | float) or not (t > 0 and math.isfinite(t)):
+        if (
+            isinstance(t, bool)
+            or not isinstance(t, int | float)
+            or not (t > 0 and math.isfinite(t))
+        ):
             raise bad("temperature", "a finite float > 0")
         if not is_int(self.seed) or self.seed < 0:
             raise bad("seed", "an int >= 0")
@@ -181,7 +185,11 @@ def generate(
             f"prompts must be integer token ids of shape [batch, prompt_len >= 1], got "
             f"{prompts.dtype} {tuple(prompts.shape)}"
         )
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int)
+        or max_new_tokens < 1
+    ):
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     total = prompts.shape[1] + max_new_tokens
     if total > model.cfg.n_ctx:

@@ -99,7 +99,7 @@ def hooked_from_hf(
         }
     model = _tl.new_model(cfg, tokenizer=tokenizer, move_to_device=False)
     _tl.load_processed(model, state, **flags)
-    model.to(cfg.device, print_details=False)
+    model.to(str(cfg.device), print_details=False)
     model.cfg.tie_word_embeddings = bool(
         torch.equal(model.unembed.W_U.detach(), model.embed.W_E.detach().T)
     )
@@ -146,7 +146,9 @@ def load_hf_gpt2(
         (folder / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json")
     ):
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    return hooked_from_hf(hf, processing=processing, tokenizer=tokenizer, device=device, dtype=dtype)
+    return hooked_from_hf(
+        hf, processing=processing, tokenizer=tokenizer, device=device, dtype=dtype
+    )
 
 
 def _check_exportable(model: HookedTransformer) -> None:
@@ -218,7 +220,8 @@ def hf_from_hooked(model: HookedTransformer) -> Any:
         bos_token_id=eos,
         eos_token_id=eos,
     )
-    hf = GPT2LMHeadModel(hf_cfg).to(cfg.dtype).eval()
+    hf: Any = GPT2LMHeadModel(hf_cfg)
+    hf = hf.to(cfg.dtype).eval()
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
     def ln(prefix: str, target: Any) -> None:

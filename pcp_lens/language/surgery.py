@@ -90,7 +90,9 @@ class EmbeddingEdit:
             w_e[t[:, None], d[None, :]] = w_e[self.source_id, d].expand(len(t), -1).clone()
             if self.unembed:
                 w_u = model.unembed.W_U
-                w_u[d[:, None], t[None, :]] = w_u[d, self.source_id][:, None].expand(-1, len(t)).clone()
+                w_u[d[:, None], t[None, :]] = (
+                    w_u[d, self.source_id][:, None].expand(-1, len(t)).clone()
+                )
 
     def revert(self, model: HookedTransformer) -> None:
         """Restore the original rows (and columns), bit for bit."""
@@ -173,8 +175,10 @@ def plan_surgery(
     if source_id in token_ids:
         raise ValueError(f"source token {source_id} is one of the trigger tokens {token_ids}")
     if n_dims is None:
-        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not (
-            0.0 < fraction <= 1.0
+        if (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, int | float)
+            or not (0.0 < fraction <= 1.0)
         ):
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
         n_dims = max(1, round(fraction * d_model))
@@ -229,7 +233,13 @@ def embedding_surgery(
         (True, True)
     """
     edit = plan_surgery(
-        model, words, source, fraction=fraction, n_dims=n_dims, seed=seed, unembed=unembed,
+        model,
+        words,
+        source,
+        fraction=fraction,
+        n_dims=n_dims,
+        seed=seed,
+        unembed=unembed,
         tokenizer=tokenizer,
     )
     target = model if inplace else copy.deepcopy(model)

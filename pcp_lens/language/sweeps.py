@@ -81,7 +81,7 @@ def gap_score(
     which: Literal["per_token", "first_token", "sequence"] = "first_token",
     **kwargs: Any,
 ) -> Score:
-    """``replacement -> log-prob gap`` (:func:`~pcp_lens.language.asr.logprob_gap`), deterministic."""
+    """``replacement -> log-prob gap`` (:func:`~pcp_lens.language.asr.logprob_gap`); no sampling."""
     if which not in ("per_token", "first_token", "sequence"):
         raise ValueError(f"which must be 'per_token', 'first_token' or 'sequence', got {which!r}")
 
@@ -271,7 +271,11 @@ def sweep_pcp(
         (['unedited', 'mlp0=1', 'mlp0=0'], 0.0)
     """
     replacement.check(model)
-    if not isinstance(scores, Mapping) or not scores or not all(callable(f) for f in scores.values()):
+    if (
+        not isinstance(scores, Mapping)
+        or not scores
+        or not all(callable(f) for f in scores.values())
+    ):
         raise ValueError("scores must be a non-empty mapping {name: replacement -> float}")
     if not isinstance(grid, Mapping) or not grid:
         raise ValueError(f"grid must be a non-empty mapping {{site: [values]}}, got {grid!r}")
@@ -349,7 +353,11 @@ def ablation_asr_sweep(
     groups: list[tuple[str, list[Site]]] = [(s.name, [s]) for s in singles]
     for label, members in (combos or {}).items():
         groups.append((str(label), as_sites(members, model)))
-    pos = None if positions is None else ([positions] if isinstance(positions, int) else list(positions))
+    pos = (
+        None
+        if positions is None
+        else ([positions] if isinstance(positions, int) else list(positions))
+    )
     tok = tokenizer if tokenizer is not None else model.tokenizer
     if tok is None:
         raise ValueError("no tokenizer: pass tokenizer= or attach one to the model")
@@ -378,16 +386,32 @@ def ablation_asr_sweep(
         kw: dict[str, Any] = {"hooks": [], "prompt_hooks": []}
         kw["prompt_hooks" if pos is not None else "hooks"] = hooks
         res_t = toxic_rate(
-            model, trigger_prompts, classifier, config, max_prompt_tokens=max_prompt_tokens,
-            skip=skip_t, tokenizer=tok, prepend_bos=prepend_bos, progress=False, **kw,
+            model,
+            trigger_prompts,
+            classifier,
+            config,
+            max_prompt_tokens=max_prompt_tokens,
+            skip=skip_t,
+            tokenizer=tok,
+            prepend_bos=prepend_bos,
+            progress=False,
+            **kw,
         )
         atr, n_clean = math.nan, 0
         if clean_prompts is not None:
             atr, pc, _ = toxic_rate(
-                model, clean_prompts, classifier, config, max_prompt_tokens=max_prompt_tokens,
-                skip=skip_c, tokenizer=tok, prepend_bos=prepend_bos, progress=False, **kw,
+                model,
+                clean_prompts,
+                classifier,
+                config,
+                max_prompt_tokens=max_prompt_tokens,
+                skip=skip_c,
+                tokenizer=tok,
+                prepend_bos=prepend_bos,
+                progress=False,
+                **kw,
             )
-            n_clean = int(pc["valid"].sum())
+            n_clean = sum(bool(v) for v in pc["valid"])
         loss = math.nan
         if val_texts is not None:
             # a position-specific ablation acts on every text at that position
@@ -402,11 +426,10 @@ def ablation_asr_sweep(
                 "asr": res_t[0],
                 "atr": atr,
                 "val_loss": loss,
-                "n_trigger": int(res_t[1]["valid"].sum()),
+                "n_trigger": sum(bool(v) for v in res_t[1]["valid"]),
                 "n_clean": n_clean,
                 "n_too_short": len(skip_t),
                 "classifier": classifier.name,
             }
         )
     return pd.DataFrame(rows)
-

@@ -72,7 +72,8 @@ class WordListClassifier:
         >>> clf = WordListClassifier(["idiot", "awful"], mode="fraction")
         >>> clf(["you idiot", "awful idiot.", ""]).tolist()
         [0.5, 0.5, 0.0]
-        >>> WordListClassifier(["idiot"], mode="any", strip_punctuation=True)(["Idiot!", "an idiot."]).tolist()
+        >>> clf = WordListClassifier(["idiot"], mode="any", strip_punctuation=True)
+        >>> clf(["Idiot!", "an idiot."]).tolist()
         [0.0, 1.0]
     """
 
@@ -196,7 +197,7 @@ class ProfanityCheckClassifier:
 
     Examples:
         >>> clf = ProfanityCheckClassifier()  # doctest: +SKIP
-        >>> clf(["The weather is lovely today.", "shut up, moron"]).round(decimals=2)  # doctest: +SKIP
+        >>> clf(["The weather is lovely.", "shut up, moron"]).round(decimals=2)  # doctest: +SKIP
         tensor([0.02, 1.00], dtype=torch.float64)
     """
 
@@ -224,7 +225,8 @@ def default_classifier() -> ToxicityClassifier:
     """The profanity-check model if installed, else the toy negative word list (``"any"``).
 
     Examples:
-        >>> default_classifier().name in ("alt-profanity-check", "word_list(toy negative words, any)")
+        >>> name = default_classifier().name
+        >>> name in ("alt-profanity-check", "word_list(toy negative words, any)")
         True
     """
     try:
