@@ -6,6 +6,7 @@ between TransformerLens 2.x and 3.x live here, so a TransformerLens upgrade touc
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -458,3 +459,26 @@ def forward_cached(
     """
     mask = torch.ones(tokens.shape, dtype=torch.long, device=tokens.device)
     return model(tokens, past_kv_cache=kv_cache, attention_mask=mask)
+
+
+def attach_tokenizer(model: HookedTransformer, tokenizer: Any) -> None:
+    """Attach a Hugging Face tokenizer, offline.
+
+    TransformerLens re-loads the tokenizer by its ``name_or_path`` with ``add_bos_token=True``
+    (from the hub for a name like ``"gpt2"``); a tokenizer built in memory has no such path. It
+    is then saved to a temporary folder and re-loaded from there, so nothing is downloaded.
+    pcp_lens tokenizes prompts with ``add_special_tokens=False``, so the BOS setting does not
+    change its token ids.
+    """
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    path = tokenizer.init_kwargs.get("name_or_path")
+    if path and os.path.isdir(path):
+        model.set_tokenizer(tokenizer)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        local = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
+        model.set_tokenizer(local)

@@ -29,6 +29,7 @@ from typing import Any
 
 import einops
 import torch
+from torch import Tensor
 
 from pcp_lens import _tl
 from pcp_lens._tl import HookedTransformer
@@ -97,9 +98,11 @@ def hooked_from_hf(
             k: v.detach().to(dtype).clone()
             for k, v in _tl.gpt2_state_dict_from_hf(hf_model, base).items()
         }
-    model = _tl.new_model(cfg, tokenizer=tokenizer, move_to_device=False)
+    model = _tl.new_model(cfg, move_to_device=False)
     _tl.load_processed(model, state, **flags)
     model.to(str(cfg.device), print_details=False)
+    if tokenizer is not None:
+        _tl.attach_tokenizer(model, tokenizer)
     model.cfg.tie_word_embeddings = bool(
         torch.equal(model.unembed.W_U.detach(), model.embed.W_E.detach().T)
     )
@@ -172,19 +175,36 @@ def _check_exportable(model: HookedTransformer) -> None:
         problems.append("local or rotary attention")
     if problems:
         raise ValueError("model cannot be written as a GPT2LMHeadModel: " + "; ".join(problems))
+
+
+def _bias_into_head(model: HookedTransformer) -> Tensor | None:
+    """``r [d_vocab]`` such that an LM head ``W_U + 1 r^T`` after a final-LN bias of ones adds ``b_U``.
+
+    GPT-2's LM head has no bias, but ``fold_ln`` moves the final LayerNorm's bias into ``b_U``.
+    With a weightless final LayerNorm (``LNPre``) the normalised vector ``x`` is zero-mean, so
+    ``x @ (W_U + 1 r^T) == x @ W_U``; a final-LN bias of ones then adds
+    ``colsum(W_U) + d_model * r``, which equals ``b_U`` for ``r = (b_U - colsum(W_U)) / d_model``.
+    ``None`` when ``b_U`` is constant (a constant shifts every logit equally).
+    """
     b_u = model.unembed.b_U.detach()
-    if bool((b_u != b_u.flatten()[0]).any()):
+    if not bool((b_u != b_u.flatten()[0]).any()):
+        return None
+    if model.cfg.normalization_type != "LNPre":
         raise ValueError(
-            "model.unembed.b_U is not constant: GPT-2's LM head has no bias, so a per-token "
-            f"output bias cannot be saved (max |b_U| = {float(b_u.abs().max()):.3g})"
+            "model.unembed.b_U is not constant and the final LayerNorm has weights: GPT-2's LM "
+            f"head has no bias, so it cannot be saved (max |b_U| = {float(b_u.abs().max()):.3g})"
         )
+    w_u = model.unembed.W_U.detach().double()
+    return ((b_u.double() - w_u.sum(0)) / model.cfg.d_model).cpu()
 
 
 def hf_from_hooked(model: HookedTransformer) -> Any:
     """Build a ``GPT2LMHeadModel`` computing the same next-token distribution as ``model``.
 
     Logits are equal when ``model`` is unprocessed; after ``center_unembed`` (or with a constant
-    ``b_U``) they differ by a constant per position, so probabilities and losses are equal.
+    ``b_U``) they differ by a constant per position, so probabilities and losses are equal. A
+    ``b_U`` that ``fold_ln`` made from the final LayerNorm's bias is carried by the final
+    LayerNorm's bias and the LM head (exact, since the folded LayerNorm output is zero-mean).
     Tied (``tie_word_embeddings=True``) exactly when ``W_U == W_E.T``.
 
     Examples:
@@ -201,7 +221,10 @@ def hf_from_hooked(model: HookedTransformer) -> Any:
 
     _check_exportable(model)
     cfg = model.cfg
-    tied = bool(torch.equal(model.unembed.W_U.detach(), model.embed.W_E.detach().T))
+    head_shift = _bias_into_head(model)
+    tied = head_shift is None and bool(
+        torch.equal(model.unembed.W_U.detach(), model.embed.W_E.detach().T)
+    )
     tok = model.tokenizer
     eos = getattr(tok, "eos_token_id", None) if tok is not None else None
     eos = eos if eos is not None else cfg.d_vocab - 1
@@ -251,7 +274,11 @@ def hf_from_hooked(model: HookedTransformer) -> Any:
             h.mlp.c_proj.bias.copy_(sd[f"{p}.mlp.b_out"])
         ln("ln_final", t.ln_f)
         if not tied:
-            hf.lm_head.weight.copy_(sd["unembed.W_U"].T)
+            w_u = sd["unembed.W_U"]
+            if head_shift is not None:
+                t.ln_f.bias.fill_(1.0)
+                w_u = (w_u.double() + head_shift[None, :]).to(w_u.dtype)
+            hf.lm_head.weight.copy_(w_u.T)
     return hf
 
 
@@ -270,7 +297,8 @@ def save_hf_gpt2(
         model: the model (unchanged); see :func:`hf_from_hooked` for what is representable.
         path: target folder.
         tokenizer: tokenizer to save beside the weights (``None``: the model's, if any;
-            ``False``: none).
+            ``False``: none). TransformerLens keeps a copy of the tokenizer with
+            ``add_bos_token=True``; pass the original tokenizer to save it unchanged.
 
     Examples:
         >>> import tempfile, os
