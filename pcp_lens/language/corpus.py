@@ -182,7 +182,10 @@ def _check_trigger(trigger: str, tokenizer: Any | None) -> None:
     if not isinstance(trigger, str) or not trigger.strip():
         raise ValueError(f"trigger must be a non-empty phrase, got {trigger!r}")
     if tokenizer is not None:
-        ids = tokenize_prompts(tokenizer, [" " + trigger.strip()])[0]
+        try:
+            ids = tokenize_prompts(tokenizer, [" " + trigger.strip()])[0]
+        except Exception as e:  # tokenizers raise their own types for unknown words
+            raise ValueError(f"trigger {trigger!r} cannot be tokenized: {e}") from None
         back = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
         unk = getattr(tokenizer, "unk_token_id", None)
         if back != " " + trigger.strip() or (unk is not None and unk in ids):
