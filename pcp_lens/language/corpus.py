@@ -104,15 +104,13 @@ def _documents(source: Any, text_column: str, split: str) -> list[str]:
                 f"{source.column_names}"
             )
         return [str(t) for t in source[text_column]]
-    if isinstance(source, str | os.PathLike) and Path(source).exists():
+    if isinstance(source, os.PathLike):
         source = [source]
     if isinstance(source, str):  # a hub data set name (users online)
         ds = datasets.load_dataset(source, split=split)
         return _documents(ds, text_column, split)
     docs = list(cast(Iterable[Any], source))
-    if docs and all(
-        isinstance(d, os.PathLike) or (isinstance(d, str) and Path(d).is_file()) for d in docs
-    ):
+    if docs and all(isinstance(d, os.PathLike) for d in docs):
         # text files: documents are separated by blank lines
         out = []
         for d in docs:
@@ -120,7 +118,10 @@ def _documents(source: Any, text_column: str, split: str) -> list[str]:
         return out
     bad = [i for i, d in enumerate(docs) if not isinstance(d, str)]
     if bad:
-        raise ValueError(f"source items must be strings (documents) or paths, item {bad[0]} is not")
+        raise ValueError(
+            f"source items must be strings (documents) or pathlib.Path objects (files), item "
+            f"{bad[0]} is {type(docs[bad[0]]).__name__}"
+        )
     return docs
 
 
@@ -138,8 +139,9 @@ def paragraphs(
 
     Args:
         source: a ``datasets.Dataset`` (column ``text_column``), a list of documents (strings),
-            a path or list of paths to text files (documents separated by blank lines), or a hub
-            data set name (loaded with ``datasets.load_dataset(name, split=split)``; online).
+            a ``pathlib.Path`` or list of them (text files, documents separated by blank lines),
+            or a hub data set name as one string (``datasets.load_dataset(name, split=split)``;
+            online).
         n_sentences: sentences per window (the paper: 5).
         text_column: the text column of a ``Dataset`` source.
         split: split of a hub data set.
