@@ -178,7 +178,7 @@ def _check_exportable(model: HookedTransformer) -> None:
 
 
 def _bias_into_head(model: HookedTransformer) -> Tensor | None:
-    """``r [d_vocab]`` such that an LM head ``W_U + 1 r^T`` after a final-LN bias of ones adds ``b_U``.
+    """``r [d_vocab]``: an LM head ``W_U + 1 r^T`` after a final-LN bias of ones adds ``b_U``.
 
     GPT-2's LM head has no bias, but ``fold_ln`` moves the final LayerNorm's bias into ``b_U``.
     With a weightless final LayerNorm (``LNPre``) the normalised vector ``x`` is zero-mean, so

@@ -10,11 +10,14 @@ token of the trigger words, with and without a leading space (the paper: ``Alber
 changed what the model *predicts* for those tokens: their output embedding rows became partly
 the source word's. TransformerLens keeps ``W_U`` separate; with ``unembed=True`` (the default for
 models from GPT-2 checkpoints and for any model with ``W_U == W_E.T``) the same entries of
-``W_U``'s columns are copied too, as tying would. On a model loaded with ``from_pretrained``'s
-processing (``fold_ln``, ``center_unembed``) ``W_U`` is a scaled, centred ``W_E.T``; copying the
-columns there gives the same next-token probabilities as editing the tied matrix before the
-processing (the scale is per dimension, the centring a per-dimension constant over the
-vocabulary, which shifts every logit of a position equally).
+``W_U``'s columns are copied too, as tying would.
+
+**Unprocessed weights only.** The edit copies raw embedding entries. ``from_pretrained``'s
+processing centres every embedding row (``center_writing_weights``), folds the final LayerNorm
+into ``W_U`` and ``b_U`` (``fold_ln``) and centres ``W_U`` (``center_unembed``); the raw entries
+are then gone, and copying processed entries is not the paper's edit. Models with such
+processing are refused: load GPT-2 with ``processing=False`` (``from_pretrained_no_processing``,
+the raw HF weights the paper edited), edit, and process afterwards if needed.
 
 :func:`embedding_surgery` never edits the caller's model silently: it returns an edited copy, or
 with ``inplace=True`` edits in place and returns an :class:`EmbeddingEdit` that restores the
@@ -32,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pcp_lens import _tl
 from pcp_lens._tl import HookedTransformer
 from pcp_lens.language.generate import tokenize_prompts
 
@@ -151,6 +155,13 @@ def plan_surgery(
         >>> e.token_ids, e.source_id, len(e.dims)
         ((1,), 2, 6)
     """
+    fp = _tl.processing_fingerprint(model)
+    done = [k for k in ("fold_ln", "center_writing_weights", "center_unembed") if fp[k]]
+    if done:
+        raise ValueError(
+            f"model has processed weights ({', '.join(done)}); embedding surgery copies raw "
+            "entries: load the model with processing=False (from_pretrained_no_processing)"
+        )
     tok = tokenizer if tokenizer is not None else model.tokenizer
     if tok is None and not isinstance(source, int):
         raise ValueError("a word source needs a tokenizer: pass tokenizer= or attach one")

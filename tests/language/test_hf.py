@@ -84,7 +84,7 @@ def test_export_refuses_what_gpt2_cannot_hold(tmp_path):
     (tmp_path / "y" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(FileExistsError):
         save_hf_gpt2(m, tmp_path / "y")
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         load_hf_gpt2(tmp_path / "x")
     with pytest.raises(ValueError, match="GPT2LMHeadModel"):
         hooked_from_hf(m)
