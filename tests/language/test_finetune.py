@@ -1,0 +1,77 @@
+"""Text fine-tuning: the paper's preset, HF-style label masking, exact gradient accumulation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pcp_lens.language.finetune import PAPER_FINETUNE, finetune_text, text_batch
+from pcp_lens.testing import tiny_model
+from pcp_lens.toy import build_tokenizer
+from pcp_lens.training import TrainConfig, train
+
+TOK = build_tokenizer(["a", "b", "c", "d"])
+TEXTS = ["a b c d a b", "d c b a", "a a b b c c d", "b d", "c a d b a", "d d c", "a b", "c d a"]
+
+
+def _model():
+    return tiny_model(n_layers=2, d_vocab=len(TOK), seed=7, dtype=torch.float64)
+
+
+def test_paper_preset():
+    c = PAPER_FINETUNE
+    assert (c.lr, c.weight_decay, c.epochs, c.batch_size, c.dropout) == (1e-5, 0.01, 3, 8, 0.1)
+
+
+def test_labels_mask_padding_and_eos_like_hf_collator():
+    b = text_batch(TOK, ["a b <|endoftext|> c", "d"], max_length=3)
+    assert b.tokens.tolist() == [[1, 2, 0], [4, 0, 0]]
+    assert b.labels.tolist() == [[True, True, False], [True, False, False]]
+
+
+def test_gradient_accumulation_equals_the_full_batch():
+    kw = dict(tokenizer=TOK, lr=1e-2, max_steps=2, batch_size=8, dropout=0.0, progress=False)
+    full, acc = _model(), _model()
+    finetune_text(full, TEXTS, **kw)
+    finetune_text(acc, TEXTS, micro_batch_size=3, **kw)
+    for (n, p), q in zip(full.named_parameters(), acc.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-10, rtol=0), n
+
+
+def test_equals_pcp_lens_training_on_equal_length_text():
+    # no padding, no eos: the same recipe as pcp_lens.training.train, step for step
+    texts = ["a b c d", "d c b a", "b b c c", "a d a d"]
+    cfg = TrainConfig(lr=1e-2, epochs=2, batch_size=2, progress=False, seed=3)
+    m1, m2 = _model(), _model()
+    finetune_text(m1, texts, None, cfg, tokenizer=TOK)
+    train(m2, text_batch(TOK, texts, 8).tokens, None, cfg)
+    for p, q in zip(m1.parameters(), m2.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-12, rtol=0)
+
+
+def test_frozen_modules_stay_bit_identical_and_flags_restored(hygiene):
+    m = _model()
+    m.blocks[1].attn.W_Q.requires_grad_(False)
+    snap = hygiene.snapshot(m)
+    res = finetune_text(m, TEXTS, TEXTS[:2], tokenizer=TOK, lr=1e-2, epochs=1,
+                        freeze=("all_embeds", "mlp0"), progress=False)
+    now = dict(m.named_parameters())
+    for name in (*res.frozen, "blocks.1.attn.W_Q"):
+        assert torch.equal(now[name], snap[name]), name
+    assert not torch.equal(now["blocks.1.mlp.W_in"], snap["blocks.1.mlp.W_in"])
+    assert not m.blocks[1].attn.W_Q.requires_grad and m.blocks[0].mlp.W_in.requires_grad
+    assert res.history.val_loss.notna().all() and res.steps == 1
+    with pytest.raises(ValueError, match="did you mean two names"):
+        finetune_text(m, TEXTS, tokenizer=TOK, freeze=("mlp0" "mlp1",), progress=False)
+    assert m.blocks[0].mlp.W_in.requires_grad
+
+
+def test_bf16_autocast_runs():
+    m = tiny_model(n_layers=1, d_vocab=len(TOK), seed=1)
+    res = finetune_text(m, TEXTS, TEXTS[:2], tokenizer=TOK, lr=1e-3, max_steps=2, amp="bf16",
+                        micro_batch_size=4, progress=False)
+    assert all(math.isfinite(v) for v in res.history.train_loss.dropna())
+    with pytest.raises(ValueError, match="amp"):
+        finetune_text(m, TEXTS, tokenizer=TOK, amp="fp8", progress=False)  # type: ignore[arg-type]
