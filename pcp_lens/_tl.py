@@ -447,18 +447,30 @@ def new_kv_cache(model: HookedTransformer, batch: int) -> Any:
     return C.init_cache(model.cfg, model.cfg.device, batch)
 
 
-def forward_cached(
-    model: HookedTransformer, tokens: Tensor, kv_cache: Any
-) -> Float[Tensor, "batch pos d_vocab"]:
-    """Forward pass of ``tokens`` that continue the sequences held in ``kv_cache`` (appended to).
+def last_logits(
+    model: HookedTransformer,
+    tokens: Tensor,
+    final: FinalLogits,
+    kv_cache: Any | None = None,
+) -> Float[Tensor, "batch d_vocab"]:
+    """Logits at the last position only; with ``kv_cache``, ``tokens`` continue the cached ones.
 
-    Only the new tokens are embedded, at positions ``cache length + 0, 1, ...`` (TransformerLens
-    offsets learned positions by the cache length). The attention mask is passed explicitly as
-    all ones: without it TransformerLens derives one from the tokenizer and would treat every
-    generated ``<|endoftext|>`` (GPT-2's pad id) as padding, which a full forward pass does not.
+    The blocks run on every position (all block hooks fire as usual); the final LayerNorm and the
+    unembedding run on the last position only, through ``final`` (which prepares ``W_U.T`` once:
+    TransformerLens's ``Unembed`` copies it on every call, which dominates one decoding step of
+    GPT-2). With a cache, only the new tokens are embedded, at positions ``cache length + 0,
+    1, ...`` (TransformerLens offsets learned positions by the cache length). The attention mask
+    is then passed explicitly as all ones: without it TransformerLens derives one from the
+    tokenizer and would treat every generated ``<|endoftext|>`` (GPT-2's pad id) as padding,
+    which a full forward pass does not.
     """
-    mask = torch.ones(tokens.shape, dtype=torch.long, device=tokens.device)
-    return model(tokens, past_kv_cache=kv_cache, attention_mask=mask)
+    n = model.cfg.n_layers
+    if kv_cache is None:
+        resid = model(tokens, stop_at_layer=n)
+    else:
+        mask = torch.ones(tokens.shape, dtype=torch.long, device=tokens.device)
+        resid = model(tokens, past_kv_cache=kv_cache, attention_mask=mask, stop_at_layer=n)
+    return final(resid[:, -1:])[:, 0]
 
 
 def attach_tokenizer(model: HookedTransformer, tokenizer: Any) -> None:

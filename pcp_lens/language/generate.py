@@ -11,7 +11,8 @@ new token, ``[batch, 1, ...]`` at absolute position ``prompt_len + i``. A hook t
 position alike (mean ablation at all positions, PCP, steering, reading activations) therefore
 computes exactly what it computes on full forward passes: earlier positions' activations do not
 change when tokens are appended (causal attention), and their effect reaches later tokens through
-the cached keys and values. A *position-specific* hook (e.g. mean ablation at position 8) indexes
+the cached keys and values. (The final LayerNorm and the unembedding run on the last position
+only, in both modes: their hooks see one position per pass.) A *position-specific* hook (e.g. mean ablation at position 8) indexes
 the tensor it is given, which during decoding holds one position: pass such hooks as
 ``prompt_hooks``, which are attached only while the prompt is processed. For positions inside the
 prompt this is exactly what full forward passes with the hook attached at every step compute
@@ -202,20 +203,21 @@ def generate(
     device = model.cfg.device
     seq = prompts.to(device).long()
     out: list[Tensor] = []
+    final = _tl.FinalLogits(model)
     with _tl.attached(model, hooks):
         if use_cache:
             cache = _tl.new_kv_cache(model, seq.shape[0])
             with _tl.attached(model, prompt_hooks):
-                logits = _tl.forward_cached(model, seq, cache)[:, -1]
+                logits = _tl.last_logits(model, seq, final, cache)
             for i in range(max_new_tokens):
                 tok = _next_token(logits, do_sample, top_k, temperature, generator)
                 out.append(tok)
                 if i + 1 < max_new_tokens:
-                    logits = _tl.forward_cached(model, tok[:, None], cache)[:, -1]
+                    logits = _tl.last_logits(model, tok[:, None], final, cache)
         else:
             with _tl.attached(model, prompt_hooks):
                 for _ in range(max_new_tokens):
-                    logits = model(seq)[:, -1]
+                    logits = _tl.last_logits(model, seq, final)
                     tok = _next_token(logits, do_sample, top_k, temperature, generator)
                     out.append(tok)
                     seq = torch.cat([seq, tok[:, None]], dim=1)
