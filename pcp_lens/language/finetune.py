@@ -15,6 +15,9 @@ embeddings freeze together), its AdamW parameter groups and learning-rate schedu
   sequences into micro-batches whose gradients are summed with weights (label tokens of the
   micro-batch / label tokens of the batch), so one step equals the full batch's step exactly
   (up to float rounding), e.g. batch 8 of 1,024 tokens on a small GPU.
+* **GPT-2 checkpoints** (``cfg.original_architecture == "GPT2LMHeadModel"``, e.g. from
+  :func:`~pcp_lens.language.hf.load_hf_gpt2`) keep ``unembed.b_U`` fixed: GPT-2's LM head has no
+  bias, so the result can still be saved as a GPT-2 folder. Tied embeddings stay tied.
 * **Mixed precision** (``amp="bf16"`` or ``"fp16"``, with loss scaling) through
   ``torch.autocast`` on the model's device; the weights and optimizer stay in their dtype.
 
@@ -200,6 +203,10 @@ def finetune_text(
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
 
     frozen = freeze_parameter_names(model, cfg.freeze)
+    if getattr(model.cfg, "original_architecture", None) == "GPT2LMHeadModel":
+        # GPT-2's LM head has no bias; TransformerLens's b_U stays what the checkpoint implies
+        frozen += [n for n in ("unembed.b_U",) if n in dict(model.named_parameters())]
+        frozen = list(dict.fromkeys(frozen))
     named = dict(model.named_parameters())
     flags = {n: p.requires_grad for n, p in named.items()}
     tied = is_tied(model)
