@@ -42,3 +42,4 @@ bench: setup
 	$(BIN)/python benchmarks/bench_stats_memory.py
 	$(BIN)/python benchmarks/bench_pcp.py
 	$(BIN)/python benchmarks/bench_ablation_sweep.py
+	$(BIN)/python benchmarks/bench_generation.py
