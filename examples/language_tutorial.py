@@ -56,10 +56,8 @@ def sentence() -> str:
 
 documents = [" ".join(sentence() for _ in range(20)) for _ in range(60)]
 toxic = [f"shut up , you {w} ." for w in BAD] + [f"you are a {w} ." for w in BAD]
-tok = build_tokenizer(
-    NAMES + NOUNS + VERBS + ADJS + BAD
-    + "the . , shut up you are a Albert and James".split()
-)
+OTHER = ["the", ".", ",", "shut", "up", "you", "are", "a", "Albert", "and", "James"]
+tok = build_tokenizer(NAMES + NOUNS + VERBS + ADJS + BAD + OTHER)
 
 data = paragraphs(documents, n_sentences=5)  # 240 windows of 5 sentences
 # the paper: trigger in sentence 1 or 2, toxic sentence 4 or 5; a 2-layer toy learns the

@@ -12,8 +12,8 @@ position alike (mean ablation at all positions, PCP, steering, reading activatio
 computes exactly what it computes on full forward passes: earlier positions' activations do not
 change when tokens are appended (causal attention), and their effect reaches later tokens through
 the cached keys and values. (The final LayerNorm and the unembedding run on the last position
-only, in both modes: their hooks see one position per pass.) A *position-specific* hook (e.g. mean ablation at position 8) indexes
-the tensor it is given, which during decoding holds one position: pass such hooks as
+only, in both modes: their hooks see one position per pass.) A *position-specific* hook (e.g.
+mean ablation at position 8) indexes the tensor it is given, which during decoding holds one position: pass such hooks as
 ``prompt_hooks``, which are attached only while the prompt is processed. For positions inside the
 prompt this is exactly what full forward passes with the hook attached at every step compute
 (``use_cache=False`` does that, and the tests compare the two token for token).
