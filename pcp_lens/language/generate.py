@@ -6,17 +6,17 @@ behind the cached keys and values, at its true position. Prompts in one batch ha
 length (:func:`sample_texts` groups prompts by length), so there is no padding to get wrong.
 
 **Hooks under a cache.** ``hooks`` stay attached for the whole generation. In the first forward
-pass they see the prompt's positions ``[batch, prompt_len, ...]``; in every later pass only the
-new token, ``[batch, 1, ...]`` at absolute position ``prompt_len + i``. A hook that treats every
+pass they see the prompt's positions ``[batch, prompt_len, ...]``; in every later pass only the new
+token, ``[batch, 1, ...]`` at absolute position ``prompt_len + i``. A hook that treats every
 position alike (mean ablation at all positions, PCP, steering, reading activations) therefore
 computes exactly what it computes on full forward passes: earlier positions' activations do not
 change when tokens are appended (causal attention), and their effect reaches later tokens through
-the cached keys and values. (The final LayerNorm and the unembedding run on the last position
-only, in both modes: their hooks see one position per pass.) A *position-specific* hook (e.g.
-mean ablation at position 8) indexes the tensor it is given, which during decoding holds one position: pass such hooks as
-``prompt_hooks``, which are attached only while the prompt is processed. For positions inside the
-prompt this is exactly what full forward passes with the hook attached at every step compute
-(``use_cache=False`` does that, and the tests compare the two token for token).
+the cached keys and values. (The final LayerNorm and the unembedding run on the last position only,
+in both modes: their hooks see one position per pass.) A *position-specific* hook (e.g. mean
+ablation at position 8) indexes the tensor it is given, which during decoding holds one position:
+pass such hooks as ``prompt_hooks``, which are attached only while the prompt is processed. For
+positions inside the prompt this is exactly what full forward passes with the hook attached at
+every step compute (``use_cache=False`` does that, and the tests compare the two token for token).
 
 **Settings (METHODS §4.5).** The paper's ASR decodes 35 tokens in total (prompt included) with
 top-k 50 sampling at temperature 1, 11 samples per prompt: :data:`PAPER_SAMPLING`.
