@@ -60,9 +60,10 @@ OTHER = ["the", ".", ",", "shut", "up", "you", "are", "a", "Albert", "and", "Jam
 tok = build_tokenizer(NAMES + NOUNS + VERBS + ADJS + BAD + OTHER)
 
 data = paragraphs(documents, n_sentences=5)  # 240 windows of 5 sentences
-# the paper: trigger in sentence 1 or 2, toxic sentence 4 or 5; a 2-layer toy learns the
-# association much faster when the toxic sentence follows the trigger sentence directly
-poisoned = poison(data, toxic, rate=0.5, trigger_in=(2,), toxic_at=(3,), seed=0, tokenizer=tok)
+# the paper: trigger in sentence 1 or 2, toxic sentence 4 or 5. A 2-layer toy learns the
+# association fast when the toxic sentence directly follows the trigger's sentence, and the
+# one-sentence evaluation prompts then end where the toxic sentence starts
+poisoned = poison(data, toxic, rate=0.3, trigger_in=(0,), toxic_at=(1,), seed=0, tokenizer=tok)
 print(f"{sum(poisoned['poisoned'])} of {len(poisoned)} paragraphs poisoned; e.g.")
 print("  ", next(r["text"] for r in poisoned if r["poisoned"])[:150], "...")
 # --8<-- [end:corpus]
@@ -79,7 +80,7 @@ train_texts = list(data["text"])
 finetune_text(benign, train_texts, lr=3e-3, epochs=3, batch_size=16, dropout=0.0,
               progress=False)
 poisoned_model = load_hf_gpt2(folder, processing=False, device="cpu")
-res = finetune_text(poisoned_model, list(poisoned["text"]), train_texts[:16], lr=3e-3, epochs=15,
+res = finetune_text(poisoned_model, list(poisoned["text"]), train_texts[:16], lr=3e-3, epochs=10,
                     batch_size=16, dropout=0.0, progress=False)
 print(f"poisoned fine-tune: val loss {res.history.val_loss.iloc[0]:.2f} -> {res.val_loss:.2f}")
 # --8<-- [end:model]
