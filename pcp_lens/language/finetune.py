@@ -42,16 +42,15 @@ from tqdm.auto import tqdm
 
 from pcp_lens import _tl
 from pcp_lens._tl import HookedTransformer
+from pcp_lens.checkpoints import check_tied, is_tied
 from pcp_lens.language.generate import tokenize_prompts
 from pcp_lens.training import (  # the same recipe
     TrainConfig,
     TrainResult,
-    _check_tied,
     _dropout_hooks,
     _lr_factor,
     decay_parameter_names,
     freeze_parameter_names,
-    is_tied,
 )
 
 __all__ = ["PAPER_FINETUNE", "TextBatch", "finetune_text", "text_batch"]
@@ -211,7 +210,7 @@ def finetune_text(
     flags = {n: p.requires_grad for n, p in named.items()}
     tied = is_tied(model)
     if tied:
-        _check_tied(model)
+        check_tied(model)
     trainable = [n for n, p in named.items() if p.requires_grad and n not in frozen]
     w_e, w_u = _tl.W_E_NAME, _tl.W_U_NAME
     tie_grads = tied and w_e in trainable and w_u in trainable

@@ -32,7 +32,8 @@ from pcp_lens.ablation import ablation_hooks
 from pcp_lens.language.asr import logprob_gap, text_loss, toxic_rate
 from pcp_lens.language.generate import PAPER_SAMPLING, SamplingConfig, tokenize_prompts
 from pcp_lens.language.toxicity import ToxicityClassifier
-from pcp_lens.pcp import PCPReplacement, _pcp_sites, scales_from_factors
+from pcp_lens.pca import pcp_sites, scales_from_factors
+from pcp_lens.pcp import PCPReplacement
 from pcp_lens.sites import Site, SiteLike, all_sites, as_sites
 
 __all__ = [
@@ -189,7 +190,7 @@ def tune_pcp(
     names = (
         [s.name for s in replacement.sites]
         if sites is None
-        else [replacement.part(s).site.name for s in _pcp_sites(sites)]
+        else [replacement.part(s).site.name for s in pcp_sites(sites)]
     )
     box = _bounds(bounds, replacement, names, space)
     signs = {n: replacement.part(n).signs for n in names}
