@@ -113,6 +113,16 @@ class TokenGroups:
             )
         return cls(out, d_vocab if d_vocab is not None else len(tokenizer))
 
+    def __repr__(self) -> str:
+        from pcp_lens.display import groups_text
+
+        return groups_text(self)
+
+    def _repr_html_(self) -> str:
+        from pcp_lens.display import groups_html  # Jupyter's summary table
+
+        return groups_html(self)
+
     @property
     def names(self) -> tuple[str, ...]:
         """Group names in order."""

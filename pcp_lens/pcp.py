@@ -411,6 +411,11 @@ class PCPReplacement:
         )
         return f"PCPReplacement({inner})"
 
+    def _repr_html_(self) -> str:
+        from pcp_lens.display import pcp_html  # Jupyter's summary table
+
+        return pcp_html(self)
+
     # -- model guard and hooks -----------------------------------------------------------------
     def check(self, model: HookedTransformer) -> None:
         """Raise ``ValueError`` unless ``model`` has the shape and processing this was fitted on.

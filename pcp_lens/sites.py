@@ -185,6 +185,27 @@ class Site:
 SiteLike = Site | str
 
 
+class SiteList(list[Site]):
+    """A plain ``list`` of sites, shown as a table in Jupyter and by name elsewhere.
+
+    :func:`as_sites` and :func:`all_sites` return one; it is a ``list`` in every other way.
+
+    Examples:
+        >>> SiteList([Site(0, "mlp"), Site.parse("attn1.h2")])
+        [mlp0 (L1 mlp), attn1.h2 (L2 att2)]
+    """
+
+    def __repr__(self) -> str:
+        from pcp_lens.display import sites_text
+
+        return sites_text(self)
+
+    def _repr_html_(self) -> str:
+        from pcp_lens.display import sites_html  # Jupyter's summary table
+
+        return sites_html(self)
+
+
 def as_sites(
     sites: SiteLike | Iterable[SiteLike], model: _tl.HookedTransformer | None = None
 ) -> list[Site]:
@@ -199,7 +220,7 @@ def as_sites(
     if model is not None:
         for s in out:
             s.validate(model)
-    return out
+    return SiteList(out)
 
 
 def all_sites(
@@ -229,4 +250,4 @@ def all_sites(
             out.append(Site(layer, kind))
             if heads and kind == "attn":
                 out.extend(Site(layer, "attn", h) for h in range(model.cfg.n_heads))
-    return out
+    return SiteList(out)

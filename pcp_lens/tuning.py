@@ -234,6 +234,16 @@ class TuneResult(NamedTuple):
     target: dict[Key, float]
     scores: dict[Key, float]
 
+    def __repr__(self) -> str:
+        from pcp_lens.display import tune_text
+
+        return tune_text(self)
+
+    def _repr_html_(self) -> str:
+        from pcp_lens.display import tune_html  # Jupyter's summary table
+
+        return tune_html(self)
+
 
 def _target(target: Mapping[Any, float] | None, batch: _SetBatch) -> dict[Key, float]:
     if target is None:
