@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: setup demo reproduce test lint docs bench
+.PHONY: setup demo reproduce test lint docs bench notebooks
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,17 @@ docs: setup
 
 test: lint docs
 	$(BIN)/pytest
+
+# Re-execute the tutorial notebooks from their jupytext text forms (examples/*.py with a
+# notebook twin) and store the outputs the docs render; a fresh checkpoint each time. Without
+# --update: jupytext skips writing when only the outputs changed.
+NOTEBOOKS := quick_tour toy_study_analysis
+notebooks: setup
+	rm -rf examples/runs/toy_notebook
+	cd examples && for nb in $(NOTEBOOKS); do \
+		OMP_NUM_THREADS=1 ../$(BIN)/jupytext --to ipynb --execute $$nb.py || exit 1; \
+	done
+	rm -rf examples/runs
 
 bench: setup
 	$(BIN)/python benchmarks/bench_patching.py

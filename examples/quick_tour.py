@@ -191,5 +191,5 @@ with tempfile.TemporaryDirectory() as d:
     print(path.name, "reloads equal:", loaded.equal(tuned.replacement))
 
 # %% [markdown]
-# Next: the [toy study notebook](toy_study_analysis.ipynb) runs the same analysis on the paper's
-# toy sentiment models, and each technique has its own page in the documentation.
+# Next: the toy-study notebook (`examples/toy_study_analysis.ipynb`) runs the same analysis on
+# the paper's toy sentiment models, and each technique has its own page in the documentation.
