@@ -46,6 +46,7 @@ notebooks: setup
 		OMP_NUM_THREADS=1 ../$(BIN)/jupytext --to ipynb --execute $$nb.py || exit 1; \
 	done
 	rm -rf examples/runs
+	$(BIN)/python scripts/notebook_figures.py
 
 bench: setup
 	$(BIN)/python benchmarks/bench_patching.py

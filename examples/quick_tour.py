@@ -111,7 +111,7 @@ pl.all_sites(model, heads=True)
 # Mean-ablate each module (means over the trigger-free sets) and score the `pt` and `pp` sets:
 # which module does the backdoor need? (The paper's Tab. I.)
 
-# %%
+# %% tags=["figure:ablation"]
 means = pl.ablation_means(model, {k: sets[k] for k in ("pp", "nn", "pn", "np")},
                           pl.all_sites(model), progress=False)
 ablation = pl.ablation_sweep(model, {"pt": sets["pt"], "pp": sets["pp"]}, {"neg": neg},
@@ -124,7 +124,7 @@ plot_ablation(ablation, vmin=0, vmax=1)
 # The group logit lens projects every module's and head's output to logits and scores it: which
 # module writes negativity at the trigger (position 1)? (Tab. II.)
 
-# %%
+# %% tags=["figure:lens"]
 lens = pl.group_lens(model, sets["pt"], {"negative": neg, "positive": pos}, positions=[0, 1],
                      progress=False)
 plot_lens(lens, vmin=0, vmax=1)
@@ -136,7 +136,7 @@ plot_lens(lens, vmin=0, vmax=1)
 # (clean → corrupted) and back. A large effect marks a module and position that carries the
 # difference. (Tab. XII, per position and in both directions.)
 
-# %%
+# %% tags=["figure:patching"]
 patching = pl.causal_patching(model, sets["pp"], sets["pt"], neg, direction="both",
                               progress=False)
 plot_patching(patching)
@@ -160,13 +160,13 @@ print("with PCP:", {k: round(v, 2) for k, v in pl.score_inputs(model, sets, neg,
 # Tune the scales α so the edited model matches the unedited one (Optuna; the first trial is the
 # least-squares α), then sweep a factor on them: the backdoor's strength follows it.
 
-# %%
+# %% tags=["figure:tuning_history"]
 tuned = pl.tune(model, pcp, {k: sets[k] for k in ("pp", "nn", "ss", "pt", "st")}, neg,
                 n_trials=40, seed=0, progress=False)
 display(tuned)
 plot_tuning_history(tuned)
 
-# %%
+# %% tags=["figure:factor_sweep"]
 factors = pl.sweep(model, tuned.replacement, {"mlp0": [-1.0, -0.5, 0.0, 0.5, 1.0, 1.5]},
                    {k: sets[k] for k in ("pp", "nn", "pt")}, neg)
 plot_factor_sweep(factors)
@@ -175,7 +175,7 @@ plot_factor_sweep(factors)
 # Where do the prompts sit after layer 1? The hidden states at the last position, in the plane
 # of a PCA fitted on the pure sets (the paper's Fig. 3):
 
-# %%
+# %% tags=["figure:hidden_pca"]
 plot_hidden_pca(hidden_pca(model, sets, "resid_post0", fit_on=["pp", "nn", "ss"]))
 
 # %% [markdown]

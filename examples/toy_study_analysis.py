@@ -90,7 +90,7 @@ pd.Series(unedited, name="top-10 negativity").round(2).to_frame().T
 # Each module mean-ablated in turn (means over `pp, nn, pn, np` at the last position): the
 # backdoor's `pt` negativity next to the clean `nn` and `pp` sets.
 
-# %%
+# %% tags=["figure:toy_ablation_layer"]
 sites = pl.all_sites(model)
 means = pl.ablation_means(model, {k: tokens[k] for k in ("pp", "nn", "pn", "np")}, sites,
                           positions=[-1], progress=False)
@@ -115,7 +115,7 @@ plot_lens(lens, vmin=0, vmax=1)
 # Each module's output copied between `pp` and `pt`: whole modules (all positions at once, as in
 # the paper), then per position.
 
-# %%
+# %% tags=["figure:toy_patching_all"]
 whole = pl.causal_patching(model, tokens["pp"], tokens["pt"], neg, positions="all",
                            direction="both", progress=False)
 plot_patching(whole)
@@ -152,7 +152,7 @@ scan = pl.sweep(model, tuned.replacement, {"mlp0": [0.0, 0.25, 0.5, 0.75, 1.0, 1
                 neg, val_tokens=val)
 plot_factor_sweep(scan)
 
-# %%
+# %% tags=["figure:toy_factor_settings"]
 signs = pl.sweep(model, tuned.replacement,
                  {"mlp0": [(1.0, 1.0), (-1.2, 0.5), (1.0, 0.0), (0.0, 1.0), (-1.0, -1.0)]},
                  keys, neg)

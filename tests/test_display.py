@@ -79,4 +79,4 @@ def test_toy_results_html():
     html = toy_results_html(r)
     assert html._repr_html_() == str(html)
     assert cells(html)[:4] == ["2sent", "0.910", "1.000", "4"]
-    assert ["F1", "fails", "p+t &lt;b&gt;"] == cells(html)[4:7]  # escaped
+    assert cells(html)[4:7] == ["F1", "fails", "p+t &lt;b&gt;"]  # escaped

@@ -54,6 +54,25 @@ def test_committed_notebook_has_its_outputs(path: Path):
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 5
 
 
+def test_docs_figures_are_the_notebooks_figures():
+    """docs/img/plots/*.png are copies of the tagged notebook figures (`make notebooks`)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "notebook_figures", EXAMPLES.parent / "scripts" / "notebook_figures.py"
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    found = mod.all_figures()
+    assert {"ablation", "lens", "patching", "tuning_history", "factor_sweep", "hidden_pca"} <= set(
+        found
+    )
+    for name, png in found.items():
+        path = mod.OUT / f"{name}.png"
+        assert path.exists() and path.read_bytes() == png, f"stale {path.name}: make notebooks"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_executes(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel inherits the environment

@@ -141,7 +141,7 @@ def test_plot_ablation(setup):
     from pcp_lens.ablation import ablation_sweep
     from pcp_lens.plots import plot_ablation
 
-    model, groups, sets, neg = setup
+    model, _, sets, neg = setup
     df = ablation_sweep(model, {"pt": sets["pt"], "nn": sets["nn"]}, {"neg": neg},
                         method="zero", progress=False)
     ax = plot_ablation(df).axes[0]
@@ -222,7 +222,7 @@ def test_plot_tuning_history(tuned):
     assert list(best) == pytest.approx(list(np.minimum.accumulate(values)))
     assert [t.get_text() for t in pax.get_legend().get_texts()] == ["mlp0:0", "mlp0:1"]
     assert plot_tuning_history(tuned.study).axes[0].get_ylabel() == "objective"
-    with pytest.raises(ValueError, match="TuneResult or an optuna.Study"):
+    with pytest.raises(ValueError, match=r"TuneResult or an optuna\.Study"):
         plot_tuning_history(tuned.replacement)
 
 
@@ -245,5 +245,5 @@ def test_hidden_pca_and_plot(setup):
         hidden_pca(model, sets, fit_on=["ss"])
     with pytest.raises(ValueError, match="not a head"):
         hidden_pca(model, sets, "attn0.h1")
-    with pytest.raises(ValueError, match="position must be in -3..2"):
+    with pytest.raises(ValueError, match=r"position must be in -3\.\.2"):
         hidden_pca(model, sets, position=3)
