@@ -14,8 +14,8 @@
 # %% [markdown]
 # # Quick tour of pcp_lens
 #
-# Load a model → ablate → lens → patch → PCP → edit → save, one screen each. It runs in about
-# 15 s on a laptop CPU: the model is a 2-layer toy with a backdoor, trained in the first cell
+# Load a model → ablate → lens → patch → PCP → edit → save, one screen each. It runs in under
+# 30 s on a laptop CPU: the model is a 2-layer toy with a backdoor, trained in the first cell
 # (no download). With a real model, replace the model, the token groups and the prompts by
 # yours; every other call stays the same.
 #

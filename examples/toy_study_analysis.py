@@ -17,7 +17,7 @@
 # Train a backdoored 3-sentiment toy model (the paper's §III-A, at the quick preset's size), then
 # analyse it the way the paper does: mean ablation (Tab. I), group logit lens (Tab. II), causal
 # patching (Tab. XII), a tuned PCP replacement of the layer-1 MLP (Tab. IV), factor sweeps of its
-# scales (Tab. V/VI) and the hidden-state PCA (Fig. 3). About a minute on a laptop CPU.
+# scales (Tab. V/VI) and the hidden-state PCA (Fig. 3). One to two minutes on a CPU.
 #
 # `pcp-lens reproduce toy` runs every table at full size and writes a report; this notebook shows
 # how to do each step yourself and look at it.
