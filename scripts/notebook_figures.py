@@ -1,7 +1,9 @@
 """Copy the figures of the executed tutorial notebooks into the docs (docs/img/plots/NAME.png).
 
 A code cell tagged ``figure:NAME`` gives its last PNG output. Run by ``make notebooks`` after the
-notebooks are executed; ``tests/test_notebooks.py`` checks that the copies match.
+notebooks are executed; ``tests/test_notebooks.py`` checks that the copies match. It first gives
+each cell an id derived from its source and drops per-cell execution timestamps, so that
+re-executing a notebook changes only outputs that really changed.
 
     python scripts/notebook_figures.py [--check]
 """
@@ -34,6 +36,30 @@ def figures(notebook: Path) -> dict[str, bytes]:
     return out
 
 
+def normalise(notebook: Path) -> bool:
+    """Give every cell an id derived from its source and drop execution timestamps."""
+    import hashlib
+
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    seen: dict[str, int] = {}
+    changed = False
+    for cell in nb.cells:
+        base = hashlib.sha1(cell.source.encode()).hexdigest()[:8]
+        seen[base] = seen.get(base, 0) + 1
+        cid = base if seen[base] == 1 else f"{base}-{seen[base]}"
+        if cell.get("id") != cid:
+            cell["id"] = cid
+            changed = True
+        if "execution" in cell.get("metadata", {}):
+            del cell["metadata"]["execution"]
+            changed = True
+    if changed:
+        nbformat.write(nb, notebook)
+    return changed
+
+
 def all_figures() -> dict[str, bytes]:
     """The tagged figures of every notebook under examples/."""
     found: dict[str, bytes] = {}
@@ -46,6 +72,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only report stale copies")
     args = parser.parse_args()
+    if not args.check:
+        for nb in sorted((ROOT / "examples").glob("*.ipynb")):
+            normalise(nb)
     stale = []
     for name, png in all_figures().items():
         path = OUT / f"{name}.png"
