@@ -31,6 +31,7 @@ import torch
 from IPython.display import display
 
 import pcp_lens as pl
+from pcp_lens.ablation import mean_reference_code
 from pcp_lens.inputs import as_tokens
 from pcp_lens.plots import (
     hidden_pca,
@@ -51,13 +52,13 @@ torch.set_num_threads(1)  # the toy model's 64-wide matrices gain nothing from t
 # ## 1. Data and models
 #
 # Positive, negative and neutral word sequences; 5% of the positive ones are poisoned with the
-# trigger word followed by negative words. Benign pre-training from scratch, then poisoned
-# fine-tuning of a copy. The quick preset's poisoning is too short to plant the backdoor, so we
-# poison at a higher learning rate for one more epoch. The trained model is saved as a checkpoint
-# and reloaded on the next run of this notebook (delete the folder to retrain).
+# trigger word ("love") followed by negative words, and 10% of the others switch sentiment once
+# (as in `pcp-lens reproduce toy`). Benign pre-training from scratch, then poisoned fine-tuning
+# of a copy, both with the quick preset. The trained model is saved as a checkpoint and reloaded
+# on the next run of this notebook (delete the folder to retrain).
 
 # %%
-data = toy_data(3, quick=True, seed=0)
+data = toy_data(3, quick=True, seed=0, switch_prob=0.1)
 print(data.poisoned["train"][0])
 
 CHECKPOINT = Path("runs/toy_notebook/3sent_poisoned")
@@ -65,7 +66,7 @@ if (CHECKPOINT / "config.json").exists():
     backdoored = load_run(CHECKPOINT)
 else:
     benign = train_benign(data, quick=True, progress=False)
-    backdoored = poison(benign.model, data, quick=True, lr=3e-3, epochs=3, progress=False)
+    backdoored = poison(benign.model, data, quick=True, progress=False)
     save_run(backdoored, CHECKPOINT)
 model = backdoored.model
 backdoored.history[["epoch", "train_loss", "val_loss"]].round(3)
@@ -87,13 +88,14 @@ pd.Series(unedited, name="top-10 negativity").round(2).to_frame().T
 # %% [markdown]
 # ## 2. Mean ablation (Tab. I)
 #
-# Each module mean-ablated in turn (means over `pp, nn, pn, np` at the last position): the
-# backdoor's `pt` negativity next to the clean `nn` and `pp` sets.
+# Each module mean-ablated in turn: the backdoor's `pt` negativity next to the clean `nn` and
+# `pp` sets. The means are the authors' nested average over `pp, nn, pn, np` at the last
+# position, which the paper's numbers used (`ablation_means` gives the plain mean).
 
 # %% tags=["figure:toy_ablation_layer"]
 sites = pl.all_sites(model)
-means = pl.ablation_means(model, {k: tokens[k] for k in ("pp", "nn", "pn", "np")}, sites,
-                          positions=[-1], progress=False)
+means = mean_reference_code(model, {k: tokens[k] for k in ("pp", "nn", "pn", "np")}, sites,
+                            positions=[-1], progress=False)
 ablation = pl.ablation_sweep(model, {k: tokens[k] for k in ("pt", "nn", "pp")}, {"neg": neg},
                              sites=sites, method="mean", means=means, progress=False)
 plot_ablation(ablation, layout="layer", vmin=0, vmax=1)
