@@ -219,30 +219,48 @@ def tune_html(result: Any) -> str:
 def toy_results_html(results: Mapping[str, Any]) -> HTML:
     """HTML summary of ``run_toy_study``'s results: unedited scores per model, findings, times.
 
+    Takes one seed's results (``{"2sent": ..., "3sent": ..., "findings": ...}``, findings flat
+    ``{F: {...}}`` or per model ``{"2sent": {F: {...}}}``) or a multi-seed run's
+    (``{"seeds": {seed: results}}``, one section per seed).
+
     Examples:
         >>> r = {"config": {"quick": True}, "2sent": {"unedited": {"pt": 0.9, "val_loss": 2.0},
-        ...      "seconds": {"train": 3.0}}, "findings": {"F1": {"holds": None, "detail": "x"}},
+        ...      "seconds": {"train": 3.0}},
+        ...      "findings": {"2sent": {"F1": {"holds": False, "holds_prob": True, "detail": "x"}}},
         ...      "seconds_total": 4.0}
-        >>> "F1" in toy_results_html(r) and "0.900" in toy_results_html(r)
+        >>> html = toy_results_html(r)
+        >>> "0.900" in html and ">fails<" in html and ">holds<" in html
         True
     """
+    if isinstance(results.get("seeds"), Mapping):
+        return HTML(
+            "<div>"
+            + "".join(
+                f"<h4>seed {_e(seed)}</h4>{toy_results_html(r)}"
+                for seed, r in results["seeds"].items()
+            )
+            + "</div>"
+        )
     models = [k for k in results if k.endswith("sent") and isinstance(results[k], Mapping)]
     keys = list(dict.fromkeys(k for m in models for k in results[m].get("unedited", {})))
     score_rows = [
         [m, *(_fmt(results[m].get("unedited", {}).get(k)) for k in keys),
-         _fmt(sum(results[m].get("seconds", {}).values()), ".0f")]
+         _fmt(sum(results[m]["seconds"].values()) if "seconds" in results[m] else None, ".0f")]
         for m in models
     ]
     parts = [_table(["model", *keys, "seconds"], score_rows, caption="unedited backdoored models")]
-    findings = results.get("findings", {})
-    if findings:
-        mark = {True: "holds", False: "fails", None: "not judged"}
-        parts.append(
-            _table(["finding", "result", "detail"],
-                   [[k, mark.get(v.get("holds"), "?"), v.get("detail", "")]
-                    for k, v in findings.items()],
-                   caption="paper findings")
-        )
+    rows = []
+    for key, v in results.get("findings", {}).items():
+        per_model = {key: v} if "holds" not in v else {"": {key: v}}
+        for model, fs in per_model.items():
+            rows.extend(
+                [model, f, _verdict(w.get("holds")), _verdict(w.get("holds_prob", "")),
+                 w.get("detail", "")]
+                for f, w in fs.items()
+            )
+    if rows:
+        parts.append(_table(["model", "finding", "top-10", "probability", "detail"], rows,
+                            caption="paper findings"))
     cfg = results.get("config", {})
     total = results.get("seconds_total")
     parts.append(
@@ -250,6 +268,10 @@ def toy_results_html(results: Mapping[str, Any]) -> HTML:
         f"{_e(_fmt(total, '.0f'))} s</div>"
     )
     return HTML("<div>" + "".join(parts) + "</div>")
+
+
+def _verdict(holds: Any) -> str:
+    return {True: "holds", False: "fails", None: "not judged", "": "—"}.get(holds, "?")
 
 
 def _fmt(v: Any, fmt: str = ".3f") -> str:

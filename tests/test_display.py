@@ -73,10 +73,14 @@ def test_toy_results_html():
     r = {
         "config": {"quick": True},
         "2sent": {"unedited": {"pt": 0.91, "nn": 1.0}, "seconds": {"train": 3.0, "tab1": 1.0}},
-        "findings": {"F1": {"holds": False, "detail": "p+t <b>"}},
+        "findings": {"2sent": {"F1": {"holds": False, "holds_prob": None, "detail": "p+t <b>"}}},
         "seconds_total": 4.0,
     }
     html = toy_results_html(r)
     assert html._repr_html_() == str(html)
     assert cells(html)[:4] == ["2sent", "0.910", "1.000", "4"]
-    assert cells(html)[4:7] == ["F1", "fails", "p+t &lt;b&gt;"]  # escaped
+    assert cells(html)[4:9] == ["2sent", "F1", "fails", "not judged", "p+t &lt;b&gt;"]  # escaped
+    flat = {**r, "findings": {"F1": {"holds": True, "detail": "d"}}}
+    assert cells(toy_results_html(flat))[4:9] == ["", "F1", "holds", "—", "d"]
+    seeds = toy_results_html({"seeds": {"0": r, "1": flat}})
+    assert seeds.count("<h4>seed") == 2 and cells(seeds)[:4] == cells(html)[:4]
