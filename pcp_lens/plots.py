@@ -354,12 +354,12 @@ def plot_lens(
         >>> [ax.get_title() for ax in fig.axes if ax.get_label() == "panel"]
         ['neg', 'pos']
     """
-    cols = ("module", "paper_name", "metric", "position", "value")
+    cols = ("site", "paper_name", "metric", "position", "value")
     df = _check_table(df, cols, "df", "group_lens")
     if names not in ("paper", "short"):
         raise ValueError(f"names must be 'paper' or 'short', got {names!r}")
     metrics = list(dict.fromkeys(df["metric"]))
-    row = "paper_name" if names == "paper" else "module"
+    row = "paper_name" if names == "paper" else "site"
     allv = df["value"].to_numpy(dtype=float)
     lo, hi = _limits(allv, diverging=False)
     vmin = lo if vmin is None else vmin
@@ -430,7 +430,7 @@ def plot_ablation(
     """
     from pcp_lens.ablation import ablation_table
 
-    cols = ("ablation", "paper_name", "layer", "kind", "head", "method", "input_set", "metric",
+    cols = ("site", "paper_name", "layer", "kind", "head", "method", "input_set", "metric",
             "value")
     df = _check_table(df, cols, "df", "ablation_sweep")
     if layout not in ("site", "layer"):

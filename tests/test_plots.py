@@ -135,6 +135,8 @@ def test_plot_lens(setup):
     assert labels(short.get_yticklabels())[1:3] == ["attn0", "attn0.h0"]
     with pytest.raises(ValueError, match="lacks columns"):
         plot_lens(df.drop(columns="position"))
+    if "module" in df.columns:  # the legacy name of "site" is not needed
+        assert panels(plot_lens(df.drop(columns="module"), names="short"))
 
 
 def test_plot_ablation(setup):
@@ -156,6 +158,8 @@ def test_plot_ablation(setup):
     assert layer.get_xlabel() == "input set, kind" and layer.get_ylabel() == "layer"
     with pytest.raises(ValueError, match="layout must be"):
         plot_ablation(df, layout="grid")
+    if "ablation" in df.columns:  # the legacy name of "site" is not needed
+        assert plot_ablation(df.drop(columns="ablation")).axes
 
 
 @pytest.fixture(scope="module")
