@@ -15,12 +15,13 @@ import json
 import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from pcp_lens._io import write_text_atomic
 from pcp_lens.groups import GroupMetric
@@ -378,10 +379,22 @@ def _run(runs: dict[int, tuple[StudyConfig, Path]], cfg: StudyConfig) -> dict[in
     args = ([k for _, k in cells], [runs[s][0] for s, _ in cells], [runs[s][1] for s, _ in cells])
     workers = min(len(cells), cfg.workers or max(1, os.cpu_count() or 1))
     if workers > 1:
-        # one process per model: the 64-wide toy model keeps one core busy, not two
+        # one process per model: the 64-wide toy model keeps one core busy, not two. Workers
+        # draw no bars (they would overwrite each other's line); the parent draws one per cell.
         ctx = multiprocessing.get_context("spawn")
+        quiet = [dataclasses.replace(c, progress=False) for c in args[1]]
         with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            per_cell = list(pool.map(_study_one, *args))
+            futures = {
+                pool.submit(_study_one, k, c, p): i
+                for i, (k, c, p) in enumerate(zip(args[0], quiet, args[2], strict=True))
+            }
+            done: dict[int, dict] = {}
+            bar = tqdm(total=len(futures), desc="toy models", disable=not cfg.progress)
+            with bar:
+                for f in as_completed(futures):
+                    done[futures[f]] = f.result()
+                    bar.update()
+        per_cell = [done[i] for i in range(len(cells))]
     else:
         per_cell = [_study_one(*a) for a in zip(*args, strict=True)]
     results: dict[int, dict] = {}

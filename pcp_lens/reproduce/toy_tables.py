@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from pcp_lens import _tl
 from pcp_lens.ablation import ablation_means, ablation_sweep, mean_reference_code
 from pcp_lens.groups import GroupMetric
 from pcp_lens.lens import group_lens
@@ -227,31 +226,25 @@ def patching_table(c: ToyCtx) -> dict:
 def hidden_state_pca(c: ToyCtx, out: Path) -> dict:
     """Fig. 3: hidden states after layer 1 at the last position, in the plane of a 2-component
     PCA fitted on the pure combinations (pp, nn[, ss])."""
-    from sklearn.decomposition import PCA
-
-    from pcp_lens.plots import scatter
+    from pcp_lens.plots import hidden_pca, plot_hidden_pca
 
     keys = [k for k in ("pp", "nn", "ss", "pn", "np", "pt", "tp", "st") if k in c.tokens]
-    hook = _tl.hook_name("resid_post", 0)
-    states = {}
-    for k in keys:
-        _, cache = _tl.run_with_cache(c.model, c.tokens[k], [hook])
-        states[k] = cache[hook][:, -1].double().numpy()
-    pure = [k for k in ("pp", "nn", "ss") if k in states]
-    pca = PCA(n_components=2).fit(torch.cat([torch.from_numpy(states[k]) for k in pure]).numpy())
-    points = {k: pca.transform(v) for k, v in states.items()}
-    fig = scatter(
-        points,
-        title=f"{c.k}-sentiment backdoored model: hidden state after layer 1",
-        xlabel="PC 1",
-        ylabel="PC 2",
+    pure = [k for k in ("pp", "nn", "ss") if k in c.tokens]
+    df = hidden_pca(
+        c.model, {k: c.tokens[k] for k in keys}, "resid_post0", position=-1, fit_on=pure
     )
+    fig = plot_hidden_pca(df, title=f"{c.k}-sentiment backdoored model: hidden state after layer 1")
     path = out / f"fig3_hidden_pca_{c.k}sent.png"
     fig.savefig(path, dpi=120, bbox_inches="tight")
-    centroids = {k: [round(float(x), 4) for x in v.mean(0)] for k, v in points.items()}
+    centroids = {}
+    for k in df["input_set"].unique():
+        points = df.loc[df["input_set"] == k, ["pc1", "pc2"]].to_numpy(dtype=float)
+        centroids[str(k)] = [round(float(x), 4) for x in points.mean(0)]
     return {
         "png": path.name,
         "fit_on": pure,
         "centroids": centroids,
-        "explained_variance_ratio": [round(float(x), 4) for x in pca.explained_variance_ratio_],
+        "explained_variance_ratio": [
+            round(float(x), 4) for x in df.attrs["explained_variance_ratio"]
+        ],
     }
