@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -49,6 +50,42 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on success it replaces ``path``.
+
+    An existing ``path`` is moved aside first and put back if the swap fails, so a crash or an
+    exception leaves either the old folder or the new one, never a mix (nor the temporary one).
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     with atomic_dir(Path(d) / "ck") as tmp:
+        ...         _ = (tmp / "w.txt").write_text("hi")
+        ...     sorted(p.name for p in (Path(d) / "ck").iterdir()), len(list(Path(d).iterdir()))
+        (['w.txt'], 1)
+    """
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+    old: Path | None = None
+    try:
+        yield tmp
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
+            os.replace(target, old / "x")
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and (old / "x").exists() and not target.exists():
+            os.replace(old / "x", target)  # put the previous folder back
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

@@ -12,8 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ import numpy as np
 import torch
 
 from pcp_lens import _tl
-from pcp_lens._io import check_format, package_version
+from pcp_lens._io import atomic_dir, check_format, package_version
 from pcp_lens._tl import HookedTransformer, HookedTransformerConfig
 
 __all__ = [
@@ -293,28 +291,12 @@ def save_checkpoint(
         },
         "extra": extra_json,
     }
-    parent = target.parent if str(target.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
-    old: Path | None = None
-    try:
+    with atomic_dir(target) as tmp:
         state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / _WEIGHTS), metadata={"format": CHECKPOINT_FORMAT})
         if tok is not None:
             tok.save_pretrained(str(tmp / _TOKENIZER))
         (tmp / _CONFIG).write_text(json.dumps(meta, indent=1, sort_keys=True))
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
-            os.replace(target, old / "x")
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and (old / "x").exists() and not target.exists():
-            os.replace(old / "x", target)  # put the previous checkpoint back
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     return target
 
 

@@ -22,8 +22,6 @@ such a folder is written with ``tie_word_embeddings=False`` (a separate LM head)
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ import torch
 from torch import Tensor
 
 from pcp_lens import _tl
+from pcp_lens._io import atomic_dir
 from pcp_lens._tl import HookedTransformer
 
 __all__ = ["hf_from_hooked", "hooked_from_hf", "load_hf_gpt2", "save_hf_gpt2"]
@@ -330,24 +329,8 @@ def save_hf_gpt2(
             )
     hf = hf_from_hooked(model)
     tok = model.tokenizer if tokenizer is None else (None if tokenizer is False else tokenizer)
-    parent = target.parent if str(target.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
-    old: Path | None = None
-    try:
+    with atomic_dir(target) as tmp:
         hf.save_pretrained(str(tmp))
         if tok is not None:
             tok.save_pretrained(str(tmp))
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
-            os.replace(target, old / "x")
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and (old / "x").exists() and not target.exists():
-            os.replace(old / "x", target)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     return target
