@@ -84,6 +84,17 @@ GLOBAL_PARAM_PREFIXES = {
 }
 #: The token embedding and the unembedding (tied in GPT-2: one matrix).
 W_E_NAME, W_U_NAME = "embed.W_E", "unembed.W_U"
+#: The unembedding bias (TransformerLens has one; GPT-2's LM head has none).
+B_U_NAME = "unembed.b_U"
+
+
+def output_projection_names(model: HookedTransformer) -> list[str]:
+    """Weights that write into the residual stream from each block: attention ``W_O`` and MLP
+    ``W_out`` (GPT-2's ``c_proj`` matrices)."""
+    n = model.cfg.n_layers
+    return [
+        f"{param_prefix(i, k)}{w}" for i in range(n) for k, w in (("attn", "W_O"), ("mlp", "W_out"))
+    ]
 
 
 def param_prefix(layer: int, kind: str | None = None) -> str:

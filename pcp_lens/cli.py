@@ -64,6 +64,8 @@ def _reproduce(args: argparse.Namespace) -> int:
             trigger=args.trigger,
             sentiments=tuple(args.sentiments),
             **({} if args.switch_prob is None else {"switch_prob": args.switch_prob}),
+            **({} if args.head_bias is None else {"head_bias": args.head_bias}),
+            **({} if args.scaled_init is None else {"scaled_init": args.scaled_init}),
         )
     except ValueError as err:
         print(f"pcp-lens reproduce toy: {err}", file=sys.stderr)
@@ -126,6 +128,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="share of non-poisoned training sequences with one sentiment switch (default 0.1; "
         "0 = the authors' data)",
+    )
+    rep.add_argument(
+        "--head-bias",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep TransformerLens's unembedding bias b_U (--no-head-bias: GPT-2's bias-free head)",
+    )
+    rep.add_argument(
+        "--scaled-init",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="GPT-2's 0.02/sqrt(2 n_layers) init of W_O and W_out (TransformerLens: 0.02)",
     )
     rep.add_argument("--trials", type=int, default=None, help="Optuna trials per replacement")
     rep.add_argument(

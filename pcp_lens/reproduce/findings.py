@@ -51,10 +51,21 @@ def _f2(m: Mapping[str, Any], s: str) -> tuple[bool, str]:
         if name != "full model" and "resid" not in name and ("mlp" in name or "att" in name)
     }
     best = max(modules, key=modules.__getitem__)
-    return best == "L1 mlp", (
-        f"most negative module at the trigger: {best} ({modules[best]:.2f}); "
+    detail = f"most negative module at the trigger: {best} ({modules[best]:.2f}); " + (
         f"L1 mlp {modules.get('L1 mlp')}"
     )
+    base = "pp_neg" if s == "" else "pp_prob"
+    rows = m["tab2_lens"]
+    if all(base in rows[name] for name in modules):
+        # not the verdict (the paper reads p+t alone), but says whether a module that wins is
+        # reacting to the trigger or reads every second word that way
+        shift = {name: v - rows[name][base] for name, v in modules.items()}
+        top = max(shift, key=shift.__getitem__)
+        detail += (
+            f"; {best} reads {rows[best][base]:.2f} on p+p; largest trigger shift (p+t minus p+p): "
+            f"{top} ({shift[top]:+.2f}), L1 mlp {shift.get('L1 mlp', float('nan')):+.2f}"
+        )
+    return best == "L1 mlp", detail
 
 
 def _f3(m: Mapping[str, Any], s: str) -> tuple[bool, str]:

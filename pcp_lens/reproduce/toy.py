@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pcp_lens._io import write_text_atomic
+from pcp_lens._tl import B_U_NAME
 from pcp_lens.groups import GroupMetric
 from pcp_lens.inputs import as_tokens
 from pcp_lens.pcp import PCPReplacement
@@ -101,6 +102,10 @@ class StudyConfig:
             paper used (1, 2); the default (2, 2) because in our 2-sentiment models the trigger
             signal of the layer-1 MLP sits in its second principal component. Whenever a rank
             differs from the paper's, the report also shows the paper's rank as measured.
+        head_bias: Keep TransformerLens's trained unembedding bias ``b_U``; ``False`` zeroes and
+            freezes it, as GPT-2 (the paper's model) has none.
+        scaled_init: GPT-2's ``0.02 / sqrt(2 · n_layers)`` initialisation of the residual-writing
+            projections (``W_O``, ``W_out``); TransformerLens uses 0.02.
     """
 
     quick: bool = False
@@ -114,6 +119,8 @@ class StudyConfig:
     trigger: str = "love"
     switch_prob: float = 0.1
     mlp_ranks: tuple[int, int] = (2, 2)
+    head_bias: bool = True
+    scaled_init: bool = False
 
     def __post_init__(self) -> None:
         if self.workers is not None and (
@@ -124,9 +131,11 @@ class StudyConfig:
             raise ValueError(f"schedule must be 'fast' or 'paper', got {self.schedule!r}")
         if self.quick and self.schedule != "fast":
             raise ValueError(f"quick runs use their own schedule; got schedule={self.schedule!r}")
-        if not self.sentiments or not set(self.sentiments) <= {2, 3} or len(
-            set(self.sentiments)
-        ) != len(self.sentiments):
+        if (
+            not self.sentiments
+            or not set(self.sentiments) <= {2, 3}
+            or len(set(self.sentiments)) != len(self.sentiments)
+        ):
             raise ValueError(
                 f"sentiments must list 2 and/or 3 (each once), got {self.sentiments!r}"
             )
@@ -155,6 +164,10 @@ class StudyConfig:
                 f"mlp_ranks must be two ints in 1..8 (2- and 3-sentiment model), got "
                 f"{self.mlp_ranks!r}"
             )
+
+        for name in ("head_bias", "scaled_init"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
     @property
     def n_workers(self) -> int:
@@ -188,10 +201,11 @@ class StudyConfig:
 def _schedules(cfg: StudyConfig) -> tuple[Any, Any]:
     """The study's benign and poisoning configs, their data-order seeds set by ``cfg.seed``."""
     benign, pois = SCHEDULES[cfg.schedule_name]
+    freeze = () if cfg.head_bias else (B_U_NAME,)  # a bias-free head stays bias-free
     # seed 0 keeps the schedules' own seeds (0 and 1), so seed-0 runs match earlier releases
     return (
-        dataclasses.replace(benign, seed=benign.seed + 2 * cfg.seed),
-        dataclasses.replace(pois, seed=pois.seed + 2 * cfg.seed),
+        dataclasses.replace(benign, seed=benign.seed + 2 * cfg.seed, freeze=benign.freeze + freeze),
+        dataclasses.replace(pois, seed=pois.seed + 2 * cfg.seed, freeze=pois.freeze + freeze),
     )
 
 
@@ -207,6 +221,8 @@ def _train(k: int, cfg: StudyConfig, models: Path) -> tuple[ToyData, ToyRun, Toy
         "benign": benign_cfg.to_dict(),
         "poison": poison_cfg.to_dict(),
         "model_seed": cfg.seed,
+        **({} if cfg.head_bias else {"head_bias": False}),
+        **({"scaled_init": True} if cfg.scaled_init else {}),
     }
     stamp = models / f"{k}sent_study{suffix}.json"
     info: dict[str, Any] = {}
@@ -214,7 +230,14 @@ def _train(k: int, cfg: StudyConfig, models: Path) -> tuple[ToyData, ToyRun, Toy
         info["reused_checkpoints"] = True
         return data, load_run(dirs["benign"]), load_run(dirs["poisoned"]), info
     t0 = time.perf_counter()
-    b = train_benign(data, benign_cfg, progress=cfg.progress, model_seed=cfg.seed)
+    b = train_benign(
+        data,
+        benign_cfg,
+        progress=cfg.progress,
+        model_seed=cfg.seed,
+        head_bias=cfg.head_bias,
+        scaled_init=cfg.scaled_init,
+    )
     info["benign_seconds"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     p = poison(b.model, data, poison_cfg, progress=cfg.progress)

@@ -106,7 +106,11 @@ def mean_ablation_table(c: ToyCtx) -> dict:
 
 
 def lens_table(c: ToyCtx) -> dict:
-    """Tab. II: group logit lens of every module on p+t at the p-token and t-token positions."""
+    """Tab. II: group logit lens of every module on p+t at the p-token and t-token positions.
+
+    Keys per module: ``{p,t}_{neg,pos,prob}`` on p+t, and ``pp_{neg,prob}`` on p+p at its second
+    word (the same position without the trigger).
+    """
     df = group_lens(
         c.model,
         c.tokens["pt"],
@@ -119,6 +123,13 @@ def lens_table(c: ToyCtx) -> dict:
         where = "p" if r["position"] in (-2, c.tokens["pt"].shape[1] - 2) else "t"
         key = f"{where}_{r['metric']}"
         out.setdefault(str(r["paper_name"]), {})[key] = round(float(r["value"]), 4)
+    # the same modules on p+p at the second word: what each reads without the trigger, so that
+    # a module's reading at the trigger can be told apart from its reading of any second word
+    base = group_lens(
+        c.model, c.tokens["pp"], {"neg": c.neg, "prob": c.mass}, positions=[-1], progress=False
+    )
+    for r in base.to_dict("records"):
+        out.setdefault(str(r["paper_name"]), {})[f"pp_{r['metric']}"] = round(float(r["value"]), 4)
     return out
 
 

@@ -18,7 +18,11 @@ parameter count (paper: 338k, METHODS §1.3):
   a bos would use. TransformerLens's ``to_tokens`` truncates to ``n_ctx`` *before* it strips the
   tokenizer's bos, so with ``n_ctx = 15`` it would silently drop the last word of a 15-word text.
 * **Unembedding bias.** TransformerLens's unembedding has a bias ``b_U`` (751 parameters, trained);
-  GPT-2's LM head has none.
+  GPT-2's LM head has none. ``toy_model(head_bias=False)`` zeroes it (training must then freeze
+  it, :data:`~pcp_lens._tl.B_U_NAME`), which gives GPT-2's bias-free head.
+* **Output-projection init.** GPT-2 (HF) draws the residual-writing ``c_proj`` weights with std
+  ``0.02 / sqrt(2 · n_layers)``; TransformerLens's ``"gpt2"`` init uses 0.02 for all.
+  ``toy_model(scaled_init=True)`` applies GPT-2's scaling to ``W_O`` and ``W_out``.
 * **No dropout** inside the model (TransformerLens has none); :class:`pcp_lens.training.TrainConfig`
   can add GPT-2-style dropout during training, off by default.
 
@@ -36,11 +40,18 @@ Examples:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
-from pcp_lens._tl import HookedTransformer, HookedTransformerConfig, new_model
+from pcp_lens._tl import (
+    B_U_NAME,
+    HookedTransformer,
+    HookedTransformerConfig,
+    new_model,
+    output_projection_names,
+)
 from pcp_lens.groups import TokenGroups
 from pcp_lens.toy.vocab import SentimentVocab
 from pcp_lens.training import tie_embeddings
@@ -133,6 +144,8 @@ def toy_model(
     seed: int = 0,
     bos: bool = False,
     tied: bool = True,
+    head_bias: bool = True,
+    scaled_init: bool = False,
     **kwargs: Any,
 ) -> HookedTransformer:
     """A freshly initialised (seeded) toy model in eval mode, optionally with its tokenizer.
@@ -146,6 +159,9 @@ def toy_model(
         bos: Prepend ``<|endoftext|>`` to inputs (default False, as the paper's models).
         tied: Tie the unembedding to the token embedding as GPT-2 does (``W_U = W_E.T``); see
             :func:`pcp_lens.training.tie_embeddings`.
+        head_bias: Keep TransformerLens's unembedding bias ``b_U``; ``False`` zeroes it, as GPT-2
+            has none (train with ``freeze=(B_U_NAME,)`` to keep it zero).
+        scaled_init: Draw ``W_O`` and ``W_out`` with GPT-2's std ``0.02 / sqrt(2 · n_layers)``.
         **kwargs: Further :func:`toy_config` arguments.
 
     Examples:
@@ -168,6 +184,13 @@ def toy_model(
     model.cfg.default_prepend_bos = bos
     if tied:
         tie_embeddings(model)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        if not head_bias:
+            params[B_U_NAME].zero_()
+        if scaled_init:
+            for name in output_projection_names(model):
+                params[name].mul_(1 / math.sqrt(2 * model.cfg.n_layers))
     model.eval()
     return model
 

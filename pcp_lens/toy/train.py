@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pcp_lens._tl import HookedTransformer
+from pcp_lens._tl import B_U_NAME, HookedTransformer
 from pcp_lens.groups import GroupMetric, Stat, TokenGroups
 from pcp_lens.inputs import TokenBatch, as_tokens
 from pcp_lens.toy.data import ToyData, ToyDataConfig, build_datasets, eval_inputs
@@ -162,6 +162,8 @@ def train_benign(
     model_seed: int = 0,
     bos: bool = False,
     tied: bool = True,
+    head_bias: bool = True,
+    scaled_init: bool = False,
     callback: Callable[[int, HookedTransformer], Mapping[str, float] | None] | None = None,
     **overrides: Any,
 ) -> ToyRun:
@@ -175,6 +177,9 @@ def train_benign(
         model_seed: Initialisation seed.
         bos: Train (and read inputs) with a leading ``<|endoftext|>`` (the paper: without).
         tied: Tie the unembedding to the token embedding (GPT-2, the paper's model).
+        head_bias: Keep TransformerLens's unembedding bias; ``False`` gives GPT-2's bias-free head:
+            zeroed, and frozen in this training (give :func:`poison` ``freeze=B_U_NAME`` too).
+        scaled_init: GPT-2's ``0.02 / sqrt(2 · n_layers)`` init of ``W_O`` and ``W_out``.
         callback: Passed to :func:`~pcp_lens.training.train` (e.g. :func:`negativity_callback`).
         **overrides: :class:`~pcp_lens.training.TrainConfig` fields to replace.
 
@@ -184,7 +189,17 @@ def train_benign(
     tok = tokenizer if tokenizer is not None else build_tokenizer(data.vocab)
     cfg = dataclasses.replace(config or (BENIGN_QUICK if quick else BENIGN), **overrides)
     n_ctx = data.config.seq_len + 1  # room for a bos (TransformerLens truncates before removing it)
-    model = toy_model(tokenizer=tok, n_ctx=n_ctx, seed=model_seed, bos=bos, tied=tied)
+    model = toy_model(
+        tokenizer=tok,
+        n_ctx=n_ctx,
+        seed=model_seed,
+        bos=bos,
+        tied=tied,
+        head_bias=head_bias,
+        scaled_init=scaled_init,
+    )
+    if not head_bias and B_U_NAME not in cfg.freeze:
+        cfg = dataclasses.replace(cfg, freeze=(*cfg.freeze, B_U_NAME))
     return _fit(model, tok, data.benign, cfg, callback)
 
 

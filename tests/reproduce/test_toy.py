@@ -145,6 +145,17 @@ def test_schedules_and_config_validation():
         StudyConfig(quick=True, schedule="paper")
 
 
+def test_gpt2_fidelity_knobs_reach_training():
+    from pcp_lens.reproduce.toy import _schedules
+
+    plain = _schedules(StudyConfig())
+    assert all("unembed.b_U" not in c.freeze for c in plain)
+    for c, p in zip(_schedules(StudyConfig(head_bias=False, seed=2)), plain, strict=True):
+        assert c.freeze == ("unembed.b_U",) and c.seed == p.seed + 4
+    with pytest.raises(ValueError, match="head_bias must be True or False, got 1"):
+        StudyConfig(head_bias=1)  # type: ignore[arg-type]
+
+
 def _numbers(x):
     """Every number of a results.json, without wall-clock timings and the worker count."""
     if isinstance(x, dict):

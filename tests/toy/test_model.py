@@ -77,6 +77,27 @@ def test_same_seed_same_weights():
     assert not torch.equal(a.embed.W_E, c.embed.W_E)
 
 
+def test_gpt2_fidelity_knobs():
+    plain, fid = toy_model(751, seed=5), toy_model(751, seed=5, head_bias=False, scaled_init=True)
+    assert not fid.unembed.b_U.any()
+    scaled = {n for n, _ in fid.named_parameters() if n.endswith(("attn.W_O", "mlp.W_out"))}
+    assert len(scaled) == 6
+    ps = dict(plain.named_parameters())
+    for name, p in fid.named_parameters():
+        if name in scaled:  # GPT-2's c_proj std 0.02 / sqrt(2 n_layers) = 0.02 / sqrt(6)
+            torch.testing.assert_close(p, ps[name] / 6**0.5)
+        elif name != "unembed.b_U":
+            assert torch.equal(p, ps[name]), name
+
+
+def test_bias_free_head_stays_zero_through_training(data2):
+    run = train_benign(data2, head_bias=False, **TINY)
+    assert "unembed.b_U" in run.result.frozen and not run.model.unembed.b_U.any()
+    pois = poison(run.model, data2, freeze="unembed.b_U", **TINY)
+    assert not pois.model.unembed.b_U.any()
+    assert not torch.equal(pois.model.embed.W_E, run.model.embed.W_E)  # the rest did train
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="d_vocab or a tokenizer"):
         toy_model()
