@@ -169,12 +169,12 @@ class StudyConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
-    @property
-    def n_workers(self) -> int:
-        """Processes that study the models side by side."""
-        if self.workers is not None:
-            return min(self.workers, len(self.sentiments))
-        return max(1, min(len(self.sentiments), os.cpu_count() or 1))
+    def n_workers(self, cells: int | None = None) -> int:
+        """Processes that study ``cells`` (seed, model) cells side by side: one per cell (default:
+        one per model of one seed), at most ``workers`` or, when that is ``None``, the CPUs."""
+        n = len(self.sentiments) if cells is None else cells
+        cap = self.workers if self.workers is not None else (os.cpu_count() or 1)
+        return max(1, min(n, cap))
 
     @property
     def schedule_name(self) -> str:
@@ -400,7 +400,7 @@ def _run(runs: dict[int, tuple[StudyConfig, Path]], cfg: StudyConfig) -> dict[in
     for _, path in runs.values():
         path.mkdir(parents=True, exist_ok=True)
     args = ([k for _, k in cells], [runs[s][0] for s, _ in cells], [runs[s][1] for s, _ in cells])
-    workers = min(len(cells), cfg.workers or max(1, os.cpu_count() or 1))
+    workers = cfg.n_workers(len(cells))
     if workers > 1:
         # one process per model: the 64-wide toy model keeps one core busy, not two. Workers
         # draw no bars (they would overwrite each other's line); the parent draws one per cell.

@@ -184,7 +184,8 @@ def test_workers_validated():
 
     with pytest.raises(ValueError, match="workers must be an int >= 1 or None, got 0"):
         StudyConfig(workers=0)
-    assert StudyConfig(workers=8).n_workers == 2  # never more processes than models
+    assert StudyConfig(workers=8).n_workers() == 2  # never more processes than models
+    assert StudyConfig(workers=4).n_workers(6) == 4 and StudyConfig(workers=1).n_workers(6) == 1
 
 
 def test_seeds_table_and_checkpoint_reuse(run: Path, tmp_path: Path):
