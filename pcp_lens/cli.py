@@ -66,6 +66,7 @@ def _reproduce(args: argparse.Namespace) -> int:
             **({} if args.switch_prob is None else {"switch_prob": args.switch_prob}),
             **({} if args.head_bias is None else {"head_bias": args.head_bias}),
             **({} if args.scaled_init is None else {"scaled_init": args.scaled_init}),
+            **({} if args.dropout is None else {"dropout": args.dropout}),
         )
     except ValueError as err:
         print(f"pcp-lens reproduce toy: {err}", file=sys.stderr)
@@ -140,6 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="GPT-2's 0.02/sqrt(2 n_layers) init of W_O and W_out (TransformerLens: 0.02)",
+    )
+    rep.add_argument(
+        "--dropout",
+        type=float,
+        default=None,
+        help="GPT-2-style dropout in both trainings (default: the schedule's; fast 0, paper 0.1)",
     )
     rep.add_argument("--trials", type=int, default=None, help="Optuna trials per replacement")
     rep.add_argument(

@@ -106,6 +106,9 @@ class StudyConfig:
             freezes it, as GPT-2 (the paper's model) has none.
         scaled_init: GPT-2's ``0.02 / sqrt(2 · n_layers)`` initialisation of the residual-writing
             projections (``W_O``, ``W_out``); TransformerLens uses 0.02.
+        dropout: GPT-2-style dropout (embeddings, attention pattern, module outputs) in both
+            trainings; ``None`` keeps the schedule's own (``fast``: none, ``paper``: 0.1 as the
+            authors' HF training).
     """
 
     quick: bool = False
@@ -121,6 +124,7 @@ class StudyConfig:
     mlp_ranks: tuple[int, int] = (2, 2)
     head_bias: bool = True
     scaled_init: bool = False
+    dropout: float | None = None
 
     def __post_init__(self) -> None:
         if self.workers is not None and (
@@ -165,6 +169,14 @@ class StudyConfig:
                 f"{self.mlp_ranks!r}"
             )
 
+        if self.dropout is not None and (
+            not isinstance(self.dropout, int | float)
+            or isinstance(self.dropout, bool)
+            or not 0.0 <= self.dropout < 1.0
+        ):
+            raise ValueError(
+                f"dropout must be None or a probability in [0, 1), got {self.dropout!r}"
+            )
         for name in ("head_bias", "scaled_init"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -203,9 +215,14 @@ def _schedules(cfg: StudyConfig) -> tuple[Any, Any]:
     benign, pois = SCHEDULES[cfg.schedule_name]
     freeze = () if cfg.head_bias else (B_U_NAME,)  # a bias-free head stays bias-free
     # seed 0 keeps the schedules' own seeds (0 and 1), so seed-0 runs match earlier releases
+    drop = {} if cfg.dropout is None else {"dropout": float(cfg.dropout)}
     return (
-        dataclasses.replace(benign, seed=benign.seed + 2 * cfg.seed, freeze=benign.freeze + freeze),
-        dataclasses.replace(pois, seed=pois.seed + 2 * cfg.seed, freeze=pois.freeze + freeze),
+        dataclasses.replace(
+            benign, seed=benign.seed + 2 * cfg.seed, freeze=benign.freeze + freeze, **drop
+        ),
+        dataclasses.replace(
+            pois, seed=pois.seed + 2 * cfg.seed, freeze=pois.freeze + freeze, **drop
+        ),
     )
 
 
