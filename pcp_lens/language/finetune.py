@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import torch
 
-from pcp_lens._tl import HookedTransformer
+from pcp_lens._tl import B_U_NAME, HookedTransformer
 from pcp_lens.language.generate import tokenize_prompts
 from pcp_lens.training import TextBatch, TrainConfig, TrainResult, train
 
@@ -145,8 +145,8 @@ def finetune_text(
     # GPT-2's LM head has no bias: TransformerLens's b_U stays what the checkpoint implies
     if (
         getattr(model.cfg, "original_architecture", None) == "GPT2LMHeadModel"
-        and "unembed.b_U" in dict(model.named_parameters())
-        and "unembed.b_U" not in cfg.freeze
+        and B_U_NAME in dict(model.named_parameters())
+        and B_U_NAME not in cfg.freeze
     ):
-        cfg = dataclasses.replace(cfg, freeze=(*cfg.freeze, "unembed.b_U"))
+        cfg = dataclasses.replace(cfg, freeze=(*cfg.freeze, B_U_NAME))
     return train(model, tr, va, cfg, callback=callback, micro_batch_size=micro_batch_size, amp=amp)
