@@ -104,6 +104,10 @@ def make_prompts(
     return out
 
 
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -176,8 +180,10 @@ def bench_finetune(model: Any, batch: int, seq: int, steps: int, amp: Literal["b
         except torch.cuda.OutOfMemoryError:
             if micro == 1:
                 raise
-            micro //= 2  # gradient accumulation: the same step in smaller pieces
-            torch.cuda.empty_cache()
+        micro //= 2  # out of memory: the same step by gradient accumulation in smaller pieces
+        say(f"    out of GPU memory; retrying with micro-batch {micro}")
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     # marks: before step 1 (step 0's row), then after every step; skip the warm-up step
     diffs = [b - a for a, b in itertools.pairwise(marks[1:])]
     res = {
@@ -274,9 +280,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         info["transformer_lens"] = getattr(transformer_lens, "__version__", "?")
     except ImportError:  # pragma: no cover
         pass
-    print(f"model {shape} d_vocab {d_vocab} ({info['model']['n_params'] / 1e6:.0f}M params) "
-          f"on {device} ({info['device_name']}), {args.dtype}; tokenizer: {tok_name}")
+    say(f"model {shape} d_vocab {d_vocab} ({info['model']['n_params'] / 1e6:.0f}M params) "
+        f"on {device} ({info['device_name']}), {args.dtype}; tokenizer: {tok_name}")
 
+
+    def save() -> None:  # after every part, so a run cut short still leaves its numbers
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(info, f, indent=2)
+
+    save()
     new = args.max_length - args.prompt_len
     config = dataclasses.replace(PAPER_SAMPLING, n_samples=args.samples, max_length=args.max_length,
                      batch_size=args.sample_batch)
@@ -287,13 +300,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows_tl = rows[: args.tl_prompts * args.samples]
         r = bench_generation(model, rows, rows_tl, new, args.chunk, device)
         info["generation"] = r
-        print(f"(a) generation, {args.prompts} prompts x {args.samples} samples, "
-              f"{args.prompt_len} + {new} tokens, top-k 50, {args.chunk} rows per call:")
-        print(f"    pcp_lens KV cache:        {r['seconds_ours']:8.2f} s  "
-              f"{r['tokens_per_s_ours']:10.1f} tokens/s  ({r['rows_ours']} rows)")
-        print(f"    TransformerLens no cache: {r['seconds_tl']:8.2f} s  "
-              f"{r['tokens_per_s_tl']:10.1f} tokens/s  ({r['rows_tl']} rows)")
-        print(f"    speed-up: {r['speedup']:.1f}x")
+        say(f"(a) generation, {args.prompts} prompts x {args.samples} samples, "
+            f"{args.prompt_len} + {new} tokens, top-k 50, {args.chunk} rows per call:")
+        say(f"    pcp_lens KV cache:        {r['seconds_ours']:8.2f} s  "
+            f"{r['tokens_per_s_ours']:10.1f} tokens/s  ({r['rows_ours']} rows)")
+        say(f"    TransformerLens no cache: {r['seconds_tl']:8.2f} s  "
+            f"{r['tokens_per_s_tl']:10.1f} tokens/s  ({r['rows_tl']} rows)")
+        say(f"    speed-up: {r['speedup']:.1f}x")
+        save()
 
     if "b" in args.parts:
         info["finetune"] = []
@@ -306,9 +320,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                args.ft_micro, device)
             info["finetune"].append(r)
             mem = f", peak {r['peak_gpu_memory_gib']:.1f} GiB" if "peak_gpu_memory_gib" in r else ""
-            print(f"(b) fine-tuning step, batch {r['batch']} x {r['seq_len']} tokens, AdamW, "
-                  f"{args.dtype} weights, amp={amp}, micro-batch {r['micro_batch_size']}: "
-                  f"{r['seconds_per_step']:.3f} s/step ({r['tokens_per_s']:.0f} tokens/s){mem}")
+            say(f"(b) fine-tuning step, batch {r['batch']} x {r['seq_len']} tokens, AdamW, "
+                f"{args.dtype} weights, amp={amp}, micro-batch {r['micro_batch_size']}: "
+                f"{r['seconds_per_step']:.3f} s/step ({r['tokens_per_s']:.0f} tokens/s){mem}")
+            save()
 
     t_asr = math.nan
     if "c" in args.parts:
@@ -327,8 +342,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "seconds": t_asr,
             "asr": res.asr,
         }
-        print(f"(c) ASR, {len(prompts)} prompts x {args.samples} samples, {res.classifier}, "
-              f"batch {args.sample_batch}: {t_asr:.2f} s")
+        say(f"(c) ASR, {len(prompts)} prompts x {args.samples} samples, {res.classifier}, "
+            f"batch {args.sample_batch}: {t_asr:.2f} s")
+        save()
 
     if "d" in args.parts:
         per_site = t_asr if math.isfinite(t_asr) else None
@@ -356,17 +372,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "estimated_seconds_all_tab_viii": t_sweep / len(df) * (len(TAB8_SITES) + 1),
         }
         r = info["ablation_sweep"]
-        print(f"(d) Tab. VIII mean-ablation ASR sweep at position 8, {len(sites)} of "
-              f"{len(TAB8_SITES)} sites + unchanged, {len(prompts)} prompts x {args.samples}: "
-              f"{t_sweep:.2f} s ({r['seconds_per_evaluation']:.2f} s per site; all "
-              f"{len(TAB8_SITES)} sites ~ {r['estimated_seconds_all_tab_viii']:.0f} s)")
+        say(f"(d) Tab. VIII mean-ablation ASR sweep at position 8, {len(sites)} of "
+            f"{len(TAB8_SITES)} sites + unchanged, {len(prompts)} prompts x {args.samples}: "
+            f"{t_sweep:.2f} s ({r['seconds_per_evaluation']:.2f} s per site; all "
+            f"{len(TAB8_SITES)} sites ~ {r['estimated_seconds_all_tab_viii']:.0f} s)")
 
     info["total_seconds"] = time.perf_counter() - t_start
-    print(f"total {info['total_seconds']:.1f} s")
+    say(f"total {info['total_seconds']:.1f} s")
+    save()
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(info, f, indent=2)
-        print(f"wrote {args.out}")
+        say(f"wrote {args.out}")
     return info
 
 

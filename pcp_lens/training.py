@@ -56,6 +56,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -90,6 +91,7 @@ from pcp_lens.sites import Site
 __all__ = [
     "CHECKPOINT_FORMAT",
     "Checkpoint",
+    "TextBatch",
     "TrainConfig",
     "TrainResult",
     "config_from_json",
@@ -105,7 +107,36 @@ __all__ = [
     "train",
 ]
 
-TokensLike = Int[Tensor, "batch pos"] | TokenBatch
+
+
+@dataclass(frozen=True)
+class TextBatch:
+    """Right-padded tokens ``[n, pos]`` and the tokens that are predicted, ``labels [n, pos]``.
+
+    :func:`train` and :func:`evaluate_loss` average the next-token loss over the label tokens
+    (position 0 never is one). A :class:`~pcp_lens.inputs.TokenBatch`'s mask gives the labels of
+    plain token data; text as HF's ``DataCollatorForLanguageModeling`` prepares it also leaves
+    out every pad-id token, e.g. GPT-2's end-of-text (:func:`pcp_lens.language.text_batch`).
+
+    Examples:
+        >>> b = TextBatch(torch.tensor([[5, 6, 0]]), torch.tensor([[True, True, False]]))
+        >>> len(b), b.n_labels
+        (1, 1)
+    """
+
+    tokens: Int[Tensor, "n pos"]
+    labels: Bool[Tensor, "n pos"]
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def n_labels(self) -> int:
+        """Label tokens after position 0 (the tokens a loss is averaged over)."""
+        return int(self.labels[:, 1:].sum())
+
+
+TokensLike = Int[Tensor, "batch pos"] | TokenBatch | TextBatch
 
 
 
@@ -456,18 +487,28 @@ def tokenize_texts(
     return TokenBatch(tokens, mask)
 
 
-def _as_batch(x: TokensLike, model: HookedTransformer, name: str) -> TokenBatch:
-    if isinstance(x, TokenBatch):
-        tokens, mask = x.tokens, x.mask
+def _as_batch(x: TokensLike, model: HookedTransformer, name: str) -> TextBatch:
+    """Validated ``(tokens, labels)`` of any training-data form (left where they are)."""
+    right_padded = True
+    if isinstance(x, TextBatch):
+        tokens, labels, right_padded = x.tokens, x.labels, False
+        if not isinstance(labels, Tensor) or labels.dtype != torch.bool:
+            raise ValueError(
+                f"{name}.labels must be a bool tensor [batch, pos], got {type(labels).__name__} "
+                f"{getattr(labels, 'dtype', '')}"
+            )
+    elif isinstance(x, TokenBatch):
+        tokens, labels = x.tokens, x.mask
     elif isinstance(x, Tensor):
         tokens = x[None] if x.dim() == 1 else x
-        mask = torch.ones_like(tokens, dtype=torch.bool)
+        labels = torch.ones_like(tokens, dtype=torch.bool)
     else:
         raise ValueError(
-            f"{name} must be a [batch, pos] token tensor or a TokenBatch, got {type(x).__name__}"
+            f"{name} must be a [batch, pos] token tensor, a TokenBatch or a TextBatch, got "
+            f"{type(x).__name__}"
         )
     check_token_dtype(tokens, name)
-    if tokens.dim() != 2 or tokens.shape != mask.shape:
+    if tokens.dim() != 2 or tokens.shape != labels.shape:
         raise ValueError(
             f"{name} must be an integer tensor [batch, pos] with a mask of the same shape, got "
             f"{tokens.dtype} {tuple(tokens.shape)}"
@@ -483,15 +524,14 @@ def _as_batch(x: TokensLike, model: HookedTransformer, name: str) -> TokenBatch:
         )
     if tokens.numel() and (tokens.min() < 0 or tokens.max() >= model.cfg.d_vocab):
         raise ValueError(f"{name} contain token ids outside 0..{model.cfg.d_vocab - 1}")
-    m = mask.bool()
+    m = labels.bool()
     # right padding only: once a row's mask is False it stays False
-    if (m[:, 1:] & ~m[:, :-1]).any():
+    if right_padded and (m[:, 1:] & ~m[:, :-1]).any():
         raise ValueError(
             f"{name} must be right-padded (each mask row True then False); left padding would "
             "shift positions"
         )
-    device = model.cfg.device
-    return TokenBatch(tokens.long().to(device), m.to(device))
+    return TextBatch(tokens.long(), m)
 
 
 def _dropout_hooks(
@@ -514,27 +554,33 @@ def _dropout_hooks(
 
 
 def _token_losses(
-    model: HookedTransformer, tokens: Int[Tensor, "b p"], mask: Bool[Tensor, "b p"]
+    model: HookedTransformer, tokens: Int[Tensor, "b p"], labels: Bool[Tensor, "b p"]
 ) -> tuple[Tensor, Tensor]:
-    """Sum of next-token cross-entropies over real label tokens, and their count."""
+    """Sum of next-token cross-entropies over the label tokens, and their count.
+
+    Columns after the last label are dropped first: with right padding they change no earlier
+    position, and a batch of short texts then runs at its own length.
+    """
+    targets = labels[:, 1:].any(0)
+    width = int(targets.nonzero().max()) + 2 if bool(targets.any()) else 2
+    if width < tokens.shape[1]:
+        tokens, labels = tokens[:, :width], labels[:, :width]
     logits = model(tokens[:, :-1], return_type="logits")
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    labels = tokens[:, 1:]
-    keep = mask[:, 1:]
+    keep = labels[:, 1:].reshape(-1)
     ce = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none"
+        logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction="none"
     )
-    keep_flat = keep.reshape(-1)
-    return (ce * keep_flat).sum(), keep_flat.sum()
+    return (ce * keep).sum(), keep.sum()
 
 
 @torch.no_grad()
 def evaluate_loss(model: HookedTransformer, data: TokensLike, batch_size: int = 256) -> float:
-    """Mean next-token cross-entropy (nats) over all non-padding label tokens.
+    """Mean next-token cross-entropy (nats) over all label tokens (non-padding, by default).
 
     This is HF ``Trainer.evaluate()``'s ``eval_loss`` when every sequence has the same number of
     tokens (the toy data); with ragged sequences HF averages per-batch means, this averages tokens.
-    Position 0 is never a label.
+    Position 0 is never a label; a :class:`TextBatch` names the labels itself.
 
     Examples:
         >>> from pcp_lens.testing import tiny_model
@@ -546,10 +592,12 @@ def evaluate_loss(model: HookedTransformer, data: TokensLike, batch_size: int = 
     """
     batch = _as_batch(data, model, "data")
     check_batch_size(batch_size)
+    device = torch.device(str(model.cfg.device))
     total = torch.zeros((), dtype=torch.float64)
     count = 0
-    for b in batch.batches(batch_size):
-        s, n = _token_losses(model, b.tokens, b.mask)
+    for i in range(0, len(batch), batch_size):
+        sl = slice(i, i + batch_size)
+        s, n = _token_losses(model, batch.tokens[sl].to(device), batch.labels[sl].to(device))
         total += s.double().cpu()
         count += int(n)
     if count == 0:
@@ -574,20 +622,31 @@ def train(
     config: TrainConfig | None = None,
     *,
     callback: Callable[[int, HookedTransformer], Mapping[str, float] | None] | None = None,
+    micro_batch_size: int | None = None,
+    amp: Literal["bf16", "fp16"] | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train ``model`` in place with AdamW on next-token prediction; return the history.
 
     Args:
         model: The model to train (its parameters change in place; device and dtype are kept).
-        train_data: ``[n, pos]`` tokens, or a :class:`~pcp_lens.inputs.TokenBatch` whose mask
-            marks right padding (padding is never a label).
-        val_data: Optional validation tokens; evaluated before training and after each epoch
-            (and after the last step when ``max_steps`` ends mid-epoch).
+        train_data: ``[n, pos]`` tokens, a :class:`~pcp_lens.inputs.TokenBatch` whose mask
+            marks right padding (padding is never a label), or a :class:`TextBatch` that names
+            the label tokens itself (e.g. text with pad-id tokens left out, as HF's collator).
+            The data stays where it is; each micro-batch is moved to the model's device.
+        val_data: Optional validation data of the same forms; evaluated before training and
+            after each epoch (and after the last step when ``max_steps`` ends mid-epoch).
         config: Hyper-parameters; defaults to ``TrainConfig()``.
         callback: Called as ``callback(step, model)`` (model in eval mode, no gradients needed)
             at every history row; the numbers it returns become extra history columns, e.g. a
             backdoor metric monitored during fine-tuning.
+        micro_batch_size: Sequences per forward/backward pass (gradient accumulation; default
+            the whole batch). Each micro-batch's loss sum is divided by the label tokens of the
+            whole batch, so a step equals the full batch's step up to float rounding, e.g. batch
+            8 of 1,024 tokens on a small GPU.
+        amp: ``"bf16"`` or ``"fp16"`` autocast of the forward pass on the model's device (fp16
+            with loss scaling); the weights and AdamW's state stay in their dtype. ``None``: the
+            model's dtype throughout.
         **overrides: Fields of ``config`` to replace, e.g. ``lr=3e-3``.
 
     Returns:
@@ -606,10 +665,21 @@ def train(
         >>> x = torch.randint(0, 50, (32, 6), generator=torch.Generator().manual_seed(0))
         >>> train(m, x, max_steps=3, batch_size=8, progress=False).steps
         3
+        >>> train(m, x, max_steps=1, batch_size=8, micro_batch_size=2, progress=False).steps
+        1
     """
     cfg = dataclasses.replace(config or TrainConfig(), **overrides)
     tr = _as_batch(train_data, model, "train_data")
     va = _as_batch(val_data, model, "val_data") if val_data is not None else None
+    if micro_batch_size is not None and (
+        isinstance(micro_batch_size, bool)
+        or not isinstance(micro_batch_size, int)
+        or micro_batch_size < 1
+    ):
+        raise ValueError(f"micro_batch_size must be None or an int >= 1, got {micro_batch_size!r}")
+    if amp not in (None, "bf16", "fp16"):
+        raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+    mb = cfg.batch_size if micro_batch_size is None else micro_batch_size
     frozen = freeze_parameter_names(model, cfg.freeze)
     named = dict(model.named_parameters())
     flags = {n: p.requires_grad for n, p in named.items()}
@@ -634,13 +704,15 @@ def train(
     groups = [g for g in groups if g["params"]]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, foreach=False)
 
-    n = tr.tokens.shape[0]
+    n = len(tr)
     per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * per_epoch
     gen = torch.Generator().manual_seed(cfg.seed)
-    device = tr.tokens.device
+    device = torch.device(str(model.cfg.device))
     drop_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     drop_hooks = _dropout_hooks(model, cfg.dropout, drop_gen)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
     rows: list[dict[str, float]] = []
     t0 = time.perf_counter()
     was_training = model.training
@@ -665,6 +737,25 @@ def train(
             }
         )
 
+    def batch_loss(idx: Tensor) -> float:
+        """Forward and backward of one batch in micro-batches; its mean loss per label."""
+        n_labels = max(int(tr.labels[idx][:, 1:].sum()), 1)
+        loss = 0.0
+        for j in range(0, len(idx), mb):
+            sub = idx[j : j + mb]
+            x, y = tr.tokens[sub].to(device), tr.labels[sub].to(device)
+            cast = (
+                torch.autocast(device.type, dtype=amp_dtype)
+                if amp_dtype is not None
+                else contextlib.nullcontext()
+            )
+            with cast, _tl.attached(model, drop_hooks):
+                s, _ = _token_losses(model, x, y)
+            part = s / n_labels
+            (scaler.scale(part) if scaler is not None else part).backward()
+            loss += float(part.detach())
+        return loss
+
     try:
         for name, p in named.items():
             p.requires_grad_(name in trainable)
@@ -675,27 +766,32 @@ def train(
         while step < total:
             order = torch.randperm(n, generator=gen).to(tr.tokens.device)
             for i in range(0, n, cfg.batch_size):
-                idx = order[i : i + cfg.batch_size]
                 for g in opt.param_groups:
                     g["lr"] = cfg.lr * _lr_factor(step, total, cfg)
-                with _tl.attached(model, drop_hooks):
-                    s, cnt = _token_losses(model, tr.tokens[idx], tr.mask[idx])
-                loss = s / cnt.clamp(min=1)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if tie_grads:
+                loss = batch_loss(order[i : i + cfg.batch_size])
+                if tie_grads:  # before unscaling: W_U is not in the optimizer
                     w_e, w_u = named[_W_E], named[_W_U]
-                    assert w_e.grad is not None and w_u.grad is not None
-                    w_e.grad += w_u.grad.T
+                    if w_u.grad is not None:
+                        if w_e.grad is None:
+                            w_e.grad = w_u.grad.T.clone()
+                        else:
+                            w_e.grad += w_u.grad.T
                     w_u.grad = None
+                if scaler is not None:
+                    scaler.unscale_(opt)
                 if cfg.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_([named[n] for n in stepped], cfg.max_grad_norm)
-                opt.step()
+                if scaler is not None:
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    opt.step()
                 if tie_grads:
                     with torch.no_grad():
                         named[_W_U].copy_(named[_W_E].T)
                 step += 1
-                losses.append(float(loss.detach()))
+                losses.append(loss)
                 bar.update(1)
                 if step % 20 == 0:
                     bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")

@@ -15,6 +15,7 @@ from pcp_lens.inputs import TokenBatch
 from pcp_lens.testing import tiny_model
 from pcp_lens.toy.tokenizer import build_tokenizer
 from pcp_lens.training import (
+    TextBatch,
     TrainConfig,
     config_from_json,
     config_to_json,
@@ -146,6 +147,114 @@ def test_weight_decay_groups_follow_the_hf_rule():
         leaf = name.rsplit(".", 1)[-1]
         is_norm = ".ln" in f".{name}" or name.startswith("ln_final")
         assert (name in decay) == (leaf.startswith("W_") and not is_norm), name
+
+
+# -- label masks and gradient accumulation -----------------------------------------------------
+def _labeled_batch(n: int = 8, width: int = 10, seed: int = 0) -> TextBatch:
+    """Ragged rows (different label counts) with some interior tokens masked out (pad-id-like)."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(1, 50, (n, width), generator=g)
+    lengths = torch.randint(2, width + 1, (n,), generator=g)
+    labels = torch.arange(width)[None, :] < lengths[:, None]
+    tokens[~labels] = 0
+    hole = torch.rand(n, width, generator=g) < 0.2  # e.g. end-of-text tokens inside a text
+    tokens[hole & labels] = 0
+    labels &= ~hole
+    labels[:, 0] = True
+    return TextBatch(tokens, labels)
+
+
+def _hand_loss(model, batch: TextBatch) -> torch.Tensor:
+    """Mean next-token cross-entropy over label positions, written out by hand."""
+    logp = model(batch.tokens[:, :-1]).log_softmax(-1)
+    nll = -logp.gather(-1, batch.tokens[:, 1:, None])[..., 0]
+    keep = batch.labels[:, 1:]
+    return nll[keep].sum() / keep.sum()
+
+
+def test_loss_masking_counts_only_label_tokens():
+    model = tiny_model(n_layers=2, seed=1, dtype=torch.float64)
+    batch = _labeled_batch()
+    with torch.no_grad():
+        want = float(_hand_loss(model, batch))
+    assert evaluate_loss(model, batch, batch_size=3) == pytest.approx(want, rel=1e-12)
+    # a masked target or trailing padding can be any token: the loss does not change
+    # trailing padding can be any token (the batch is cut to its last label)
+    trailing = torch.cumsum(batch.labels.flip(1), 1).flip(1) == 0
+    assert trailing.any() and not trailing.all(1).any()
+    other = batch.tokens.masked_fill(trailing, 7)
+    assert evaluate_loss(model, TextBatch(other, batch.labels)) == pytest.approx(want, rel=1e-12)
+    # a masked target is never predicted: relabelling it changes the loss by its own term only
+    hole = ~batch.labels & ~trailing
+    assert hole[:, 1:].any()
+    more = TextBatch(batch.tokens, batch.labels | hole)
+    with torch.no_grad():
+        assert float(_hand_loss(model, more)) != pytest.approx(want)
+    assert evaluate_loss(model, more) == pytest.approx(float(_hand_loss(model, more).detach()))
+    with pytest.raises(ValueError, match="labels must be a bool tensor"):
+        evaluate_loss(model, TextBatch(batch.tokens, batch.labels.long()))
+
+
+def _one_step_grads(model, data, **kw) -> dict[str, torch.Tensor]:
+    """The accumulated gradient of every parameter in one training step (before clipping)."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = [
+        p.register_post_accumulate_grad_hook(
+            lambda p, n=n: seen.__setitem__(n, p.grad.detach().clone())
+        )
+        for n, p in model.named_parameters()
+    ]
+    try:
+        train(model, data, lr=1e-3, batch_size=8, max_steps=1, **FAST, **kw)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("micro", [4, 3, 1])
+def test_gradient_accumulation_equals_the_full_batch(micro):
+    batch = _labeled_batch()
+    ref = tiny_model(n_layers=2, seed=2, dtype=torch.float64)
+    _hand_loss(ref, batch).backward()
+    full = _one_step_grads(tiny_model(n_layers=2, seed=2, dtype=torch.float64), batch)
+    acc = _one_step_grads(
+        tiny_model(n_layers=2, seed=2, dtype=torch.float64), batch, micro_batch_size=micro
+    )
+    assert set(full) == set(acc) == {n for n, p in ref.named_parameters() if p.grad is not None}
+    for name, p in ref.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(full[name], p.grad, rtol=1e-10, atol=1e-13), name
+            assert torch.allclose(acc[name], p.grad, rtol=1e-10, atol=1e-13), name
+
+
+def test_accumulated_steps_train_like_the_full_batch():
+    batch = _labeled_batch(n=16, seed=3)
+    kw = dict(lr=1e-2, batch_size=8, epochs=2, **FAST)
+    a = tiny_model(n_layers=2, seed=4, dtype=torch.float64)
+    b = tiny_model(n_layers=2, seed=4, dtype=torch.float64)
+    ra = train(a, batch, batch, **kw)
+    rb = train(b, batch, batch, micro_batch_size=4, **kw)
+    for (n, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        # b_K's gradient is 0 in exact arithmetic (a shift of every key's score); Adam turns
+        # its rounding noise into full-size steps, so it is no test of the accumulation
+        if not n.endswith("b_K"):
+            assert torch.allclose(p, q, rtol=0, atol=1e-12), n
+    assert ra.history.train_loss.dropna().tolist() == pytest.approx(
+        rb.history.train_loss.dropna().tolist(), rel=1e-12
+    )
+    with pytest.raises(ValueError, match="micro_batch_size must be None or an int >= 1"):
+        train(a, batch, micro_batch_size=0, **FAST)
+    with pytest.raises(ValueError, match="amp must be None, 'bf16' or 'fp16'"):
+        train(a, batch, amp="fp8", **FAST)  # type: ignore[arg-type]
+
+
+def test_bf16_autocast_trains():
+    x = _successor_data(32)
+    m = tiny_model(n_layers=1, seed=5)
+    res = train(m, x, x[:8], lr=1e-2, batch_size=8, epochs=2, amp="bf16", **FAST)
+    assert m.W_E.dtype == torch.float32
+    assert res.history.val_loss.iloc[-1] < res.history.val_loss.iloc[0]
 
 
 # -- data checks -----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -172,7 +173,7 @@ def test_tune_clips_initial_into_bounds(model, sets, neg, pcp):
         (dict(target={"xx": 0.0}), "target: unknown key 'xx'"),
         (dict(target={"pt": float("nan")}), "target\\['pt'\\] must be a finite number"),
         (dict(n_trials=0), "n_trials must be an int >= 1"),
-        (dict(objective="sum"), "objective must be 'mse' or 'paper_sum'"),
+        (dict(objective="sum"), "objective must be 'mse', 'paper_sum' or a callable"),
         (dict(space="beta"), "space must be 'alpha' or 'factor'"),
         (dict(bounds=(1.0, 0.0)), "low < high"),
         (dict(bounds={"mlp0": [(0, 1)] * 3}), "one \\(low, high\\) pair or 2 pairs"),
@@ -240,6 +241,84 @@ def test_tuning_accepts_every_metric_the_others_do(model, sets, pcp):
             assert got[(name, "mean")] == pytest.approx(want, abs=1e-5)
     res = tune(model, pcp, sets, plain["mean"], n_trials=2, progress=False)
     assert sorted(res.scores) == sorted(sets)
+
+
+@pytest.mark.parametrize("space", ["alpha", "factor"])
+def test_any_objective_runs_the_same_search_as_the_logit_path(model, sets, neg, pcp, space):
+    """A callable computing the logit path's loss gives the same trials and best scales."""
+    kw: dict[str, Any] = dict(n_trials=10, seed=5, space=space, progress=False)
+    ref = tune(model, pcp, sets, neg, **kw)
+    calls = []
+
+    def mse(rep):
+        calls.append(rep)
+        s = score_inputs(model, sets, neg, rep)
+        return sum((s[k] - t) ** 2 for k, t in ref.target.items()) / len(ref.target)
+
+    # inputs given: the same least-squares first trial ("auto")
+    res = tune(model, pcp, sets, objective=mse, **kw)
+    assert [t.params for t in res.study.trials] == [t.params for t in ref.study.trials]
+    assert [t.value for t in res.study.trials] == pytest.approx(
+        [t.value for t in ref.study.trials], abs=1e-12
+    )
+    assert res.replacement.equal(ref.replacement)
+    assert res.target == {} and res.scores == {"objective": res.study.best_value}
+    assert len(calls) == 10  # once per trial; the best one is not re-scored
+
+
+def test_user_objective_and_scores(model, sets, pcp, hygiene):
+    snap = hygiene.snapshot(model)
+
+    def pull(rep):  # pull mlp2's first scale to 0.3, any other scale free
+        return (float(rep.part("mlp2").scales[0]) - 0.3) ** 2
+
+    res = tune(model, pcp, objective=pull, sites="mlp2", bounds=(-2.0, 2.0), n_trials=25,
+               progress=False)
+    first = res.study.trials[0].params  # no inputs: "auto" starts from the current scales
+    assert first["mlp2:0"] == pytest.approx(float(pcp.part("mlp2").scales[0]))
+    assert res.scores["objective"] < 0.01
+    assert res.scores["objective"] <= res.study.trials[0].values[0]
+    assert torch.equal(res.replacement.part("mlp0").scales, pcp.part("mlp0").scales)
+    df = sweep(model, pcp, {"mlp2": [0.0, 1.0]}, scores={"pull": lambda r: 9.0 if r is None
+                                                         else pull(r)})
+    assert list(df.columns) == ["setting", "mlp2", "metric", "value"]
+    assert df.value.tolist() == pytest.approx([9.0, 0.09, pull(pcp)])
+    hygiene.check(model, snap)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        (dict(objective=3), "objective must be 'mse', 'paper_sum' or a callable"),
+        (dict(objective=lambda r: "low"), "objective must return a finite float, got str 'low'"),
+        (dict(objective=lambda r: float("nan")), "objective must return a finite float, got nan"),
+        (dict(objective=lambda r: torch.ones(2)), "objective must return a finite float"),
+        (dict(objective=lambda r: True), "objective must return a finite float, got True"),
+        (dict(objective=lambda r: 0.0, metric="M"), "metric and target are not used"),
+        (dict(objective=lambda r: 0.0, target={"pp": 0.0}), "metric and target are not used"),
+        (dict(objective="mse"), "pass inputs and metric, or a callable objective"),
+        (dict(objective=lambda r: 0.0, initial="least_squares"), "pass inputs"),
+    ],
+)
+def test_bad_objectives(model, neg, pcp, hygiene, kw, match):
+    snap = hygiene.snapshot(model)
+    if kw.get("metric") == "M":
+        kw["metric"] = neg
+    with pytest.raises(ValueError, match=re.escape(match)):
+        tune(model, pcp, n_trials=2, progress=False, **kw)
+    hygiene.check(model, snap)
+
+
+def test_bad_sweep_scores(model, sets, neg, pcp):
+    grid = {"mlp0": [1.0]}
+    with pytest.raises(ValueError, match="not both"):
+        sweep(model, pcp, grid, sets, neg, scores={"a": lambda r: 0.0})
+    with pytest.raises(ValueError, match="scores must be a non-empty mapping"):
+        sweep(model, pcp, grid, scores={"a": 1.0})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="pass inputs and metric, or scores"):
+        sweep(model, pcp, grid, sets)
+    with pytest.raises(ValueError, match=re.escape("scores['a'] must return a finite float")):
+        sweep(model, pcp, grid, scores={"a": lambda r: math.inf})
 
 
 def test_sweep_table(model, sets, neg, pcp):

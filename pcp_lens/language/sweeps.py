@@ -10,17 +10,16 @@
 * :func:`asr_score`, :func:`gap_score`, :func:`loss_score` — such scores, built from
   :mod:`pcp_lens.language.asr`; each takes a replacement or ``None`` (the unedited model).
 
-``pcp_lens.tuning.tune``/``sweep`` score logits-only group metrics in one batched forward pass;
-these functions call the objective once per trial/setting instead, which is what sampling-based
-metrics need.
+``tune_pcp``/``sweep_pcp`` are :func:`pcp_lens.tune`/:func:`pcp_lens.sweep` with a callable
+objective (scores): the same search and grids, the objective called once per trial/setting, which
+is what sampling-based metrics need; logit metrics keep the batched fast path of those functions.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import optuna
@@ -32,9 +31,9 @@ from pcp_lens.ablation import ablation_hooks
 from pcp_lens.language.asr import logprob_gap, text_loss, toxic_rate
 from pcp_lens.language.generate import PAPER_SAMPLING, SamplingConfig, tokenize_prompts
 from pcp_lens.language.toxicity import ToxicityClassifier
-from pcp_lens.pca import pcp_sites, scales_from_factors
 from pcp_lens.pcp import PCPReplacement
 from pcp_lens.sites import Site, SiteLike, all_sites, as_sites
+from pcp_lens.tuning import Score, sweep, tune
 
 __all__ = [
     "PCPTuneResult",
@@ -45,8 +44,6 @@ __all__ = [
     "sweep_pcp",
     "tune_pcp",
 ]
-
-Score = Callable[[PCPReplacement | None], float]
 
 
 def _hooks(model: HookedTransformer, rep: PCPReplacement | None) -> list[tuple[str, Any]]:
@@ -113,27 +110,6 @@ class PCPTuneResult(NamedTuple):
     study: optuna.Study
 
 
-def _bounds(
-    bounds: tuple[float, float] | None, start: PCPReplacement, names: Sequence[str], space: str
-) -> dict[str, list[tuple[float, float]]]:
-    out: dict[str, list[tuple[float, float]]] = {}
-    for n in names:
-        p = start.part(n)
-        vals = p.scales.tolist() if space == "alpha" else p.factors.tolist()
-        if bounds is not None:
-            lo, hi = (float(x) for x in bounds)
-            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-                raise ValueError(f"bounds must be finite with low < high, got {bounds!r}")
-            if space == "factor" and lo < 0:
-                raise ValueError(f"factor bounds must have low >= 0, got {bounds!r}")
-            out[n] = [(lo, hi)] * len(vals)
-        elif space == "factor":
-            out[n] = [(0.0, math.sqrt(2.0) * v) if v > 0 else (0.0, 1.0) for v in vals]
-        else:
-            out[n] = [(min(0.0, 2 * v), max(0.0, 2 * v)) if v != 0 else (-1.0, 1.0) for v in vals]
-    return out
-
-
 def tune_pcp(
     model: HookedTransformer,
     replacement: PCPReplacement,
@@ -149,6 +125,9 @@ def tune_pcp(
     progress: bool = True,
 ) -> PCPTuneResult:
     """Search the scales of ``replacement`` minimising ``objective(replacement)`` with Optuna.
+
+    :func:`pcp_lens.tune` with a callable ``objective`` (the same search: bounds, units, seeded
+    TPE sampler), starting from the replacement's own scales.
 
     Args:
         model: the model (checked against the replacement's fingerprint).
@@ -178,60 +157,22 @@ def tune_pcp(
         >>> len(res.study.trials), res.value <= (pcp.scales()["mlp0"][0] - 0.1) ** 2
         (8, True)
     """
-    replacement.check(model)
     if not callable(objective):
         raise ValueError(f"objective must be a callable replacement -> float, got {objective!r}")
-    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-        raise ValueError(f"n_trials must be an int >= 1, got {n_trials!r}")
-    if space not in ("alpha", "factor"):
-        raise ValueError(f"space must be 'alpha' or 'factor', got {space!r}")
-    if study is not None and study.direction != optuna.study.StudyDirection.MINIMIZE:
-        raise ValueError(f"study must minimise, got {study.direction}")
-    names = (
-        [s.name for s in replacement.sites]
-        if sites is None
-        else [replacement.part(s).site.name for s in pcp_sites(sites)]
+    res = tune(
+        model,
+        replacement,
+        objective=objective,
+        sites=sites,
+        n_trials=n_trials,
+        bounds=bounds,
+        space=space,
+        initial="current" if initial else None,
+        seed=seed,
+        study=study,
+        progress=progress,
     )
-    box = _bounds(bounds, replacement, names, space)
-    signs = {n: replacement.part(n).signs for n in names}
-
-    def build(params: Mapping[str, float]) -> PCPReplacement:
-        scales = {}
-        for n in names:
-            v = [params[f"{n}:{i}"] for i in range(len(box[n]))]
-            scales[n] = v if space == "alpha" else scales_from_factors(v, signs[n])
-        return replacement.with_scales(scales)
-
-    def fn(trial: optuna.Trial) -> float:
-        params = {
-            f"{n}:{i}": trial.suggest_float(f"{n}:{i}", lo, hi)
-            for n in names
-            for i, (lo, hi) in enumerate(box[n])
-        }
-        value = float(objective(build(params)))
-        if not math.isfinite(value):
-            raise ValueError(f"objective returned {value!r}; it must return a finite float")
-        return value
-
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        if study is None:
-            study = optuna.create_study(
-                direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed)
-            )
-        if initial:
-            start = {}
-            for n in names:
-                p = replacement.part(n)
-                vals = p.scales.tolist() if space == "alpha" else p.factors.tolist()
-                for i, (v, (lo, hi)) in enumerate(zip(vals, box[n], strict=True)):
-                    start[f"{n}:{i}"] = min(max(v, lo), hi)
-            study.enqueue_trial(start)
-        study.optimize(fn, n_trials=n_trials, show_progress_bar=progress)
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-    return PCPTuneResult(build(study.best_trial.params), float(study.best_value), study)
+    return PCPTuneResult(res.replacement, res.scores["objective"], res.study)
 
 
 def sweep_pcp(
@@ -245,6 +186,8 @@ def sweep_pcp(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Score every setting of a grid of scale factors with any ``{name: replacement -> float}``.
+
+    :func:`pcp_lens.sweep` with ``scores=`` (its grids also take ``(site, component)`` keys).
 
     Args:
         model: the model.
@@ -271,39 +214,15 @@ def sweep_pcp(
         >>> list(df.setting), abs(df.value.tolist()[2])
         (['unedited', 'mlp0=1', 'mlp0=0'], 0.0)
     """
-    replacement.check(model)
-    if (
-        not isinstance(scores, Mapping)
-        or not scores
-        or not all(callable(f) for f in scores.values())
-    ):
-        raise ValueError("scores must be a non-empty mapping {name: replacement -> float}")
-    if not isinstance(grid, Mapping) or not grid:
-        raise ValueError(f"grid must be a non-empty mapping {{site: [values]}}, got {grid!r}")
-    axes = [(replacement.part(k).site.name, list(v)) for k, v in grid.items()]
-    for name, vals in axes:
-        if not vals:
-            raise ValueError(f"grid[{name!r}] must list at least one value")
-
-    def fmt(v: Any) -> str:
-        if isinstance(v, int | float):
-            return f"{v:g}"
-        return "(" + ", ".join(f"{float(x):g}" for x in v) + ")"
-
-    settings: list[tuple[str, dict[str, Any], PCPReplacement | None]] = []
-    if unedited:
-        settings.append(("unedited", {n: None for n, _ in axes}, None))
-    for combo in itertools.product(*(vals for _, vals in axes)):
-        rep = replacement
-        for (name, _), v in zip(axes, combo, strict=True):
-            rep = rep.scale(name, v, relative=relative)
-        label = ", ".join(f"{n}={fmt(v)}" for (n, _), v in zip(axes, combo, strict=True))
-        settings.append((label, {n: v for (n, _), v in zip(axes, combo, strict=True)}, rep))
-    rows = []
-    for label, values, rep in tqdm(settings, desc="sweep", disable=not progress, leave=False):
-        for metric, fn in scores.items():
-            rows.append({"setting": label, **values, "metric": metric, "value": float(fn(rep))})
-    return pd.DataFrame(rows)
+    return sweep(
+        model,
+        replacement,
+        grid,
+        scores=scores,
+        relative=relative,
+        unedited=unedited,
+        progress=progress,
+    )
 
 
 def ablation_asr_sweep(

@@ -75,3 +75,18 @@ def test_bf16_autocast_runs():
     assert all(math.isfinite(v) for v in res.history.train_loss.dropna())
     with pytest.raises(ValueError, match="amp"):
         finetune_text(m, TEXTS, tokenizer=TOK, amp="fp8", progress=False)  # type: ignore[arg-type]
+
+
+def test_gpt2_checkpoints_keep_b_u_and_use_the_one_training_loop():
+    m = _model()
+    m.cfg.original_architecture = "GPT2LMHeadModel"
+    b_u = m.unembed.b_U.detach().clone()
+    res = finetune_text(m, TEXTS, tokenizer=TOK, lr=1e-2, max_steps=1, dropout=0.0,
+                        progress=False)
+    assert torch.equal(m.unembed.b_U, b_u) and "unembed.b_U" in res.frozen
+    assert res.config.freeze == ("unembed.b_U",)
+    # the same step as pcp_lens.training.train on the same labelled batch
+    m2 = _model()
+    train(m2, text_batch(TOK, TEXTS, 32), None, res.config)
+    for p, q in zip(m.parameters(), m2.parameters(), strict=True):
+        assert torch.equal(p, q)
