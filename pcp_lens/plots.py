@@ -186,7 +186,11 @@ def _limits(values: np.ndarray, diverging: bool) -> tuple[float, float]:
     return (lo, hi) if hi > lo else (lo - 0.5, hi + 0.5)
 
 
-def _upright(ax: Axes) -> None:
+def _panel(ax: Axes, wide: pd.DataFrame, title: str, xlabel: str, **style: Any) -> None:
+    """One labelled heatmap panel of a multi-panel figure (upright column labels)."""
+    heatmap(wide, ax=ax, title=title, **style)
+    ax.set_label("panel")
+    ax.set_xlabel(xlabel)
     for t in ax.get_xticklabels():
         t.set_rotation(0)
         t.set_horizontalalignment("center")
@@ -305,11 +309,8 @@ def plot_patching(
     axes = fig.subplots(n_dir, per_row, squeeze=False)
     for ax, (name, wide, xlabel, ylabel) in zip(axes.ravel(), panels, strict=False):
         show = annotate if annotate is not None else wide.size <= 150
-        heatmap(wide, ax=ax, title=name, cmap=cmap, vmin=vmin, vmax=vmax, annotate=show)
-        ax.set_label("panel")
-        ax.set_xlabel(xlabel)
+        _panel(ax, wide, name, xlabel, cmap=cmap, vmin=vmin, vmax=vmax, annotate=show)
         ax.set_ylabel(ylabel)
-        _upright(ax)
     for ax in axes.ravel()[len(panels) :]:
         ax.remove()
     fig.suptitle(title or f"causal patching: {value}")
@@ -376,10 +377,7 @@ def plot_lens(
         wide = dm.pivot_table(index=row, columns="position", values="value", aggfunc="first",
                               sort=False)
         wide = wide.reindex(index=order, columns=list(dict.fromkeys(dm["position"])))
-        heatmap(wide, ax=ax, title=str(m), cmap=cmap, vmin=vmin, vmax=vmax, annotate=annotate)
-        ax.set_label("panel")
-        ax.set_xlabel("position")
-        _upright(ax)
+        _panel(ax, wide, str(m), "position", cmap=cmap, vmin=vmin, vmax=vmax, annotate=annotate)
     axes[0].set_ylabel("module")
     fig.suptitle(title or "group logit lens")
     return fig
