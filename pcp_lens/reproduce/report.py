@@ -125,12 +125,16 @@ def _model_section(k: int, m: Mapping[str, Any], findings: Mapping[str, Any]) ->
     for mod, v in m["tab2_lens"].items():
         ref = paper.TAB2.get(mod, ("",) * 4) if k == 3 else ("",) * 4
         rows.append([mod, *(v.get(c, "") for c in ("p_neg", "p_pos", "t_neg", "t_pos")), *ref])
-        rows[-1].insert(5, v.get("t_prob", ""))
-    head = ["module", "p neg", "p pos", "t neg", "t pos", "t prob.", "paper p neg"]
+        rows[-1][5:5] = [v.get("t_prob", ""), v.get("pp_neg", ""), v.get("pp_prob", "")]
+    head = ["module", "p neg", "p pos", "t neg", "t pos", "t prob.", "p+p neg", "p+p prob."]
+    head += ["paper p neg"]
     head += ["paper p pos", "paper t neg", "paper t pos"]
     out.append(_table(head, rows))
-    if k == 2:
-        out.append("\nThe paper shows Tab. II for the 3-sentiment model only.")
+    out.append(
+        "\n*p+p neg* / *p+p prob.*: the same module on p+p at the second word, where the "
+        "trigger would be: a module whose t reading is far above it reacts to the trigger."
+        + (" The paper shows Tab. II for the 3-sentiment model only." if k == 2 else "")
+    )
     tab = "III" if k == 2 else "IV"
     rank = m.get("mlp_rank", 1 if k == 2 else 2)
     out += ["", f"### Tab. {tab} — PCP on MLPs (rank {rank}, tuned)", ""]
