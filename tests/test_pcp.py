@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -12,7 +10,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from safetensors.torch import load_file, save_file
 
 from pcp_lens import _tl
 from pcp_lens.pcp import (
@@ -357,76 +354,6 @@ def test_bias_is_added(model, tokens):
             _, c = model.run_with_cache(tokens, names_filter="blocks.1.hook_mlp_out")
         outs.append(c["blocks.1.hook_mlp_out"])
     assert torch.allclose(outs[1] - outs[0], b.float().expand_as(outs[0]), atol=1e-6)
-
-
-# ------------------------------------------------------------------------------------------------
-# storage
-# ------------------------------------------------------------------------------------------------
-
-
-def test_save_load_bit_exact_and_atomic(model, pcp, tmp_path):
-    rep = pcp.with_bias("attn1", torch.randn(D, dtype=torch.float64))
-    path = tmp_path / "pcp.safetensors"
-    assert rep.save(path) == path
-    back = PCPReplacement.load(path)
-    assert back.equal(rep) and back is not rep
-    for a, b in zip(rep, back, strict=True):
-        assert torch.equal(a.directions, b.directions) and torch.equal(a.scales, b.scales)
-    pcp.save(path)  # overwrite in place
-    assert PCPReplacement.load(path).equal(pcp)
-    assert os.listdir(tmp_path) == ["pcp.safetensors"]  # no temporary files left
-    with model.hooks(fwd_hooks=back.hooks(model)):
-        pass
-
-
-def _tamper(src, dst, meta_fn=None, tensor_fn=None):
-    from safetensors import safe_open
-
-    with safe_open(str(src), "pt") as f:
-        meta = json.loads(f.metadata()["pcp_lens"])
-    tensors = load_file(str(src))
-    if meta_fn:
-        meta_fn(meta)
-    if tensor_fn:
-        tensor_fn(tensors)
-    save_file(tensors, str(dst), metadata={"pcp_lens": json.dumps(meta)})
-
-
-@pytest.mark.parametrize(
-    ("meta_fn", "tensor_fn", "match"),
-    [
-        (lambda m: m.update(format_version=99), None, "format_version"),
-        (lambda m: m.update(format="other"), None, "'format' must be"),
-        (lambda m: m["sites"][0].update(rank=3), None, "must be float64 of shape"),
-        (lambda m: m["sites"][0].update(site="resid_pre0"), None, "is invalid"),
-        (lambda m: m["fingerprint"].update(d_model="16"), None, "fingerprint"),
-        (lambda m: m["sites"][0].update(kind="pca"), None, "kind of site"),
-        (None, lambda t: t.pop("mlp0.scales"), "missing \\['mlp0.scales'\\]"),
-        (None, lambda t: t.update(extra=torch.zeros(1)), "unexpected \\['extra'\\]"),
-        (None, lambda t: t.update({"mlp0.scales": t["mlp0.scales"].float()}), "float64"),
-        (None, lambda t: t.update({"mlp0.directions": 2 * t["mlp0.directions"]}), "unit"),
-        (None, lambda t: t.update({"mlp0.scales": t["mlp0.scales"] * np.nan}), "finite"),
-    ],
-)
-def test_load_rejects_mismatched_files(pcp, tmp_path, meta_fn, tensor_fn, match):
-    src, dst = tmp_path / "ok.safetensors", tmp_path / "bad.safetensors"
-    pcp.save(src)
-    _tamper(src, dst, meta_fn, tensor_fn)
-    with pytest.raises(ValueError, match=match):
-        PCPReplacement.load(dst)
-
-
-def test_load_rejects_foreign_files(tmp_path):
-    junk = tmp_path / "junk.safetensors"
-    junk.write_bytes(b"not a safetensors file at all")
-    with pytest.raises(ValueError, match="not a readable safetensors file"):
-        PCPReplacement.load(junk)
-    other = tmp_path / "other.safetensors"
-    save_file({"w": torch.zeros(2)}, str(other))
-    with pytest.raises(ValueError, match="no 'pcp_lens' metadata"):
-        PCPReplacement.load(other)
-    with pytest.raises(FileNotFoundError):
-        PCPReplacement.load(tmp_path / "missing.safetensors")
 
 
 # ------------------------------------------------------------------------------------------------
