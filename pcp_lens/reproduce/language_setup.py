@@ -322,10 +322,14 @@ def prepare_data(s: Settings, tokenizer: Any | None, seed: int) -> tuple[Languag
         )
     else:
         ps = prompt_sets(sentences, trigger=TRIGGER, tokenizer=tokenizer, seed=seed)
+        def n_tok(t: str) -> int:
+            return len(tokenizer(t, add_special_tokens=False)["input_ids"])
+
+        # valid (<= max_prompt_tokens) and long enough to hold the ablated position
         short = [
             i
-            for i, t in enumerate(ps["trigger"])
-            if len(tokenizer(t, add_special_tokens=False)["input_ids"]) <= s.max_prompt_tokens
+            for i, (t, c) in enumerate(zip(ps["trigger"], ps["clean"], strict=True))
+            if n_tok(t) <= s.max_prompt_tokens and n_tok(c) > max(s.positions)
         ][: s.n_prompts]
         clean = [ps["clean"][i] for i in short]
         trig = [ps["trigger"][i] for i in short]

@@ -51,8 +51,10 @@ class Ctx:
     seed: int = 0
 
     def ids(self, texts: Sequence[str]) -> list[torch.Tensor]:
-        """Token rows (no BOS) of texts, for fits and means."""
-        return [torch.tensor(x) for x in tokenize_prompts(self.tok, texts)]
+        """Token rows (no BOS) of the texts long enough to hold every position, for fits and
+        means."""
+        need = max(self.s.positions) + 1
+        return [torch.tensor(x) for x in tokenize_prompts(self.tok, texts) if len(x) >= need]
 
 
 def row(
