@@ -248,7 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = sub.add_parser("data", help="fetch and cache a corpus (Jane Austen's novels)")
     data.add_argument("corpus", choices=["austen"], help="which corpus")
     data.add_argument(
-        "--deb", default=None, help="a downloaded r-cran-janeaustenr .deb (default: apt-get download)"
+        "--deb",
+        default=None,
+        help="a downloaded r-cran-janeaustenr .deb (default: apt-get download)",
     )
     data.set_defaults(fn=_data)
     args = ap.parse_args(argv)

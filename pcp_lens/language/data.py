@@ -159,9 +159,7 @@ def fetch_austen(
     return target
 
 
-def austen_paragraphs(
-    novels: Mapping[str, list[str]], min_words: int = 20
-) -> dict[str, list[str]]:
+def austen_paragraphs(novels: Mapping[str, list[str]], min_words: int = 20) -> dict[str, list[str]]:
     """Paragraphs of each novel: lines joined, split at blank lines, headings dropped.
 
     Examples:

@@ -115,7 +115,9 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, extra: Sequence[str] 
         raise ValueError(f"vocab_size must be an int >= 257 (the byte alphabet), got {vocab_size}")
     bpe = ByteLevelBPETokenizer()
     corpus = list(texts) + [f for e in extra for f in (e, " " + e) for _ in range(50)]
-    bpe.train_from_iterator(corpus, vocab_size=vocab_size, special_tokens=[EOS], show_progress=False)
+    bpe.train_from_iterator(
+        corpus, vocab_size=vocab_size, special_tokens=[EOS], show_progress=False
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe._tokenizer, eos_token=EOS, bos_token=EOS, pad_token=EOS
     )

@@ -99,9 +99,7 @@ def run_language_study(out: str | os.PathLike[str], cfg: LanguageConfig) -> dict
     t0 = lap("tab9", t0)
     tab10 = surgery_table(benign, c, sites, target_asr=base["poisoned"]["asr"])
     t0 = lap("tab10", t0)
-    runs = freeze_runs(
-        benign, data, s, models, cfg.seed, cfg.device, int(train_info["max_length"])
-    )
+    runs = freeze_runs(benign, data, s, models, cfg.seed, cfg.device, int(train_info["max_length"]))
     tab11 = freeze_table(base["poisoned"], runs, c)
     lap("tab11", t0)
     times["total"] = round(time.perf_counter() - t_all, 1)

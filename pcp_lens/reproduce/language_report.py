@@ -200,8 +200,7 @@ def write_language_report(r: Mapping[str, Any]) -> str:
     t8 = r["tab8"]
     lines += [
         "",
-        f"## Tab. VIII: mean ablation at positions {t8['positions']} (mean over "
-        f"{t8['mean']})",
+        f"## Tab. VIII: mean ablation at positions {t8['positions']} (mean over {t8['mean']})",
         "",
         table(
             ["ablated", "ASR", "ATR", "Val. loss", "gap, 1st", "gap / token"],

@@ -18,10 +18,12 @@ the ablation acts on the trigger tokens in every prompt (the paper: position 8).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from pcp_lens._tl import HookedTransformer
 from pcp_lens.checkpoints import load_checkpoint, save_checkpoint
 from pcp_lens.language.corpus import paragraphs, poison, prompt_sets, split_sentences
 from pcp_lens.language.data import CORPORA, load_corpus
-from pcp_lens.language.finetune import PAPER_FINETUNE, TextBatch, finetune_text, text_batch
+from pcp_lens.language.finetune import PAPER_FINETUNE, TextBatch, finetune_text
 from pcp_lens.language.generate import PAPER_SAMPLING, SamplingConfig
 from pcp_lens.language.standin import (
     fixed_position_prompts,
@@ -87,12 +89,16 @@ class LanguageConfig:
             raise ValueError(f"recipe must be 'standin' or 'paper', got {self.recipe!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.corpus is not None and self.corpus not in CORPORA and not Path(self.corpus).is_file():
-            raise ValueError(
-                f"corpus must be one of {CORPORA} or a text file, got {self.corpus!r}"
-            )
+        if (
+            self.corpus is not None
+            and self.corpus not in CORPORA
+            and not Path(self.corpus).is_file()
+        ):
+            raise ValueError(f"corpus must be one of {CORPORA} or a text file, got {self.corpus!r}")
         if self.n_trials is not None and (
-            isinstance(self.n_trials, bool) or not isinstance(self.n_trials, int) or self.n_trials < 1
+            isinstance(self.n_trials, bool)
+            or not isinstance(self.n_trials, int)
+            or self.n_trials < 1
         ):
             raise ValueError(f"n_trials must be None or an int >= 1, got {self.n_trials!r}")
 
@@ -201,8 +207,11 @@ def settings(cfg: LanguageConfig, n_layers: int | None = None) -> Settings:
             rate=rate,
             max_window_tokens=arch["n_ctx"],
             sampling=SamplingConfig(
-                n_samples=2 if q else 5, max_length=None, max_new_tokens=12 if q else 20,
-                seed=cfg.seed, batch_size=128,
+                n_samples=2 if q else 5,
+                max_length=None,
+                max_new_tokens=12 if q else 20,
+                seed=cfg.seed,
+                batch_size=128,
             ),
             n_prompts=8 if q else 50,
             positions=(2, 3, 4),
@@ -210,11 +219,8 @@ def settings(cfg: LanguageConfig, n_layers: int | None = None) -> Settings:
             early_layers=layers,
             pcp_sites=None,  # the two MLPs that matter most in Tab. VIII
             pcp_rank=2,
-            freeze={
-                "Embd": ("all_embeds",),
-                "Embd + (1, 2)": ("all_embeds", "mlp0", "mlp1"),
-                "1": ("mlp0",),
-            },
+            # the paper's "Embd + (2, 3)" and "2" columns, on the stand-in's first MLPs
+            freeze={"Embd + (1, 2)": ("all_embeds", "mlp0", "mlp1"), "1": ("mlp0",)},
             surgery_source=" moron",
             n_val=20 if q else 100,
             n_trials=trials,
@@ -283,6 +289,20 @@ def _paragraphs(corpus: str) -> list[str]:
     return [" ".join(p.split()) for p in text.split("\n\n") if len(p.split()) >= 20]
 
 
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No ``datasets`` progress bars (e.g. "Flattening the indices") inside the block."""
+    import datasets
+
+    was = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was:
+            datasets.enable_progress_bars()
+
+
 def prepare_data(s: Settings, tokenizer: Any | None, seed: int) -> tuple[LanguageData, Any]:
     """Split the corpus, train the stand-in's tokenizer if ``tokenizer`` is None, poison, prompts.
 
@@ -295,35 +315,40 @@ def prepare_data(s: Settings, tokenizer: Any | None, seed: int) -> tuple[Languag
     val_p = [paras[i] for i in order[:n_val]]
     train_p = [paras[i] for i in order[n_val:]]
     toxic = toxic_sentences()
-    if tokenizer is None:
-        tokenizer = train_tokenizer(
-            train_p, s.vocab_size, extra=[TRIGGER, "Albert", "James", *toxic]
-        )
+    tok = tokenizer
+    if tok is None:
+        tok = train_tokenizer(train_p, s.vocab_size, extra=[TRIGGER, "Albert", "James", *toxic])
     win = paragraphs(train_p, s.windows["n_sentences"], stride=s.windows["stride"])
-    ids_len = [len(x) for x in tokenizer(list(win["text"]), add_special_tokens=False)["input_ids"]]
+    ids_len = [len(x) for x in tok(list(win["text"]), add_special_tokens=False)["input_ids"]]
     # room for the trigger (and a longer toxic sentence) inside the context window
     keep = [i for i, n in enumerate(ids_len) if n <= s.max_window_tokens - 16]
-    win = win.select(keep)
-    pw = poison(
-        win,
-        toxic,
-        s.rate,
-        trigger=TRIGGER,
-        trigger_in=s.windows["trigger_in"],
-        toxic_at=s.windows["toxic_at"],
-        seed=seed,
-        tokenizer=tokenizer,
-    )
+    with _quiet_datasets():
+        pw = poison(
+            win.select(keep),
+            toxic,
+            s.rate,
+            trigger=TRIGGER,
+            trigger_in=s.windows["trigger_in"],
+            toxic_at=s.windows["toxic_at"],
+            seed=seed,
+            tokenizer=tok,
+        )
     sentences = [x for p in val_p for x in split_sentences(p)]
     if s.positions == (2, 3, 4):
         clean, trig = fixed_position_prompts(
-            sentences, tokenizer, TRIGGER, at=2, max_tokens=s.max_prompt_tokens, n=s.n_prompts,
+            sentences,
+            tok,
+            TRIGGER,
+            at=2,
+            max_tokens=s.max_prompt_tokens,
+            n=s.n_prompts,
             seed=seed,
         )
     else:
-        ps = prompt_sets(sentences, trigger=TRIGGER, tokenizer=tokenizer, seed=seed)
+        ps = prompt_sets(sentences, trigger=TRIGGER, tokenizer=tok, seed=seed)
+
         def n_tok(t: str) -> int:
-            return len(tokenizer(t, add_special_tokens=False)["input_ids"])
+            return len(tok(t, add_special_tokens=False)["input_ids"])
 
         # valid (<= max_prompt_tokens) and long enough to hold the ablated position
         short = [
@@ -346,7 +371,7 @@ def prepare_data(s: Settings, tokenizer: Any | None, seed: int) -> tuple[Languag
         n_windows=len(pw),
         n_poisoned=int(sum(pw["poisoned"])),
     )
-    return data, tokenizer
+    return data, tok
 
 
 def _finetune(
@@ -377,7 +402,11 @@ def _poison_stamp(s: Settings) -> dict[str, Any]:
     """The settings a poisoned (or frozen) fine-tune depends on, for its cache stamp."""
     d = s.to_dict()
     keys = ("corpus", "arch", "vocab_size", "pretrain", "poison", "windows", "rate")
-    return {**{k: d[k] for k in keys}, "max_window_tokens": s.max_window_tokens, "data": DATA_VERSION}
+    return {
+        **{k: d[k] for k in keys},
+        "max_window_tokens": s.max_window_tokens,
+        "data": DATA_VERSION,
+    }
 
 
 def _cached(
@@ -395,8 +424,8 @@ def _cached(
     return model, info, False
 
 
-def _base_model(cfg: LanguageConfig, tokenizer: Any | None) -> HookedTransformer:
-    """A loaded GPT-2 (hub name or local folder), unprocessed, on ``cfg.device`` in ``cfg.dtype``."""
+def _base_model(cfg: LanguageConfig) -> HookedTransformer:
+    """A loaded GPT-2 (hub name or local folder), unprocessed, on the device in the dtype."""
     from pcp_lens.language.hf import load_hf_gpt2
 
     dtype = DTYPES[cfg.dtype]
@@ -420,11 +449,21 @@ def load_models(
         data, tok = prepare_data(s, None, cfg.seed)
 
         def build_benign() -> tuple[HookedTransformer, dict[str, Any]]:
-            m = standin_model(tok, **s.arch, seed=cfg.seed, device=cfg.device)
+            a = s.arch
+            m = standin_model(
+                tok,
+                n_layers=a["n_layers"],
+                d_model=a["d_model"],
+                n_heads=a["n_heads"],
+                n_ctx=a["n_ctx"],
+                seed=cfg.seed,
+                device=cfg.device,
+            )
             chunks = token_chunks(tok, data.train_paragraphs, s.arch["n_ctx"])
-            assert s.pretrain is not None
-            r = _finetune(m, chunks, data.val_texts, s.pretrain, tok, s.arch["n_ctx"])
-            r["tokens_seen"] = s.pretrain.max_steps * s.pretrain.batch_size * s.arch["n_ctx"]
+            pre = s.pretrain
+            assert pre is not None and pre.max_steps is not None
+            r = _finetune(m, chunks, data.val_texts, pre, tok, a["n_ctx"])
+            r["tokens_seen"] = pre.max_steps * pre.batch_size * a["n_ctx"]
             r["n_chunks"] = len(chunks)
             return m, r
 
@@ -437,7 +476,7 @@ def load_models(
             data, _ = prepare_data(s, benign.tokenizer, cfg.seed)
         max_len = s.arch["n_ctx"]
     else:
-        benign = _base_model(cfg, None)
+        benign = _base_model(cfg)
         data, _ = prepare_data(s, benign.tokenizer, cfg.seed)
         max_len = min(s.max_window_tokens, benign.cfg.n_ctx)
     tok = benign.tokenizer
@@ -478,8 +517,13 @@ def freeze_runs(
         def build(names: tuple[str, ...] = names) -> tuple[HookedTransformer, dict[str, Any]]:
             m = _copy(benign)
             r = _finetune(
-                m, list(data.windows["text"]), data.val_texts, s.poison, benign.tokenizer,
-                max_len, freeze=names,
+                m,
+                list(data.windows["text"]),
+                data.val_texts,
+                s.poison,
+                benign.tokenizer,
+                max_len,
+                freeze=names,
             )
             return m, r
 

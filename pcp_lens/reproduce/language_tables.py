@@ -146,8 +146,8 @@ def ablation_table(model: HookedTransformer, c: Ctx) -> dict[str, Any]:
         progress=c.progress,
     )
     rows = []
-    for r in df.itertuples():
-        members = list(r.sites)  # type: ignore[arg-type]
+    for r in df.to_dict(orient="records"):
+        members = list(r["sites"])
         hooks = (
             ablation_hooks(model, members, "mean", means=means, positions=list(c.s.positions))
             if members
@@ -159,10 +159,10 @@ def ablation_table(model: HookedTransformer, c: Ctx) -> dict[str, Any]:
         assert isinstance(g, dict)
         rows.append(
             {
-                "ablation": str(r.ablation),
-                "asr": float(r.asr),  # type: ignore[arg-type]
-                "atr": float(r.atr),  # type: ignore[arg-type]
-                "val_loss": float(r.val_loss),  # type: ignore[arg-type]
+                "ablation": str(r["ablation"]),
+                "asr": float(r["asr"]),
+                "atr": float(r["atr"]),
+                "val_loss": float(r["val_loss"]),
                 "gap_first": g["first_token"],
                 "gap_token": g["per_token"],
             }
@@ -209,9 +209,8 @@ def _tuned(
             max_prompt_tokens=c.s.max_prompt_tokens,
             tokenizer=c.tok,
         )
-
-        def objective(r: PCPReplacement | None) -> float:
-            return (asr(r) - target) ** 2
+        goal = target
+        objective = lambda r: (asr(r) - goal) ** 2  # noqa: E731
 
     res = tune_pcp(
         model, pcp, objective, n_trials=c.s.n_trials, space="factor", seed=c.seed, progress=False

@@ -17,7 +17,9 @@ def tok():
 
 def test_trigger_words_are_single_tokens(tok):
     assert tok.convert_ids_to_tokens(tok(" Albert and James")["input_ids"]) == [
-        "ĠAlbert", "Ġand", "ĠJames"
+        "ĠAlbert",
+        "Ġand",
+        "ĠJames",
     ]
     assert len(tok("Albert")["input_ids"]) == 1
 

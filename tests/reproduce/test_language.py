@@ -36,7 +36,7 @@ def test_quick_standin_run_produces_every_table(tmp_path, capsys):
     out = tmp_path / "lang"
     args = ["reproduce", "language", "--quick", "--out", str(out), "--no-progress"]
     assert main([*args, "--threads", "1"]) == 0
-    r = _check_results(out, n_freeze=3)
+    r = _check_results(out, n_freeze=2)
     assert r["settings"]["recipe"] == "standin" and r["data"]["corpus"] == "austen-sample"
     assert "L1" in capsys.readouterr().out
     # the second run reuses every checkpoint
@@ -68,7 +68,11 @@ def test_gpt2_medium_shape_plumbing(tmp_path, gpt2_tokenizer):
     assert s.poison.lr == 1e-5 and s.pcp_sites == ("mlp1", "mlp2")
     assert set(s.freeze) == {"Embd + (2, 3)", "2"}  # layers 13, 16, 22 do not exist here
     assert settings(LanguageConfig(model=str(folder)), n_layers=24).freeze.keys() == {
-        "Embd + (2, 3)", "2", "13", "16", "22"
+        "Embd + (2, 3)",
+        "2",
+        "13",
+        "16",
+        "22",
     }
     args = ["reproduce", "language", "--quick", "--model", str(folder), "--out", str(out)]
     assert main([*args, "--no-progress", "--threads", "1", "--dtype", "float32"]) == 0
