@@ -134,9 +134,11 @@ class Settings:
     n_trials: int
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form (training configs without ``progress``, which changes no result)."""
         d = dataclasses.asdict(self)
-        d["pretrain"] = self.pretrain.to_dict() if self.pretrain is not None else None
-        d["poison"] = self.poison.to_dict()
+        for k in ("pretrain", "poison"):
+            tc = getattr(self, k)
+            d[k] = {n: v for n, v in tc.to_dict().items() if n != "progress"} if tc else None
         return json.loads(json.dumps(d, default=str))
 
 
