@@ -139,8 +139,8 @@ def standin_model(
     Examples:
         >>> tok = train_tokenizer(["a b c"] * 10, 280)
         >>> m = standin_model(tok, n_layers=1, d_model=32, n_heads=2, n_ctx=16)
-        >>> m.cfg.d_vocab, m.cfg.original_architecture, m.cfg.tie_word_embeddings
-        (280, 'GPT2LMHeadModel', True)
+        >>> m.cfg.d_vocab == len(tok), m.cfg.original_architecture, m.cfg.tie_word_embeddings
+        (True, 'GPT2LMHeadModel', True)
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -166,8 +166,8 @@ def token_chunks(tokenizer: Any, texts: Sequence[str], length: int) -> TextBatch
     Examples:
         >>> tok = train_tokenizer(["a b c"] * 10, 280)
         >>> b = token_chunks(tok, ["a b c"] * 4, 3)
-        >>> tuple(b.tokens.shape), bool(b.labels.all())
-        ((4, 3), True)
+        >>> b.tokens.shape[1], bool(b.labels.all())
+        (3, True)
     """
     if isinstance(length, bool) or not isinstance(length, int) or length < 2:
         raise ValueError(f"length must be an int >= 2, got {length!r}")
@@ -191,8 +191,9 @@ def fixed_position_prompts(
 ) -> tuple[list[str], list[str]]:
     """Clean/trigger prompt pairs whose trigger starts at token position ``at`` in every prompt.
 
-    A sentence qualifies if it has at most ``max_tokens - len(trigger tokens)`` tokens and a word
-    boundary after exactly ``at`` tokens; the trigger goes there, and the trigger prompt must
+    A sentence qualifies if it has at most ``max_tokens - len(trigger tokens)`` tokens, at least
+    ``at + len(trigger tokens)`` (so position-specific edits exist in the clean prompt too) and a
+    word boundary after exactly ``at`` tokens; the trigger goes there, and the trigger prompt must
     tokenize as the clean prompt's tokens with the trigger's spliced in. The qualifying sentences
     are shuffled (seeded) and the first ``n`` kept.
 
@@ -212,7 +213,8 @@ def fixed_position_prompts(
     for i in order:
         s = sentences[i]
         ids = tokenize_prompts(tokenizer, [s])[0]
-        if len(ids) + len(trig_ids) > max_tokens or len(ids) <= at:
+        # the clean prompt must hold the trigger's positions too (ablations act there)
+        if len(ids) + len(trig_ids) > max_tokens or len(ids) < at + len(trig_ids):
             continue
         head = tokenizer.decode(ids[:at], clean_up_tokenization_spaces=False)
         tail = tokenizer.decode(ids[at:], clean_up_tokenization_spaces=False)
