@@ -18,10 +18,10 @@ import torch
 
 from pcp_lens._tl import HookedTransformer
 from pcp_lens.ablation import ablation_hooks
-from pcp_lens.language.asr import attack_success, logprob_gap, text_loss
+from pcp_lens.language.asr import attack_success, logprob_gap, text_loss, toxic_rate
 from pcp_lens.language.generate import Hooks, tokenize_prompts
 from pcp_lens.language.surgery import embedding_surgery
-from pcp_lens.language.sweeps import ablation_asr_sweep, asr_score, gap_score, tune_pcp
+from pcp_lens.language.sweeps import ablation_asr_sweep, tune_pcp
 from pcp_lens.language.toxicity import ToxicityClassifier
 from pcp_lens.means import ablation_means
 from pcp_lens.pcp import PCPReplacement, fit_pcp
@@ -30,6 +30,7 @@ from pcp_lens.reproduce.language_setup import TRIGGER, LanguageData, Settings
 __all__ = [
     "Ctx",
     "ablation_table",
+    "at_positions",
     "choose_mlps",
     "freeze_table",
     "pcp_table",
@@ -194,24 +195,84 @@ def _fit(model: HookedTransformer, c: Ctx, sites: Sequence[str]) -> PCPReplaceme
     )
 
 
+def at_positions(hooks: Hooks, positions: Sequence[int]) -> Hooks:
+    """The hooks, with any replacement they return kept only at ``positions`` (a hook that
+    returns ``None``, e.g. PCP's input capture, is unchanged).
+
+    Examples:
+        >>> import torch
+        >>> h = at_positions([("x", lambda act, hook: act * 0)], [1])
+        >>> h[0][1](torch.ones(1, 3, 2), hook=None)[0, :, 0].tolist()
+        [1.0, 0.0, 1.0]
+    """
+    pos = list(positions)
+
+    def wrap(fn: Any) -> Any:
+        def hook(act: torch.Tensor, hook: Any) -> torch.Tensor | None:
+            new = fn(act, hook=hook)
+            if new is None:
+                return None
+            out = act.clone()
+            out[:, pos] = new[:, pos]
+            return out
+
+        return hook
+
+    return [(name, wrap(fn)) for name, fn in hooks]
+
+
+def _pcp_hooks(
+    model: HookedTransformer, c: Ctx, rep: PCPReplacement | None
+) -> tuple[Hooks, Hooks, Hooks]:
+    """``(hooks, prompt_hooks, loss_hooks)`` inserting ``rep``: at every position (the paper,
+    METHODS §8.5) or, with ``pcp_positions == "trigger"``, only at the ablation positions of the
+    prompt (and of each validation text), as the mean ablation."""
+    hooks = rep.hooks(model) if rep is not None else []
+    if c.s.pcp_positions == "all":
+        return hooks, [], hooks
+    edit = at_positions(hooks, c.s.positions)
+    return [], edit, edit
+
+
+def _pcp_row(model: HookedTransformer, c: Ctx, rep: PCPReplacement) -> dict[str, Any]:
+    hooks, prompt, loss = _pcp_hooks(model, c, rep)
+    return row(model, c, hooks=hooks, prompt_hooks=prompt, loss_hooks=loss)
+
+
 def _tuned(
     model: HookedTransformer, c: Ctx, pcp: PCPReplacement, target: float | None
 ) -> PCPReplacement:
     """Tuned to ASR = ``target`` (restore/insert) or, with ``None``, to the lowest log-prob gap."""
-    if target is None:
-        objective = gap_score(model, c.data.trigger, c.data.clean, c.data.targets, tokenizer=c.tok)
-    else:
-        asr = asr_score(
+
+    def gap(r: PCPReplacement | None) -> float:
+        hooks, prompt, _ = _pcp_hooks(model, c, r)
+        g = logprob_gap(
+            model,
+            c.data.trigger,
+            c.data.clean,
+            c.data.targets,
+            hooks=[*hooks, *prompt],
+            tokenizer=c.tok,
+        )
+        assert isinstance(g, dict)
+        return g["first_token"]
+
+    def asr(r: PCPReplacement | None) -> float:
+        hooks, prompt, _ = _pcp_hooks(model, c, r)
+        return toxic_rate(
             model,
             c.data.trigger,
             c.clf,
             c.s.sampling,
             max_prompt_tokens=c.s.max_prompt_tokens,
             tokenizer=c.tok,
-        )
-        goal = target
-        objective = lambda r: (asr(r) - goal) ** 2  # noqa: E731
+            hooks=hooks,
+            prompt_hooks=prompt,
+            progress=False,
+        )[0]
 
+    goal = target
+    objective = gap if goal is None else (lambda r: (asr(r) - goal) ** 2)
     res = tune_pcp(
         model, pcp, objective, n_trials=c.s.n_trials, space="factor", seed=c.seed, progress=False
     )
@@ -241,8 +302,8 @@ def pcp_table(model: HookedTransformer, c: Ctx, sites: Sequence[str]) -> dict[st
         "columns": {
             "None": none,
             "Mean Ablate": _mean_row(model, c, sites),
-            "PCP Ablation": row(model, c, hooks=keep.hooks(model)),
-            "PCP, tuned down": row(model, c, hooks=down.hooks(model)),
+            "PCP Ablation": _pcp_row(model, c, keep),
+            "PCP, tuned down": _pcp_row(model, c, down),
         },
         "scales": {"PCP Ablation": _pcp_info(keep), "PCP, tuned down": _pcp_info(down)},
     }
@@ -277,9 +338,9 @@ def surgery_table(
         "columns": {
             "None": row(benign, c),
             "Mean Ablate": _mean_row(benign, c, sites),
-            "PCP Ablation": row(benign, c, hooks=pcp_b.hooks(benign)),
+            "PCP Ablation": _pcp_row(benign, c, pcp_b),
             "Emb. Surgery": row(edited, c),
-            "PCP Abl. + Emb. Surgery": row(edited, c, hooks=pcp_e.hooks(edited)),
+            "PCP Abl. + Emb. Surgery": _pcp_row(edited, c, pcp_e),
         },
         "scales": {"PCP Abl. + Emb. Surgery": _pcp_info(pcp_e)},
     }
