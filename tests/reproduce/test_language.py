@@ -93,3 +93,12 @@ def test_bad_language_arguments(capsys):
     assert "corpus must be one of" in capsys.readouterr().err
     with pytest.raises(ValueError, match="recipe must be"):
         LanguageConfig(recipe="fast")
+
+
+def test_paper_recipe_on_the_standin_is_an_option():
+    s = settings(LanguageConfig(recipe="paper"))
+    assert s.windows["trigger_in"] == (0, 1) and s.windows["toxic_at"] == (3, 4)
+    assert s.rate == 0.03 and s.poison.lr == 1e-5 and s.arch["n_layers"] == 4
+    d = settings(LanguageConfig())
+    assert d.recipe == "standin" and d.rate == 0.2 and d.windows["toxic_at"] == (1,)
+    assert d.pcp_positions == "trigger" and s.poison.max_steps == d.poison.max_steps
