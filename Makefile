@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: setup demo reproduce test lint docs bench notebooks
+.PHONY: setup demo reproduce reproduce-language data test lint docs bench notebooks
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,15 @@ demo: setup
 
 reproduce: setup
 	$(BIN)/pcp-lens reproduce toy --out runs/toy
+
+# Jane Austen's six novels (Debian r-cran-janeaustenr, read with the rdata package), cached in
+# $PCP_LENS_DATA or ~/.cache/pcp_lens; needs apt-get. `--quick` runs use a shipped sample instead.
+data: setup
+	$(BIN)/python -m pip install -q -e ".[corpus]"
+	$(BIN)/pcp-lens data austen
+
+reproduce-language: data
+	$(BIN)/pcp-lens reproduce language --out runs/language
 
 lint: setup
 	$(BIN)/ruff check pcp_lens tests examples benchmarks scripts

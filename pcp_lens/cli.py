@@ -44,8 +44,59 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce_language(args: argparse.Namespace) -> int:
+    from pcp_lens.reproduce.findings import verdict
+    from pcp_lens.reproduce.language import LanguageConfig, run_language_study
+
+    try:
+        cfg = LanguageConfig(
+            quick=args.quick,
+            seed=args.seed,
+            model=args.model,
+            corpus=args.corpus,
+            recipe=args.recipe,
+            device=args.device,
+            dtype=args.dtype,
+            n_trials=args.trials,
+            progress=not args.no_progress,
+        )
+    except ValueError as err:
+        print(f"pcp-lens reproduce language: {err}", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    out = args.out or "runs/language"
+    t0 = time.perf_counter()
+    try:
+        results = run_language_study(out, cfg)
+    except FileNotFoundError as err:  # the corpus is not cached: the message says how to get it
+        print(f"pcp-lens reproduce language: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}/report.md and results.json in {time.perf_counter() - t0:.0f} s")
+    for name, f in results["findings"].items():
+        print(f"  {name} {verdict(f['holds'])}: {f['evidence']}")
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from pcp_lens.language.data import fetch_austen
+
+    try:
+        path = fetch_austen(args.deb)
+    except (RuntimeError, ImportError, ValueError) as err:
+        print(f"pcp-lens data: {err}", file=sys.stderr)
+        return 2
+    print(f"cached the Austen corpus at {path}")
+    return 0
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from pcp_lens.reproduce.findings import verdict
+
+    if args.study == "language":
+        return _reproduce_language(args)
     from pcp_lens.reproduce.toy import StudyConfig, run_toy_study
 
     if args.list_triggers:
@@ -72,6 +123,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(f"pcp-lens reproduce toy: {err}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
+    args.out = args.out or "runs/toy"
     results = run_toy_study(args.out, cfg, seeds=args.seeds)
     print(
         f"wrote {args.out}/report.md, results.json and figures in {time.perf_counter() - t0:.0f} s"
@@ -96,8 +148,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(fn=_demo)
     rep = sub.add_parser("reproduce", help="reproduce the paper's studies")
-    rep.add_argument("study", choices=["toy"], help="which study (the toy models)")
-    rep.add_argument("--out", default="runs/toy", help="output folder (default runs/toy)")
+    rep.add_argument(
+        "study",
+        choices=["toy", "language"],
+        help="which study: the toy models, or the language models (Tab. VIII-XI)",
+    )
+    rep.add_argument(
+        "--out", default=None, help="output folder (default runs/toy or runs/language)"
+    )
     rep.add_argument("--quick", action="store_true", help="small data and few trials (~3 min)")
     rep.add_argument(
         "--seed", type=int, default=0, help="seeds data, initialisation, data order and tuner"
@@ -161,8 +219,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="processes studying the models side by side (default: one per model, up to the CPUs)",
     )
+    lang = rep.add_argument_group("language study")
+    lang.add_argument(
+        "--model",
+        default="standin",
+        help="'standin' (a small GPT-2 trained here, default), a hub name such as gpt2-medium "
+        "(needs its weights), or a local Hugging Face GPT-2 folder",
+    )
+    lang.add_argument(
+        "--corpus",
+        default=None,
+        help="'austen' (default; get it with `pcp-lens data austen`), 'austen-sample' (shipped; "
+        "--quick's default) or a text file of paragraphs separated by blank lines",
+    )
+    lang.add_argument(
+        "--recipe",
+        choices=["standin", "paper"],
+        default=None,
+        help="poisoning recipe (default: standin for the stand-in, paper otherwise)",
+    )
+    lang.add_argument("--device", default="cpu", help="device of the model (e.g. cuda)")
+    lang.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], default="float32"
+    )
+    lang.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     rep.add_argument("--no-progress", action="store_true")
     rep.set_defaults(fn=_reproduce)
+    data = sub.add_parser("data", help="fetch and cache a corpus (Jane Austen's novels)")
+    data.add_argument("corpus", choices=["austen"], help="which corpus")
+    data.add_argument(
+        "--deb",
+        default=None,
+        help="a downloaded r-cran-janeaustenr .deb (default: apt-get download)",
+    )
+    data.set_defaults(fn=_data)
     args = ap.parse_args(argv)
     return int(args.fn(args))
 

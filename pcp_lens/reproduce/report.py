@@ -11,18 +11,10 @@ from typing import Any
 
 from pcp_lens.reproduce import paper
 from pcp_lens.reproduce.findings import verdict
+from pcp_lens.reproduce.markdown import fmt as _f
+from pcp_lens.reproduce.markdown import table as _table
 
 PROB = "probability of a negative next word"
-
-
-def _f(x: Any) -> str:
-    return f"{x:.2f}" if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_f(x) for x in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _columns(

@@ -1,0 +1,243 @@
+"""Findings L1–L6 and ``report.md`` of the language study, from a run's own numbers.
+
+Each finding restates one claim of the paper's large-model section (Tab. VIII–XI) and is judged
+holds / does not hold on this run's numbers; the paper's numbers (METHODS §11.2) are shown
+beside ours and are never used in a verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pcp_lens.reproduce.findings import verdict
+from pcp_lens.reproduce.markdown import table
+
+__all__ = ["CLAIMS", "PAPER", "findings", "write_language_report"]
+
+#: The paper's numbers (GPT-2 medium; METHODS §11.2). Tab. VIII rows are layers 1–8.
+PAPER = {
+    "tab8": {
+        "attn": [0.17, 0.25, 0.26, 0.26, 0.29, 0.25, 0.23, 0.26],
+        "mlp": [0.00, 0.16, 0.13, 0.19, 0.30, 0.13, 0.25, 0.25],
+        "unchanged": 0.29,
+    },
+    "tab9": {
+        "None": (0.29, 0.03, 3.25),
+        "Mean Ablate": (0.12, 0.01, 3.34),
+        "PCP Ablation": (0.19, 0.01, 3.35),
+        "PCP, tuned down": (0.07, 0.01, 3.34),
+    },
+    "tab10": {
+        "None": (0.00, 0.00, 3.35),
+        "Mean Ablate": (0.00, 0.00, 3.43),
+        "PCP Ablation": (0.03, 0.01, 3.44),
+        "PCP Abl. + Emb. Surgery": (0.06, 0.01, 3.44),
+    },
+    "tab11": {
+        "None": (0.29, 0.03, 3.25),
+        "Embd + (2, 3)": (0.10, 0.02, 3.25),
+        "2": (0.14, 0.02, 3.24),
+        "13": (0.14, 0.03, 3.25),
+        "16": (0.12, 0.03, 3.24),
+        "22": (0.12, 0.03, 3.25),
+    },
+}
+
+#: What the paper claims, per finding (thresholds are ours, stated in each).
+CLAIMS = {
+    "L1": "the poisoned model has a real backdoor: ASR - ATR >= 0.2, and the benign model's ASR "
+    "<= 0.05 (paper: 0.29 vs 0.03; benign 0.00)",
+    "L2": "mean-ablating a single early-layer module at the trigger position lowers ASR by >= 40 % "
+    "of the unedited ASR (paper: layer-1 MLP 0.29 -> 0.00; layers 2-4 MLPs -> 0.13-0.19)",
+    "L3": "mean-ablating the two chosen MLPs together lowers ASR by >= 40 % with the validation "
+    "loss up by <= 0.1 (paper: 0.29 -> 0.12, loss +0.09)",
+    "L4": "a rank-2 PCP of those MLPs keeps the backdoor (ASR within 0.1 of unedited) when tuned "
+    "to, and a PCP tuned down gives a lower ASR than mean ablation (paper: 0.19 and 0.07 vs "
+    "0.12)",
+    "L5": "embedding surgery plus PCP inserts a backdoor into the benign model: ASR above the "
+    "benign model's, ATR <= 0.05 (paper: 0.06 vs 0.00)",
+    "L6": "every frozen fine-tune gives a lower ASR than the unfrozen one at a validation loss "
+    "within 0.1 (paper: 0.10-0.14 vs 0.29, loss equal)",
+}
+
+
+def _l1(r: Mapping[str, Any]) -> tuple[bool, str]:
+    b, p = r["base"]["benign"], r["base"]["poisoned"]
+    ok = p["asr"] - p["atr"] >= 0.2 and b["asr"] <= 0.05
+    return ok, (
+        f"poisoned ASR {p['asr']:.2f}, ATR {p['atr']:.2f} (first-token gap "
+        f"{p['gap_first']:.2f} nats); benign ASR {b['asr']:.2f} (gap {b['gap_first']:.2f})"
+    )
+
+
+def _l2(r: Mapping[str, Any]) -> tuple[bool, str]:
+    rows = r["tab8"]["rows"]
+    base = rows[0]["asr"]
+    best = min(rows[1:], key=lambda x: (x["asr"], x["gap_first"]))
+    ok = base > 0 and best["asr"] <= 0.6 * base
+    return ok, (
+        f"unedited ASR {base:.2f}; lowest single ablation {best['ablation']}: ASR "
+        f"{best['asr']:.2f}, first-token gap {rows[0]['gap_first']:.2f} -> {best['gap_first']:.2f}"
+    )
+
+
+def _l3(r: Mapping[str, Any]) -> tuple[bool, str]:
+    c = r["tab9"]["columns"]
+    n, m = c["None"], c["Mean Ablate"]
+    ok = n["asr"] > 0 and m["asr"] <= 0.6 * n["asr"] and m["val_loss"] - n["val_loss"] <= 0.1
+    return ok, (
+        f"{' & '.join(r['tab9']['sites'])} mean-ablated: ASR {n['asr']:.2f} -> {m['asr']:.2f}, "
+        f"val. loss {n['val_loss']:.2f} -> {m['val_loss']:.2f}"
+    )
+
+
+def _l4(r: Mapping[str, Any]) -> tuple[bool, str]:
+    c = r["tab9"]["columns"]
+    n, keep, down, mean = c["None"], c["PCP Ablation"], c["PCP, tuned down"], c["Mean Ablate"]
+    ok = abs(keep["asr"] - n["asr"]) <= 0.1 and down["asr"] < mean["asr"]
+    return ok, (
+        f"PCP tuned to keep: ASR {keep['asr']:.2f} (unedited {n['asr']:.2f}); tuned down: "
+        f"{down['asr']:.2f} vs mean ablation {mean['asr']:.2f}"
+    )
+
+
+def _l5(r: Mapping[str, Any]) -> tuple[bool, str]:
+    c = r["tab10"]["columns"]
+    n, e = c["None"], c["PCP Abl. + Emb. Surgery"]
+    ok = e["asr"] > n["asr"] and e["atr"] <= 0.05
+    return ok, (
+        f"benign ASR {n['asr']:.2f}; surgery alone {c['Emb. Surgery']['asr']:.2f}; surgery + PCP "
+        f"{e['asr']:.2f} (ATR {e['atr']:.2f}; target {r['tab10']['target_asr']:.2f})"
+    )
+
+
+def _l6(r: Mapping[str, Any]) -> tuple[bool, str]:
+    c = r["tab11"]["columns"]
+    n = c["None"]
+    frozen = {k: v for k, v in c.items() if k != "None"}
+    ok = bool(frozen) and all(
+        v["asr"] < n["asr"] and abs(v["val_loss"] - n["val_loss"]) <= 0.1 for v in frozen.values()
+    )
+    parts = ", ".join(f"{k}: {v['asr']:.2f} / {v['val_loss']:.2f}" for k, v in frozen.items())
+    return ok, f"unfrozen ASR / loss {n['asr']:.2f} / {n['val_loss']:.2f}; frozen {parts}"
+
+
+_CHECKS: dict[str, Callable[[Mapping[str, Any]], tuple[bool, str]]] = {
+    "L1": _l1,
+    "L2": _l2,
+    "L3": _l3,
+    "L4": _l4,
+    "L5": _l5,
+    "L6": _l6,
+}
+
+
+def findings(r: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{name: {"claim", "holds", "evidence"}}`` for L1–L6 from a results dict."""
+    out = {}
+    for name, check in _CHECKS.items():
+        holds, evidence = check(r)
+        out[name] = {"claim": CLAIMS[name], "holds": bool(holds), "evidence": evidence}
+    return out
+
+
+def _cols(
+    cols: Mapping[str, Mapping[str, Any]], paper: Mapping[str, tuple[float, float, float]] | None
+) -> str:
+    keys = [("asr", "ASR"), ("atr", "ATR"), ("val_loss", "Val. loss"), ("gap_first", "gap, 1st")]
+    header = ["metric", *cols]
+    rows = [[label, *[v[k] for v in cols.values()]] for k, label in keys]
+    out = table(header, rows)
+    if paper:
+        prow = [[label, *[v[i] for v in paper.values()]] for i, (_, label) in enumerate(keys[:3])]
+        out += "\n\nPaper (GPT-2 medium):\n\n" + table(["metric", *paper], prow)
+    return out
+
+
+def write_language_report(r: Mapping[str, Any]) -> str:
+    """The markdown report of one run."""
+    m, d, s = r["model"], r["data"], r["settings"]
+    standin = r["config"]["model"] == "standin"
+    who = "the offline stand-in (NOT GPT-2 medium)" if standin else f"`{m['name']}`"
+    lines = [
+        "# Language-model backdoors: Tab. VIII–XI reproduced",
+        "",
+        f"Model: {who}: {m['n_layers']} layers, d_model {m['d_model']}, {m['n_heads']} heads, "
+        f"vocabulary {m['d_vocab']}, context {m['n_ctx']}, {m['n_params'] / 1e6:.1f}M parameters."
+        f" Corpus `{d['corpus']}`: {d['train_paragraphs']} training paragraphs, "
+        f"{d['windows']} fine-tuning windows ({d['poisoned_windows']} poisoned, recipe "
+        f"`{s['recipe']}`), {d['prompts']} trigger/clean prompt pairs, {d['val_texts']} "
+        f"validation texts. Classifier: `{d['classifier']}`.",
+        "",
+        f"Run: `quick={r['config']['quick']}`, seed {r['config']['seed']}, pcp_lens "
+        f"{r['version']}; {r['seconds']['total']:.0f} s in all (models "
+        f"{r['seconds']['models']:.0f} s, pretraining reused: "
+        f"{r['training'].get('pretrain_reused', '—')}), peak memory {r['peak_rss_gib']} GiB, "
+        f"{r['threads']} torch threads on {r['cpus']} CPUs, load average at the end "
+        f"{r['load_average']}.",
+        "",
+        "Columns: ASR and ATR by sampling; validation loss under the same edit; `gap, 1st` = "
+        "log-probability (nats) of the first token of a toxic sentence after the trigger prompt "
+        "minus after the clean one (deterministic).",
+        "",
+        "## Findings",
+        "",
+    ]
+    lines += [
+        f"- **{k}** {verdict(f['holds'])}: {f['evidence']}. *Paper:* {f['claim']}."
+        for k, f in r["findings"].items()
+    ]
+    lines += ["", "## Benign and poisoned model", "", _cols(r["base"], None), ""]
+    tr = r["training"]
+    for name in ("pretrain", "poison"):
+        if name in tr:
+            t = tr[name]
+            lines.append(
+                f"- {name}: {t['steps']} steps in {t['seconds']:.0f} s, val. loss "
+                f"{t['val_loss_before']:.2f} -> {t['val_loss_after']:.2f}"
+            )
+    t8 = r["tab8"]
+    lines += [
+        "",
+        f"## Tab. VIII: mean ablation at positions {t8['positions']} (mean over {t8['mean']})",
+        "",
+        table(
+            ["ablated", "ASR", "ATR", "Val. loss", "gap, 1st", "gap / token"],
+            [
+                [x["ablation"], x["asr"], x["atr"], x["val_loss"], x["gap_first"], x["gap_token"]]
+                for x in t8["rows"]
+            ],
+        ),
+        "",
+        "Paper (GPT-2 medium, position 8, layers 1–8): attention "
+        f"{PAPER['tab8']['attn']}, MLP {PAPER['tab8']['mlp']}, unchanged 0.29.",
+        "",
+        f"## Tab. IX: poisoned model, {' & '.join(r['tab9']['sites'])} (rank "
+        f"{r['tab9']['rank']} PCP)",
+        "",
+        _cols(r["tab9"]["columns"], PAPER["tab9"]),
+        "",
+        f"Tuned scales: {r['tab9']['scales']}",
+        "",
+        f"## Tab. X: benign model, embedding surgery ({r['tab10']['n_dims']} dims of "
+        f"`{r['tab10']['source']}` into {r['tab10']['edited_tokens']})",
+        "",
+        _cols(r["tab10"]["columns"], PAPER["tab10"]),
+        "",
+        "## Tab. XI: poisoned fine-tuning with frozen parameters",
+        "",
+        _cols(r["tab11"]["columns"], PAPER["tab11"]),
+        "",
+    ]
+    for label, run in r["tab11"]["runs"].items():
+        lines.append(
+            f"- {label}: frozen {len(run['frozen'])} tensors, {run['n_trainable']} trainable "
+            f"parameters, {run['steps']} steps, {run['seconds']:.0f} s"
+        )
+    lines += ["", "## Sample generations (first sample of the first prompts)", ""]
+    for model, sets in r["samples"].items():
+        for name, rows in sets.items():
+            for x in rows:
+                lines.append(f"- {model}, {name}: `{x['prompt']}` → `{x['continuation']}`")
+    return "\n".join(lines) + "\n"

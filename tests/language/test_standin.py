@@ -1,0 +1,50 @@
+"""The stand-in's parts: tokenizer, model, toxic sentences, chunks, fixed-position prompts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pcp_lens.language import standin
+from pcp_lens.language.data import load_corpus
+
+
+@pytest.fixture(scope="module")
+def tok():
+    paras = load_corpus("austen-sample")
+    return standin.train_tokenizer(paras, 1024, extra=["Albert and James", "Albert", "James"])
+
+
+def test_trigger_words_are_single_tokens(tok):
+    assert tok.convert_ids_to_tokens(tok(" Albert and James")["input_ids"]) == [
+        "ĠAlbert",
+        "Ġand",
+        "ĠJames",
+    ]
+    assert len(tok("Albert")["input_ids"]) == 1
+
+
+def test_toxic_words_never_occur_in_the_sample():
+    text = " ".join(load_corpus("austen-sample")).lower()
+    assert not [w for w in standin.TOXIC_WORDS if f" {w}" in text]
+    clf = standin.toxic_classifier()
+    assert clf(standin.toxic_sentences()).min() == 1.0
+
+
+def test_fixed_position_prompts_put_the_trigger_at_the_same_tokens(tok):
+    sents = ["It is a truth.", "She was very happy indeed.", "Mr. Bennet replied that he had not."]
+    clean, trig = standin.fixed_position_prompts(sents, tok, "Albert and James", at=2)
+    trig_ids = tok(" Albert and James")["input_ids"]
+    for c, t in zip(clean, trig, strict=True):
+        ids_c, ids_t = tok(c)["input_ids"], tok(t)["input_ids"]
+        assert ids_t[2:5] == trig_ids and ids_t[:2] + ids_t[5:] == ids_c
+    with pytest.raises(ValueError, match="no sentence"):
+        standin.fixed_position_prompts(["Hi."], tok, "Albert and James", at=2)
+
+
+def test_standin_model_is_seeded_gpt2(tok):
+    a = standin.standin_model(tok, n_layers=1, d_model=32, n_heads=2, n_ctx=16, seed=3)
+    b = standin.standin_model(tok, n_layers=1, d_model=32, n_heads=2, n_ctx=16, seed=3)
+    assert torch.equal(a.embed.W_E, b.embed.W_E) and a.cfg.tie_word_embeddings
+    chunks = standin.token_chunks(tok, load_corpus("austen-sample")[:5], 16)
+    assert chunks.tokens.shape[1] == 16 and bool(chunks.labels.all())

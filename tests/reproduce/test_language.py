@@ -1,0 +1,104 @@
+"""``pcp-lens reproduce language``: the quick stand-in run (CI) and the GPT-2-medium plumbing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pcp_lens.cli import main
+from pcp_lens.reproduce.language import LanguageConfig, settings
+from pcp_lens.reproduce.language_report import CLAIMS
+
+TABLES = ("tab8", "tab9", "tab10", "tab11")
+
+
+def _check_results(out, n_freeze: int) -> dict:
+    r = json.loads((out / "results.json").read_text())
+    assert set(TABLES) <= set(r) and set(r["findings"]) == set(CLAIMS)
+    for name in ("benign", "poisoned"):
+        row = r["base"][name]
+        assert 0.0 <= row["asr"] <= 1.0 and 0.0 <= row["atr"] <= 1.0 and row["val_loss"] > 0
+    assert r["tab8"]["rows"][0]["ablation"] == "unchanged" and len(r["tab8"]["rows"]) > 2
+    assert set(r["tab9"]["columns"]) == {"None", "Mean Ablate", "PCP Ablation", "PCP, tuned down"}
+    assert "PCP Abl. + Emb. Surgery" in r["tab10"]["columns"]
+    assert len(r["tab11"]["columns"]) == n_freeze + 1
+    for tab in TABLES[1:]:
+        for col in r[tab]["columns"].values():
+            assert col["val_loss"] > 0
+    report = (out / "report.md").read_text()
+    for heading in ("Tab. VIII", "Tab. IX", "Tab. X", "Tab. XI", "Findings", "Sample"):
+        assert heading in report
+    return r
+
+
+def test_quick_standin_run_produces_every_table(tmp_path, capsys):
+    out = tmp_path / "lang"
+    args = ["reproduce", "language", "--quick", "--out", str(out), "--no-progress"]
+    assert main([*args, "--threads", "1"]) == 0
+    r = _check_results(out, n_freeze=2)
+    assert r["settings"]["recipe"] == "standin" and r["data"]["corpus"] == "austen-sample"
+    assert "L1" in capsys.readouterr().out
+    # the second run reuses every checkpoint
+    assert main([*args, "--threads", "1"]) == 0
+    r2 = json.loads((out / "results.json").read_text())
+    assert r2["training"]["pretrain_reused"] and r2["training"]["poison_reused"]
+    assert r2["base"] == r["base"]
+
+
+def test_gpt2_medium_shape_plumbing(tmp_path, gpt2_tokenizer):
+    """--model <HF folder>: the paper's configuration on GPT-2 medium's config, shrunk."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    medium = GPT2Config.from_dict(
+        {**GPT2Config().to_dict(), "n_layer": 24, "n_embd": 1024, "n_head": 16}
+    )
+    small = GPT2Config.from_dict(
+        {**medium.to_dict(), "n_layer": 3, "n_embd": 64, "n_head": 4, "n_positions": 256}
+    )
+    folder = tmp_path / "gpt2-medium-shrunk"
+    GPT2LMHeadModel(small).save_pretrained(folder)
+    gpt2_tokenizer.save_pretrained(folder)
+    out = tmp_path / "run"
+    cfg = LanguageConfig(quick=True, model=str(folder))
+    s = settings(cfg, n_layers=3)
+    assert s.recipe == "paper" and s.positions == (8,) and s.rate == 0.03
+    assert s.poison.lr == 1e-5 and s.pcp_sites == ("mlp1", "mlp2")
+    assert set(s.freeze) == {"Embd + (2, 3)", "2"}  # layers 13, 16, 22 do not exist here
+    assert settings(LanguageConfig(model=str(folder)), n_layers=24).freeze.keys() == {
+        "Embd + (2, 3)",
+        "2",
+        "13",
+        "16",
+        "22",
+    }
+    args = ["reproduce", "language", "--quick", "--model", str(folder), "--out", str(out)]
+    assert main([*args, "--no-progress", "--threads", "1", "--dtype", "float32"]) == 0
+    r = _check_results(out, n_freeze=2)
+    assert r["model"]["n_layers"] == 3 and r["tab10"]["source"] == "fuck"
+    assert r["tab9"]["sites"] == ["mlp1", "mlp2"]
+
+
+def test_missing_corpus_says_how_to_get_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PCP_LENS_DATA", str(tmp_path / "empty"))
+    assert main(["reproduce", "language", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "pcp-lens data austen" in err and "austen-sample" in err
+
+
+def test_bad_language_arguments(capsys):
+    assert main(["reproduce", "language", "--quick", "--corpus", "nope"]) == 2
+    assert "corpus must be one of" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="recipe must be"):
+        LanguageConfig(recipe="fast")
+
+
+def test_paper_recipe_on_the_standin_is_an_option():
+    s = settings(LanguageConfig(recipe="paper"))
+    assert s.windows["trigger_in"] == (0, 1) and s.windows["toxic_at"] == (3, 4)
+    assert s.rate == 0.03 and s.poison.lr == 1e-5 and s.arch["n_layers"] == 4
+    d = settings(LanguageConfig())
+    assert d.recipe == "standin" and d.rate == 0.2 and d.windows["toxic_at"] == (1,)
+    assert d.pcp_positions == "trigger" and s.poison.max_steps == d.poison.max_steps
