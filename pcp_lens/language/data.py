@@ -90,7 +90,7 @@ def read_austen_deb(deb: str | os.PathLike[str]) -> dict[str, list[str]]:
     4-byte length followed by zlib data, located by the (compressed) index ``Rdata.rdx``.
     """
     try:
-        import rdata
+        import rdata  # pyright: ignore[reportMissingImports]  (optional: the corpus extra)
     except ImportError:
         raise ImportError(
             "reading the Austen corpus needs the 'rdata' package: pip install rdata "

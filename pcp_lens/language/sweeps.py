@@ -233,7 +233,7 @@ def ablation_asr_sweep(
     *,
     sites: SiteLike | Iterable[SiteLike] | None = None,
     combos: Mapping[str, Iterable[SiteLike]] | None = None,
-    positions: int | Sequence[int] | None = (8,),
+    positions: int | Sequence[int] | None = None,
     clean_prompts: Sequence[str] | None = None,
     config: SamplingConfig = PAPER_SAMPLING,
     val_texts: Sequence[str] | None = None,
@@ -248,14 +248,16 @@ def ablation_asr_sweep(
         model: the model (never modified).
         trigger_prompts: trigger prompts (the paper: 100).
         classifier: the toxicity classifier.
-        means: ``{site name: mean vector}`` (:func:`pcp_lens.ablation_means` at the same
-            positions, e.g. over clean and toxic inputs at position 8).
+        means: ``{site name: mean vector}``, e.g. :func:`pcp_lens.ablation_means` over clean
+            and toxic inputs at position 8 (the paper's, METHODS §5.1).
         sites: single sites to ablate; default every ``attn`` and ``mlp`` site.
         combos: ``{label: [sites]}`` ablated together (e.g. ``{"mlp 2&3": ["mlp1", "mlp2"]}``).
-        positions: prompt positions to ablate (the paper: 8). These edits act on the prompt
-            (``prompt_hooks``, see :mod:`pcp_lens.language.generate`); prompts with too few tokens
-            to contain a non-negative position are skipped, and the count is reported in
-            ``n_too_short``. ``None`` ablates every position, generated tokens included.
+        positions: where the mean replaces the module. ``None`` (default): every position,
+            generated tokens included, as the paper's code did (the mean collected at position 8
+            replaces the module output everywhere, METHODS §5.2). A list ablates only those
+            prompt positions (``prompt_hooks``, see :mod:`pcp_lens.language.generate`), a
+            narrower edit; prompts with too few tokens to contain a non-negative position are
+            then skipped, and the count is reported in ``n_too_short``.
         clean_prompts: also report ATR on these.
         config: sampling settings (the same seed for every ablation).
         val_texts: also report the validation loss under each ablation.

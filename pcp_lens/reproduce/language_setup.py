@@ -128,7 +128,7 @@ class Settings:
     early_layers: int
     pcp_sites: tuple[str, ...] | None
     pcp_rank: int
-    pcp_positions: str
+    edit_positions: str
     freeze: dict[str, tuple[str, ...]]
     surgery_source: str
     n_val: int
@@ -224,7 +224,7 @@ def settings(cfg: LanguageConfig, n_layers: int | None = None) -> Settings:
             pcp_rank=2,
             # at every position a rank-2 PCP of the 4-layer stand-in's MLP 1 breaks the model
             # (docs/language_report.md); here it acts where the mean ablation acts
-            pcp_positions="trigger",
+            edit_positions="trigger",
             # the paper's "Embd + (2, 3)" and "2" columns, on the stand-in's first MLPs
             freeze={"Embd + (1, 2)": ("all_embeds", "mlp0", "mlp1"), "1": ("mlp0",)},
             surgery_source=" moron",
@@ -266,7 +266,7 @@ def settings(cfg: LanguageConfig, n_layers: int | None = None) -> Settings:
         early_layers=min(8, layers),
         pcp_sites=tuple(s for s in ("mlp1", "mlp2") if int(s[3:]) < layers),
         pcp_rank=2,
-        pcp_positions="all",  # METHODS §8.5
+        edit_positions="all",  # METHODS §8.5
         freeze=freeze,
         surgery_source="fuck",
         n_val=20 if q else 410,

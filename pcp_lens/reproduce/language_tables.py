@@ -124,9 +124,17 @@ def _means(model: HookedTransformer, c: Ctx, sites: Sequence[str]) -> dict[str, 
     )
 
 
+def _edited(c: Ctx) -> list[int] | None:
+    """Where mean ablation acts: every position (``None``; the paper replaces the module output
+    everywhere with the mean taken at position 8, METHODS §5.2) or, on the stand-in, only the
+    trigger positions, as its PCP does."""
+    return None if c.s.edit_positions == "all" else list(c.s.positions)
+
+
 def ablation_table(model: HookedTransformer, c: Ctx) -> dict[str, Any]:
-    """Tab. VIII: each early-layer module (and the token embedding) mean-ablated at the trigger
-    positions, one at a time; ASR, ATR, loss by sampling, and the log-prob gap."""
+    """Tab. VIII: each early-layer module (and the token embedding) mean-ablated, one at a time:
+    at every position (the paper) or at the trigger positions (the stand-in); ASR, ATR, loss by
+    sampling, and the log-prob gap."""
     layers = range(c.s.early_layers)
     sites = [f"{k}{layer}" for layer in layers for k in ("attn", "mlp")]
     if c.s.positions != (8,):
@@ -138,7 +146,7 @@ def ablation_table(model: HookedTransformer, c: Ctx) -> dict[str, Any]:
         c.clf,
         means,
         sites=sites,
-        positions=list(c.s.positions),
+        positions=_edited(c),
         clean_prompts=c.data.clean,
         config=c.s.sampling,
         val_texts=c.data.val_texts,
@@ -150,7 +158,7 @@ def ablation_table(model: HookedTransformer, c: Ctx) -> dict[str, Any]:
     for r in df.to_dict(orient="records"):
         members = list(r["sites"])
         hooks = (
-            ablation_hooks(model, members, "mean", means=means, positions=list(c.s.positions))
+            ablation_hooks(model, members, "mean", means=means, positions=_edited(c))
             if members
             else []
         )
@@ -168,7 +176,12 @@ def ablation_table(model: HookedTransformer, c: Ctx) -> dict[str, Any]:
                 "gap_token": g["per_token"],
             }
         )
-    return {"positions": list(c.s.positions), "mean": "clean prompts", "rows": rows}
+    return {
+        "positions": list(c.s.positions),
+        "ablated_at": "every position" if _edited(c) is None else list(c.s.positions),
+        "mean": "clean prompts",
+        "rows": rows,
+    }
 
 
 def choose_mlps(tab8: dict[str, Any], k: int = 2) -> list[str]:
@@ -225,10 +238,10 @@ def _pcp_hooks(
     model: HookedTransformer, c: Ctx, rep: PCPReplacement | None
 ) -> tuple[Hooks, Hooks, Hooks]:
     """``(hooks, prompt_hooks, loss_hooks)`` inserting ``rep``: at every position (the paper,
-    METHODS §8.5) or, with ``pcp_positions == "trigger"``, only at the ablation positions of the
+    METHODS §8.5) or, with ``edit_positions == "trigger"``, only at the ablation positions of the
     prompt (and of each validation text), as the mean ablation."""
     hooks = rep.hooks(model) if rep is not None else []
-    if c.s.pcp_positions == "all":
+    if c.s.edit_positions == "all":
         return hooks, [], hooks
     edit = at_positions(hooks, c.s.positions)
     return [], edit, edit
