@@ -89,13 +89,6 @@ def read_austen_deb(deb: str | os.PathLike[str]) -> dict[str, list[str]]:
     Needs the ``rdata`` package (``pip install rdata``). Each object in ``Rdata.rdb`` is a
     4-byte length followed by zlib data, located by the (compressed) index ``Rdata.rdx``.
     """
-    try:
-        import rdata  # pyright: ignore[reportMissingImports]  (optional: the corpus extra)
-    except ImportError:
-        raise ImportError(
-            "reading the Austen corpus needs the 'rdata' package: pip install rdata "
-            "(or pip install 'pcp_lens[corpus]')"
-        ) from None
     members = _ar_members(Path(deb).read_bytes())
     name = next((k for k in members if k.startswith("data.tar")), None)
     if name is None:
@@ -108,6 +101,14 @@ def read_austen_deb(deb: str | os.PathLike[str]) -> dict[str, list[str]]:
                 files[m.name.rsplit("/", 1)[1]] = f.read()
     if set(files) != {"Rdata.rdb", "Rdata.rdx"}:
         raise ValueError(f"{deb} does not hold janeaustenr's data/Rdata.rdb and Rdata.rdx")
+    # the file is checked first: a wrong file is named even where rdata is missing
+    try:
+        import rdata  # pyright: ignore[reportMissingImports]  (optional: the corpus extra)
+    except ImportError:
+        raise ImportError(
+            "reading the Austen corpus needs the 'rdata' package: pip install rdata "
+            "(or pip install 'pcp_lens[corpus]')"
+        ) from None
 
     def parse(raw: bytes) -> Any:
         with warnings.catch_warnings():

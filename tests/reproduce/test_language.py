@@ -78,6 +78,8 @@ def test_gpt2_medium_shape_plumbing(tmp_path, gpt2_tokenizer):
     assert main([*args, "--no-progress", "--threads", "1", "--dtype", "float32"]) == 0
     r = _check_results(out, n_freeze=2)
     assert r["model"]["n_layers"] == 3 and r["tab10"]["source"] == "fuck"
+    # the paper's Tab. VIII: the position-8 mean replaces the module at every position
+    assert s.edit_positions == "all" and r["tab8"]["ablated_at"] == "every position"
     assert r["tab9"]["sites"] == ["mlp1", "mlp2"]
 
 
@@ -101,4 +103,4 @@ def test_paper_recipe_on_the_standin_is_an_option():
     assert s.rate == 0.03 and s.poison.lr == 1e-5 and s.arch["n_layers"] == 4
     d = settings(LanguageConfig())
     assert d.recipe == "standin" and d.rate == 0.2 and d.windows["toxic_at"] == (1,)
-    assert d.pcp_positions == "trigger" and s.poison.max_steps == d.poison.max_steps
+    assert d.edit_positions == "trigger" and s.poison.max_steps == d.poison.max_steps
