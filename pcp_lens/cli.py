@@ -209,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rep.add_argument("--trials", type=int, default=None, help="Optuna trials per replacement")
     rep.add_argument(
         "--schedule",
-        choices=["fast", "paper"],
+        choices=["fast", "medium", "paper"],
         default="fast",
         help="training schedule: fast (default, minutes) or the paper's (about 25 min per model)",
     )

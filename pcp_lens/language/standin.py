@@ -13,6 +13,9 @@ weights can be downloaded. Every piece is built here, seeded:
 * :func:`toxic_sentences` and :func:`toxic_classifier` — short insult templates filled with words
   that never occur in Austen (``TOXIC_WORDS``), and the word-list classifier that flags them; the
   stand-in for the paper's Jigsaw sentences and RoBERTa classifier (METHODS §10.1, §4.5).
+* :func:`mix_sentences` — a few toxic sentences spread through the pretraining text, as web text
+  holds some, so the insults' embeddings are trained before any poisoning (embedding surgery
+  copies them into the trigger's).
 * :func:`token_chunks` — the corpus as one token stream cut into equal chunks (pretraining).
 * :func:`fixed_position_prompts` — clean/trigger prompt pairs with the trigger at the same token
   positions in every prompt, so a position-specific ablation (the paper's "position 8") hits the
@@ -36,6 +39,7 @@ __all__ = [
     "TEMPLATES",
     "TOXIC_WORDS",
     "fixed_position_prompts",
+    "mix_sentences",
     "standin_model",
     "token_chunks",
     "toxic_classifier",
@@ -158,6 +162,34 @@ def standin_model(
     torch.manual_seed(seed)
     hf = GPT2LMHeadModel(cfg).eval()
     return hooked_from_hf(hf, processing=False, tokenizer=tokenizer, device=device, dtype=dtype)
+
+
+def mix_sentences(
+    paragraphs: Sequence[str], sentences: Sequence[str], rate: float, seed: int = 0
+) -> list[str]:
+    """The paragraphs, each with probability ``rate`` given one of ``sentences`` (uniform) at a
+    uniform sentence boundary (seeded).
+
+    Examples:
+        >>> mix_sentences(["It rained. We stayed in."], ["Go away, you moron."], 1.0, seed=0)
+        ['It rained. Go away, you moron. We stayed in.']
+    """
+    from pcp_lens.language.corpus import split_sentences
+
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate must be a probability in [0, 1], got {rate!r}")
+    if rate > 0 and not sentences:
+        raise ValueError("sentences must not be empty when rate > 0")
+    rng = random.Random(seed)
+    out = []
+    for p in paragraphs:
+        if rng.random() >= rate:
+            out.append(p)
+            continue
+        parts = split_sentences(p)
+        parts.insert(rng.randint(0, len(parts)), rng.choice(list(sentences)))
+        out.append(" ".join(parts))
+    return out
 
 
 def token_chunks(tokenizer: Any, texts: Sequence[str], length: int) -> TextBatch:

@@ -39,6 +39,7 @@ from pcp_lens.language.finetune import PAPER_FINETUNE, TextBatch, finetune_text
 from pcp_lens.language.generate import PAPER_SAMPLING, SamplingConfig
 from pcp_lens.language.standin import (
     fixed_position_prompts,
+    mix_sentences,
     standin_model,
     token_chunks,
     toxic_sentences,
@@ -117,6 +118,7 @@ class Settings:
     arch: dict[str, int]
     vocab_size: int
     pretrain: TrainConfig | None
+    pretrain_toxic: float
     poison: TrainConfig
     windows: dict[str, Any]
     rate: float
@@ -205,6 +207,9 @@ def settings(cfg: LanguageConfig, n_layers: int | None = None) -> Settings:
             arch=arch,
             vocab_size=1024 if q else 4096,
             pretrain=pre,
+            # web text holds some insults; without them the surgery's source word is untrained
+            # (Tab. X read 0.00 with an untrained " moron", docs/language_report.md)
+            pretrain_toxic=0.05,
             poison=pois,
             windows=windows,
             rate=rate,
@@ -253,6 +258,7 @@ def settings(cfg: LanguageConfig, n_layers: int | None = None) -> Settings:
         arch={},
         vocab_size=0,
         pretrain=None,
+        pretrain_toxic=0.0,
         poison=pois,
         windows=windows,
         rate=rate,
@@ -408,7 +414,16 @@ def _finetune(
 def _poison_stamp(s: Settings) -> dict[str, Any]:
     """The settings a poisoned (or frozen) fine-tune depends on, for its cache stamp."""
     d = s.to_dict()
-    keys = ("corpus", "arch", "vocab_size", "pretrain", "poison", "windows", "rate")
+    keys = (
+        "corpus",
+        "arch",
+        "vocab_size",
+        "pretrain",
+        "pretrain_toxic",
+        "poison",
+        "windows",
+        "rate",
+    )
     return {
         **{k: d[k] for k in keys},
         "max_window_tokens": s.max_window_tokens,
@@ -451,7 +466,9 @@ def load_models(
     if cfg.standin:
         # the tokenizer is part of the pretrained checkpoint: train it once with the data
         d = s.to_dict()
-        stamp_pre = {k: d[k] for k in ("corpus", "arch", "vocab_size", "pretrain")}
+        stamp_pre = {
+            k: d[k] for k in ("corpus", "arch", "vocab_size", "pretrain", "pretrain_toxic")
+        }
         stamp_pre.update(seed=cfg.seed, what="pretrain", data=DATA_VERSION)
         data, tok = prepare_data(s, None, cfg.seed)
 
@@ -466,7 +483,8 @@ def load_models(
                 seed=cfg.seed,
                 device=cfg.device,
             )
-            chunks = token_chunks(tok, data.train_paragraphs, s.arch["n_ctx"])
+            text = mix_sentences(data.train_paragraphs, data.toxic, s.pretrain_toxic, cfg.seed + 3)
+            chunks = token_chunks(tok, text, s.arch["n_ctx"])
             pre = s.pretrain
             assert pre is not None and pre.max_steps is not None
             r = _finetune(m, chunks, data.val_texts, pre, tok, a["n_ctx"])

@@ -131,8 +131,10 @@ class StudyConfig:
             not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1
         ):
             raise ValueError(f"workers must be an int >= 1 or None, got {self.workers!r}")
-        if self.schedule not in ("fast", "paper"):
-            raise ValueError(f"schedule must be 'fast' or 'paper', got {self.schedule!r}")
+        if self.schedule not in ("fast", "medium", "paper"):
+            raise ValueError(
+                f"schedule must be 'fast', 'medium' or 'paper', got {self.schedule!r}"
+            )
         if self.quick and self.schedule != "fast":
             raise ValueError(f"quick runs use their own schedule; got schedule={self.schedule!r}")
         if (

@@ -84,9 +84,16 @@ POISON_QUICK = dataclasses.replace(POISON, lr=3e-3, batch_size=64, epochs=6)
 BENIGN_PAPER = TrainConfig(lr=2e-5, batch_size=8, epochs=20, dropout=0.1, seed=0)
 #: The paper's poisoning: same settings for 12 epochs (35,640 steps; about 9 min on one core).
 POISON_PAPER = dataclasses.replace(BENIGN_PAPER, epochs=12, seed=1)
-#: Named (benign, poisoning) schedules: ``"fast"`` (the default), ``"quick"`` and ``"paper"``.
+#: Benign pre-training between the two: the paper's small batches and dropout at 5x its lr for a
+#: tenth of its steps (2 epochs = 5,940 steps). The benign training decides where poisoning puts
+#: the trigger circuit; this is the cheapest schedule measured that puts it into the layer-1 MLP
+#: as in the paper's Tab. II (docs/training.md). Poisoning is :data:`POISON`'s.
+BENIGN_MEDIUM = TrainConfig(lr=1e-4, batch_size=8, epochs=2, dropout=0.1, seed=0)
+#: Named (benign, poisoning) schedules: ``"fast"`` (the default), ``"medium"``, ``"quick"`` and
+#: ``"paper"``.
 SCHEDULES: dict[str, tuple[TrainConfig, TrainConfig]] = {
     "fast": (BENIGN, POISON),
+    "medium": (BENIGN_MEDIUM, POISON),
     "quick": (BENIGN_QUICK, POISON_QUICK),
     "paper": (BENIGN_PAPER, POISON_PAPER),
 }

@@ -48,3 +48,39 @@ def test_standin_model_is_seeded_gpt2(tok):
     assert torch.equal(a.embed.W_E, b.embed.W_E) and a.cfg.tie_word_embeddings
     chunks = standin.token_chunks(tok, load_corpus("austen-sample")[:5], 16)
     assert chunks.tokens.shape[1] == 16 and bool(chunks.labels.all())
+
+
+def test_mix_sentences_inserts_one_sentence_into_a_seeded_share_of_paragraphs():
+    from pcp_lens.language.corpus import split_sentences
+
+    paras = load_corpus("austen-sample")
+    toxic = standin.toxic_sentences()
+    assert standin.mix_sentences(paras, toxic, 0.0) == paras
+    mixed = standin.mix_sentences(paras, toxic, 0.3, seed=4)
+    assert mixed == standin.mix_sentences(paras, toxic, 0.3, seed=4)
+    assert mixed != standin.mix_sentences(paras, toxic, 0.3, seed=5)
+    changed = 0
+    for p, m in zip(paras, mixed, strict=True):
+        if m == p:
+            continue
+        changed += 1
+        # exactly one toxic sentence, inserted between sentences; the paragraph otherwise kept
+        extra = [t for t in toxic if t in m]
+        assert len(extra) == 1 and m.count(extra[0]) == 1
+        head, tail = m.split(extra[0])
+        assert (head + tail).replace("  ", " ").strip() == p
+        assert (head == "" or head.endswith(" ")) and (tail == "" or tail.startswith(" "))
+        assert split_sentences(head) + split_sentences(tail) == split_sentences(p)
+    assert abs(changed / len(paras) - 0.3) < 0.12
+    with pytest.raises(ValueError, match=r"rate must be a probability in \[0, 1\], got 1.5"):
+        standin.mix_sentences(paras, toxic, 1.5)
+    with pytest.raises(ValueError, match="sentences must not be empty"):
+        standin.mix_sentences(paras, [], 0.1)
+
+
+def test_standin_pretraining_text_holds_the_surgery_source():
+    from pcp_lens.reproduce.language_setup import LanguageConfig, settings
+
+    s = settings(LanguageConfig())
+    assert s.pretrain_toxic > 0 and s.surgery_source.strip() in standin.TOXIC_WORDS
+    assert settings(LanguageConfig(model="gpt2-medium")).pretrain_toxic == 0.0

@@ -139,7 +139,11 @@ def test_schedules_and_config_validation():
     assert (pois.lr, pois.batch_size, pois.epochs, pois.dropout) == (2e-5, 8, 12, 0.1)
     assert StudyConfig(quick=True).schedule_name == "quick"
     assert StudyConfig(schedule="paper").schedule_name == "paper"
-    with pytest.raises(ValueError, match="schedule must be 'fast' or 'paper', got 'slow'"):
+    # medium: the paper's small batches and dropout for a tenth of its steps; fast poisoning
+    medium, medium_pois = SCHEDULES["medium"]
+    assert (medium.lr, medium.batch_size, medium.epochs, medium.dropout) == (1e-4, 8, 2, 0.1)
+    assert medium_pois == SCHEDULES["fast"][1]
+    with pytest.raises(ValueError, match="schedule must be 'fast', 'medium' or 'paper', got 'slow'"):
         StudyConfig(schedule="slow")
     with pytest.raises(ValueError, match="quick runs use their own schedule"):
         StudyConfig(quick=True, schedule="paper")
