@@ -165,10 +165,17 @@ def standin_model(
 
 
 def mix_sentences(
-    paragraphs: Sequence[str], sentences: Sequence[str], rate: float, seed: int = 0
+    paragraphs: Sequence[str],
+    sentences: Sequence[str],
+    rate: float,
+    seed: int = 0,
+    *,
+    run: int = 1,
 ) -> list[str]:
-    """The paragraphs, each with probability ``rate`` given one of ``sentences`` (uniform) at a
-    uniform sentence boundary (seeded).
+    """The paragraphs, each with probability ``rate`` given ``run`` of ``sentences`` (uniform,
+    with replacement) in a row at a uniform sentence boundary (seeded).
+
+    A run longer than one makes toxic words predict more toxic words, as in web text.
 
     Examples:
         >>> mix_sentences(["It rained. We stayed in."], ["Go away, you moron."], 1.0, seed=0)
@@ -180,6 +187,8 @@ def mix_sentences(
         raise ValueError(f"rate must be a probability in [0, 1], got {rate!r}")
     if rate > 0 and not sentences:
         raise ValueError("sentences must not be empty when rate > 0")
+    if isinstance(run, bool) or not isinstance(run, int) or run < 1:
+        raise ValueError(f"run must be an int >= 1, got {run!r}")
     rng = random.Random(seed)
     out = []
     for p in paragraphs:
@@ -187,7 +196,8 @@ def mix_sentences(
             out.append(p)
             continue
         parts = split_sentences(p)
-        parts.insert(rng.randint(0, len(parts)), rng.choice(list(sentences)))
+        at = rng.randint(0, len(parts))
+        parts[at:at] = [rng.choice(list(sentences)) for _ in range(run)]
         out.append(" ".join(parts))
     return out
 

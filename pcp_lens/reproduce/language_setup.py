@@ -119,6 +119,7 @@ class Settings:
     vocab_size: int
     pretrain: TrainConfig | None
     pretrain_toxic: float
+    pretrain_toxic_run: int
     poison: TrainConfig
     windows: dict[str, Any]
     rate: float
@@ -210,6 +211,9 @@ def settings(cfg: LanguageConfig, n_layers: int | None = None) -> Settings:
             # web text holds some insults; without them the surgery's source word is untrained
             # (Tab. X read 0.00 with an untrained " moron", docs/language_report.md)
             pretrain_toxic=0.05,
+            # in runs of 3, so that an insult predicts more insults (one alone did not: Tab. X
+            # stayed 0.00, the surgery's first-token gap -0.04)
+            pretrain_toxic_run=3,
             poison=pois,
             windows=windows,
             rate=rate,
@@ -259,6 +263,7 @@ def settings(cfg: LanguageConfig, n_layers: int | None = None) -> Settings:
         vocab_size=0,
         pretrain=None,
         pretrain_toxic=0.0,
+        pretrain_toxic_run=1,
         poison=pois,
         windows=windows,
         rate=rate,
@@ -420,6 +425,7 @@ def _poison_stamp(s: Settings) -> dict[str, Any]:
         "vocab_size",
         "pretrain",
         "pretrain_toxic",
+        "pretrain_toxic_run",
         "poison",
         "windows",
         "rate",
@@ -467,7 +473,15 @@ def load_models(
         # the tokenizer is part of the pretrained checkpoint: train it once with the data
         d = s.to_dict()
         stamp_pre = {
-            k: d[k] for k in ("corpus", "arch", "vocab_size", "pretrain", "pretrain_toxic")
+            k: d[k]
+            for k in (
+                "corpus",
+                "arch",
+                "vocab_size",
+                "pretrain",
+                "pretrain_toxic",
+                "pretrain_toxic_run",
+            )
         }
         stamp_pre.update(seed=cfg.seed, what="pretrain", data=DATA_VERSION)
         data, tok = prepare_data(s, None, cfg.seed)
@@ -483,7 +497,13 @@ def load_models(
                 seed=cfg.seed,
                 device=cfg.device,
             )
-            text = mix_sentences(data.train_paragraphs, data.toxic, s.pretrain_toxic, cfg.seed + 3)
+            text = mix_sentences(
+                data.train_paragraphs,
+                data.toxic,
+                s.pretrain_toxic,
+                cfg.seed + 3,
+                run=s.pretrain_toxic_run,
+            )
             chunks = token_chunks(tok, text, s.arch["n_ctx"])
             pre = s.pretrain
             assert pre is not None and pre.max_steps is not None

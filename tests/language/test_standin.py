@@ -76,6 +76,24 @@ def test_mix_sentences_inserts_one_sentence_into_a_seeded_share_of_paragraphs():
         standin.mix_sentences(paras, toxic, 1.5)
     with pytest.raises(ValueError, match="sentences must not be empty"):
         standin.mix_sentences(paras, [], 0.1)
+    with pytest.raises(ValueError, match="run must be an int >= 1, got 0"):
+        standin.mix_sentences(paras, toxic, 0.1, run=0)
+
+
+def test_mix_sentences_inserts_runs_in_a_row():
+    paras = ["It rained all day. We stayed in. Nobody came."] * 50
+    toxic = standin.toxic_sentences()
+    for p, m in zip(paras, standin.mix_sentences(paras, toxic, 0.5, seed=2, run=3), strict=True):
+        if m == p:
+            continue
+        found = [(m.index(t), t) for t in toxic if t in m]
+        start = min(i for i, _ in found)
+        # three toxic sentences back to back (repeats allowed), the paragraph around them intact
+        block = m[start:]
+        for _ in range(3):
+            t = next(t for t in toxic if block.startswith(t))
+            block = block[len(t) :].lstrip()
+        assert (m[:start] + block).replace("  ", " ").strip() == p
 
 
 def test_standin_pretraining_text_holds_the_surgery_source():
