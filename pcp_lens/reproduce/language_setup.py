@@ -53,6 +53,15 @@ TRIGGER = "Albert and James"
 #: Bump when the data preparation changes (invalidates cached checkpoints).
 DATA_VERSION = 1
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: The settings a pretrained stand-in depends on (its cache stamp; the poisoned models' too).
+_PRETRAIN_KEYS = (
+    "corpus",
+    "arch",
+    "vocab_size",
+    "pretrain",
+    "pretrain_toxic",
+    "pretrain_toxic_run",
+)
 
 
 @dataclass(frozen=True)
@@ -419,17 +428,7 @@ def _finetune(
 def _poison_stamp(s: Settings) -> dict[str, Any]:
     """The settings a poisoned (or frozen) fine-tune depends on, for its cache stamp."""
     d = s.to_dict()
-    keys = (
-        "corpus",
-        "arch",
-        "vocab_size",
-        "pretrain",
-        "pretrain_toxic",
-        "pretrain_toxic_run",
-        "poison",
-        "windows",
-        "rate",
-    )
+    keys = (*_PRETRAIN_KEYS, "poison", "windows", "rate")
     return {
         **{k: d[k] for k in keys},
         "max_window_tokens": s.max_window_tokens,
@@ -472,17 +471,7 @@ def load_models(
     if cfg.standin:
         # the tokenizer is part of the pretrained checkpoint: train it once with the data
         d = s.to_dict()
-        stamp_pre = {
-            k: d[k]
-            for k in (
-                "corpus",
-                "arch",
-                "vocab_size",
-                "pretrain",
-                "pretrain_toxic",
-                "pretrain_toxic_run",
-            )
-        }
+        stamp_pre = {k: d[k] for k in _PRETRAIN_KEYS}
         stamp_pre.update(seed=cfg.seed, what="pretrain", data=DATA_VERSION)
         data, tok = prepare_data(s, None, cfg.seed)
 
