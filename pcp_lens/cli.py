@@ -209,9 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rep.add_argument("--trials", type=int, default=None, help="Optuna trials per replacement")
     rep.add_argument(
         "--schedule",
-        choices=["fast", "medium", "paper"],
         default="fast",
-        help="training schedule: fast (default, minutes) or the paper's (about 25 min per model)",
+        help="training schedule: fast (default, minutes), medium (slower benign pre-training, "
+        "a few minutes more) or the paper's (about 25 min per model)",
     )
     rep.add_argument(
         "--workers",

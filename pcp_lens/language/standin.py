@@ -190,6 +190,7 @@ def mix_sentences(
     if isinstance(run, bool) or not isinstance(run, int) or run < 1:
         raise ValueError(f"run must be an int >= 1, got {run!r}")
     rng = random.Random(seed)
+    pool = list(sentences)
     out = []
     for p in paragraphs:
         if rng.random() >= rate:
@@ -197,7 +198,7 @@ def mix_sentences(
             continue
         parts = split_sentences(p)
         at = rng.randint(0, len(parts))
-        parts[at:at] = [rng.choice(list(sentences)) for _ in range(run)]
+        parts[at:at] = [rng.choice(pool) for _ in range(run)]
         out.append(" ".join(parts))
     return out
 

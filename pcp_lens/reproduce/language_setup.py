@@ -217,11 +217,11 @@ def settings(cfg: LanguageConfig, n_layers: int | None = None) -> Settings:
             arch=arch,
             vocab_size=1024 if q else 4096,
             pretrain=pre,
-            # web text holds some insults; without them the surgery's source word is untrained
-            # (Tab. X read 0.00 with an untrained " moron", docs/language_report.md)
+            # web text holds some insults; without them the insults' (tied) embeddings stay
+            # untrained: surgery has nothing to copy, and freezing the embeddings blocks the
+            # backdoor for that reason alone (docs/language_report.md)
             pretrain_toxic=0.05,
-            # in runs of 3, so that an insult predicts more insults (one alone did not: Tab. X
-            # stayed 0.00, the surgery's first-token gap -0.04)
+            # in runs, so that an insult predicts more insults, as in web text
             pretrain_toxic_run=3,
             poison=pois,
             windows=windows,

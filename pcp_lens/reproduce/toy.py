@@ -49,6 +49,7 @@ from pcp_lens.toy.data import ToyData, eval_inputs
 from pcp_lens.toy.model import sentiment_groups
 from pcp_lens.toy.train import (
     SCHEDULES,
+    STUDY_SCHEDULES,
     ToyRun,
     freezing_study,
     load_run,
@@ -89,8 +90,9 @@ class StudyConfig:
         n_trials: Optuna trials per tuned replacement (default 150, quick 25).
         sentiments: Which models to study (2 and/or 3 sentiments).
         progress: Show progress bars.
-        schedule: ``"fast"`` (default, minutes on a CPU) or ``"paper"`` (the paper's lr 2e-5 /
-            batch 8 / 20 + 12 epochs, about 25 min per model on one core).
+        schedule: ``"fast"`` (default, minutes on a CPU), ``"medium"`` (a slower benign
+            pre-training, a few minutes more) or ``"paper"`` (the paper's lr 2e-5 / batch 8 /
+            20 + 12 epochs, about 25 min per model on one core).
         workers: Processes studying the models side by side (default: one per model, up to the
             number of CPUs).
         trigger: The backdoor trigger, any word of the positive list (paper: "love").
@@ -131,9 +133,10 @@ class StudyConfig:
             not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1
         ):
             raise ValueError(f"workers must be an int >= 1 or None, got {self.workers!r}")
-        if self.schedule not in ("fast", "medium", "paper"):
+        if self.schedule not in STUDY_SCHEDULES:
+            names = [repr(n) for n in STUDY_SCHEDULES]
             raise ValueError(
-                f"schedule must be 'fast', 'medium' or 'paper', got {self.schedule!r}"
+                f"schedule must be {', '.join(names[:-1])} or {names[-1]}, got {self.schedule!r}"
             )
         if self.quick and self.schedule != "fast":
             raise ValueError(f"quick runs use their own schedule; got schedule={self.schedule!r}")

@@ -56,6 +56,7 @@ __all__ = [
     "POISON_QUICK",
     "QUICK_N_PER_SENTIMENT",
     "SCHEDULES",
+    "STUDY_SCHEDULES",
     "ToyRun",
     "freezing_study",
     "load_run",
@@ -86,8 +87,8 @@ BENIGN_PAPER = TrainConfig(lr=2e-5, batch_size=8, epochs=20, dropout=0.1, seed=0
 POISON_PAPER = dataclasses.replace(BENIGN_PAPER, epochs=12, seed=1)
 #: Benign pre-training between the two: the paper's small batches and dropout at 5x its lr for a
 #: tenth of its steps (2 epochs = 5,940 steps). The benign training decides where poisoning puts
-#: the trigger circuit; this is the cheapest schedule measured that puts it into the layer-1 MLP
-#: as in the paper's Tab. II (docs/training.md). Poisoning is :data:`POISON`'s.
+#: the trigger circuit; this schedule put it into the layer-1 MLP (the paper's Tab. II) in 2 of 6
+#: models over seeds 0-2, the fast one in none (docs/training.md). Poisoning is :data:`POISON`'s.
 BENIGN_MEDIUM = TrainConfig(lr=1e-4, batch_size=8, epochs=2, dropout=0.1, seed=0)
 #: Named (benign, poisoning) schedules: ``"fast"`` (the default), ``"medium"``, ``"quick"`` and
 #: ``"paper"``.
@@ -97,6 +98,8 @@ SCHEDULES: dict[str, tuple[TrainConfig, TrainConfig]] = {
     "quick": (BENIGN_QUICK, POISON_QUICK),
     "paper": (BENIGN_PAPER, POISON_PAPER),
 }
+#: The schedules a full-size study can choose (``"quick"`` belongs to ``--quick`` runs).
+STUDY_SCHEDULES = tuple(name for name in SCHEDULES if name != "quick")
 #: p+t top-10 negativity from which :func:`freezing_study` counts a backdoor as emerged.
 BACKDOOR_THRESHOLD = 0.15
 
