@@ -505,3 +505,29 @@ def attach_tokenizer(model: HookedTransformer, tokenizer: Any) -> None:
         tokenizer.save_pretrained(tmp)
         local = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
         model.set_tokenizer(local)
+
+
+_SHAPE_FIELDS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx")
+
+
+def check_same_shape_models(model: HookedTransformer, other: Any, name: str) -> None:
+    """Refuse ``other`` unless it has ``model``'s shape (layers, widths, heads, vocabulary).
+
+    Examples:
+        >>> from pcp_lens.testing import tiny_model
+        >>> check_same_shape_models(tiny_model(), tiny_model(n_layers=3), "reference")
+        Traceback (most recent call last):
+        ...
+        ValueError: reference must have the model's shape; it differs in n_layers: 3 vs 2 ...
+    """
+    if not isinstance(other, HookedTransformer):
+        raise ValueError(f"{name} must be a HookedTransformer, got {type(other).__name__}")
+    diff = [
+        f"{f}: {getattr(other.cfg, f, None)} vs {getattr(model.cfg, f, None)}"
+        for f in _SHAPE_FIELDS
+        if getattr(other.cfg, f, None) != getattr(model.cfg, f, None)
+    ]
+    if diff:
+        raise ValueError(
+            f"{name} must have the model's shape; it differs in {', '.join(diff)} ({name} vs model)"
+        )

@@ -47,6 +47,7 @@ from pcp_lens.scoring import (
     check_positions,
     declared_positions,
     named_metrics,
+    per_prompt,
     resolve_positions,
     tidy_table,
     wide_table,
@@ -465,6 +466,7 @@ def ablation_sweep(
     source: Inputs | None = None,
     seed: int = 0,
     batch_size: int = 32,
+    per_pair: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Ablate each site (and each combination) in turn and score every metric on every input set.
@@ -494,13 +496,17 @@ def ablation_sweep(
             from its own rows.
         seed: seed of the resample draws (every ablation of a set sees the same draws).
         batch_size: rows per forward pass.
+        per_pair: add ``se`` (standard error over prompts) and ``pairs`` (a tuple of every
+            prompt's value, in input order) to each row; a metric that returns a batch mean is
+            then scored prompt by prompt (:func:`pcp_lens.scoring.per_prompt`).
         progress: show a tqdm bar.
 
     Returns:
         A DataFrame in the library's table vocabulary (``docs/concepts.md``): ``site``
         (``"unchanged"``, a site name or a combination label), ``paper_name``, ``sites``,
         ``layer``, ``kind``, ``head``, ``method``, ``input_set``, ``metric``, ``value``, ``n``
-        (prompts), and ``ablation``, the former name of ``site`` (kept for existing code).
+        (prompts), and ``ablation``, the former name of ``site`` (kept for existing code);
+        with ``per_pair=True`` also ``se`` and ``pairs``.
 
     Examples:
         >>> from pcp_lens import TokenGroups, group_metrics
@@ -515,6 +521,8 @@ def ablation_sweep(
     if method not in ("mean", "zero", "resample"):
         raise ValueError(f"method must be one of 'mean', 'zero', 'resample', got {method!r}")
     named = named_metrics(metrics)
+    if per_pair:
+        named = {k: per_prompt(m) for k, m in named.items()}
     conds = _conditions(model, sites, combos)
     ablated = list(dict.fromkeys(s for _, _, ss in conds for s in ss))
     ps = check_positions(positions)
@@ -582,6 +590,7 @@ def ablation_sweep(
                             "value": acc.value,
                             "n": acc.n,
                             "ablation": label,  # the former name of "site", kept for old code
+                            **(acc.pair_columns() if per_pair else {}),
                         }
                     )
                 bar.update()

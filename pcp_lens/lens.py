@@ -181,6 +181,7 @@ def group_lens(
     ln: LnMode = "isolated",
     include_bias: bool = True,
     batch_size: int = 32,
+    per_pair: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Score every module output's logit-lens logits with group metrics at chosen positions.
@@ -201,13 +202,16 @@ def group_lens(
         ln: ``"isolated"`` (the paper's), ``"cached"`` or ``"none"``; see the module docs.
         include_bias: add ``b_O`` to every head row (the paper does).
         batch_size: rows per forward pass.
+        per_pair: add ``se`` (standard error over prompts) and ``pairs`` (a tuple of every
+            prompt's value, in input order) to each row; a metric that returns a batch mean is
+            then scored prompt by prompt (:func:`pcp_lens.scoring.per_prompt`).
         progress: show a tqdm bar.
 
     Returns:
         A DataFrame in the library's table vocabulary (``docs/concepts.md``): ``site`` (site
         name, or ``"full"``), ``paper_name``, ``layer``, ``kind``, ``head``, ``metric``,
         ``position`` (as given), ``value``, ``n``, ``ln``, and ``module``, the former name of
-        ``site`` (kept for existing code).
+        ``site`` (kept for existing code); with ``per_pair=True`` also ``se`` and ``pairs``.
 
     Examples:
         >>> from pcp_lens.testing import tiny_model
@@ -223,6 +227,8 @@ def group_lens(
         named: dict[str, MetricLike] = dict(group_metrics(metrics))
     else:
         named = scoring.named_metrics(metrics)
+    if per_pair:
+        named = {k: scoring.per_prompt(m) for k, m in named.items()}
     check_batch_size(batch_size)
     given = scoring.check_positions(positions) or _metric_positions(named)
     tokens, ss, idx = _prepare(model, inputs, sites, given, ln)
@@ -265,6 +271,7 @@ def group_lens(
                         "n": acc.n,
                         "ln": ln,
                         "module": name,  # the former name of "site", kept for old code
+                        **(acc.pair_columns() if per_pair else {}),
                     }
                 )
     return scoring.tidy_table(records)

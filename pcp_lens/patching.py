@@ -39,10 +39,12 @@ from pcp_lens._tl import HookedTransformer
 from pcp_lens.inputs import Inputs, as_tokens, check_batch_size, check_same_shape
 from pcp_lens.scoring import (
     MetricLike,
+    RowMean,
     call_metric,
     check_metric,
     declared_positions,
-    mean_value,
+    pair_columns,
+    per_prompt,
     resolve_positions,
     tidy_table,
 )
@@ -72,6 +74,9 @@ def causal_patching(
     positions: Literal["each", "all"] | int | Sequence[int] = "each",
     direction: Direction = "clean_to_corrupted",
     max_batch_tokens: int = 32768,
+    *,
+    source_model: HookedTransformer | None = None,
+    per_pair: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Patch each site's output from one run into another and tabulate metric and indirect effect.
@@ -94,13 +99,19 @@ def causal_patching(
             (TransformerLens's convention), ``"corrupted_to_clean"`` the reverse, ``"both"`` both.
         max_batch_tokens: memory budget: at most this many (row × position) residual vectors per
             forward pass; lower it for big models.
+        source_model: cross-model patching: the source run's activations come from this model
+            (same shape and vocabulary, e.g. the benign model a poisoned one was fine-tuned
+            from) instead of ``model``; the target run and every patched run use ``model``.
+        per_pair: add ``se`` (standard error over pairs) and ``pairs`` (a tuple of every pair's
+            indirect effect, in input order); a metric that returns a batch mean is then scored
+            pair by pair (:func:`pcp_lens.scoring.per_prompt`). No extra forward passes.
         progress: show a tqdm bar.
 
     Returns:
         A DataFrame in the library's table vocabulary (``docs/concepts.md``): ``direction, site,
         paper_name, layer, kind, head, position, value, baseline, effect`` (``position`` is -1
         for ``"all"``; ``effect = value - baseline``, the indirect effect; ``baseline`` is the
-        metric of the unpatched target run).
+        metric of the unpatched target run); with ``per_pair=True`` also ``se`` and ``pairs``.
 
     Examples:
         >>> from pcp_lens.testing import tiny_model
@@ -112,6 +123,10 @@ def causal_patching(
         (20, ['baseline', 'direction', 'effect'])
     """
     check_metric(metric)
+    if per_pair:
+        metric = per_prompt(metric)
+    if source_model is not None:
+        _tl.check_same_shape_models(model, source_model, "source_model")
     cb = as_tokens(model, clean, name="clean")
     xb = as_tokens(model, corrupted, name="corrupted")
     check_same_shape(cb, xb, ("clean", "corrupted"))
@@ -146,8 +161,12 @@ def causal_patching(
         ]
     )
     rows = []
+    src_model = model if source_model is None else source_model
     for name, source, target in plan:
-        values, baseline = _patch(model, source, target, metric, units, max_batch_tokens, progress)
+        values, base = _patch(
+            model, src_model, source, target, metric, units, max_batch_tokens, progress
+        )
+        baseline = float(base.mean())
         rows += [
             {
                 "direction": name,
@@ -157,9 +176,10 @@ def causal_patching(
                 "kind": u.site.kind,
                 "head": u.site.head,
                 "position": u.p0 if u.p1 - u.p0 == 1 else -1,
-                "value": v,
+                "value": float(v.mean()),
                 "baseline": baseline,
-                "effect": v - baseline,
+                "effect": float(v.mean()) - baseline,
+                **(pair_columns(v - base) if per_pair else {}),
             }
             for u, v in zip(units, values, strict=True)
         ]
@@ -235,19 +255,21 @@ def _needed_hooks(units: list[_Unit], n_layers: int) -> tuple[set[str], set[str]
 @torch.no_grad()
 def _patch(
     model: HookedTransformer,
+    source_model: HookedTransformer,
     source: Tensor,
     target: Tensor,
     metric: MetricLike,
     units: list[_Unit],
     max_batch_tokens: int,
     progress: bool,
-) -> tuple[list[float], float]:
+) -> tuple[list[Float[Tensor, " batch"]], Float[Tensor, " batch"]]:
+    """Each unit's metric per prompt (or the batch mean in every row), and the target's."""
     n_layers = model.cfg.n_layers
     src_names, tgt_names = _needed_hooks(units, n_layers)
-    _, src_cache = _tl.run_with_cache(model, source, src_names)
+    _, src_cache = _tl.run_with_cache(source_model, source, src_names)
     target_logits, tgt_cache = _tl.run_with_cache(model, target, tgt_names)
     b, n = target.shape
-    baseline = mean_value(call_metric(metric, target_logits), b, where="unpatched target run")
+    baseline = _rows(call_metric(metric, target_logits), b, "unpatched target run")
     final_logits = _tl.FinalLogits(model)
     declared = declared_positions(metric)
     sparse = declared is not None
@@ -260,7 +282,7 @@ def _patch(
     groups: dict[tuple[int, int], list[_Unit]] = {}
     for u in units:
         groups.setdefault((u.p0, u.p1), []).append(u)
-    values: dict[_Unit, float] = {}
+    values: dict[_Unit, Tensor] = {}
     n_batches = sum(
         -(-len(g) * source.shape[0] * (target.shape[1] - p0) // max_batch_tokens)
         for (p0, _), g in groups.items()
@@ -285,10 +307,18 @@ def _patch(
                     v = call_metric(metric, full, metric_pos, n=n)
                 else:
                     v = call_metric(metric, torch.cat([target_logits[:, :p0], mine], dim=1))
-                values[u] = mean_value(v, b, where=f"patching {u.site.name} at {p0}")
+                values[u] = _rows(v, b, f"patching {u.site.name} at {p0}")
             bar.update(1)
     bar.close()
     return [values[u] for u in units], baseline
+
+
+def _rows(value: Tensor, b: int, where: str) -> Float[Tensor, " batch"]:
+    """The metric per prompt: per-prompt values as given, a batch mean repeated in every row."""
+    acc = RowMean()
+    acc.add(value, b, where)
+    rows = acc.per_row
+    return rows if rows is not None else torch.full((b,), acc.value, dtype=torch.float64)
 
 
 def _with_prefix(
@@ -390,4 +420,3 @@ def _setter(rows: slice, patch: Tensor, head: int | None) -> Callable[[Tensor, o
         return act
 
     return hook
-

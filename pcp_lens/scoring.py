@@ -30,6 +30,7 @@ Examples:
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, cast, runtime_checkable
@@ -52,6 +53,8 @@ __all__ = [
     "declared_positions",
     "mean_value",
     "named_metrics",
+    "pair_columns",
+    "per_prompt",
     "resolve_positions",
     "tidy_table",
     "wide_table",
@@ -318,6 +321,8 @@ class RowMean:
         self._label = "metric" if name == "metric" else f"metric {name!r}"
         self.total = 0.0
         self.n = 0
+        # per-prompt values, kept while every batch gives them (a batch mean cannot be split)
+        self._rows: list[Tensor] | None = []
 
     def add(self, value: Any, rows: int, where: str = "") -> None:
         """Add one batch's value: a scalar (a batch mean) or per-prompt values, batch first."""
@@ -326,8 +331,7 @@ class RowMean:
             v = torch.as_tensor(value).detach()
         except (TypeError, ValueError, RuntimeError) as e:
             raise ValueError(
-                f"{self._label} must return a Tensor or a number, got "
-                f"{type(value).__name__}{at}"
+                f"{self._label} must return a Tensor or a number, got {type(value).__name__}{at}"
             ) from e
         if v.dtype == torch.bool or v.is_complex():
             raise ValueError(f"{self._label} must return real numbers, got {v.dtype}{at}")
@@ -337,10 +341,15 @@ class RowMean:
                 f"{self._label} returned non-finite values (nan or inf){at}; a metric "
                 "must return finite numbers"
             )
-        if v.numel() == 1:
+        if v.numel() == 1 and (rows != 1 or v.dim() == 0):
             self.total += float(v) * rows
+            if self._rows is not None:
+                self._rows = None if rows > 1 else [*self._rows, v.reshape(1).cpu()]
         elif v.dim() >= 1 and v.shape[0] == rows:
-            self.total += float(v.reshape(rows, -1).mean(1).sum())
+            per_row = v.reshape(rows, -1).mean(1)
+            self.total += float(per_row.sum())
+            if self._rows is not None:
+                self._rows.append(per_row.cpu())
         else:
             raise ValueError(
                 f"{self._label} must return a scalar (a mean over the batch) or per-prompt "
@@ -353,6 +362,98 @@ class RowMean:
     def value(self) -> float:
         """The mean so far (nan before any batch)."""
         return self.total / self.n if self.n else float("nan")
+
+    @property
+    def per_row(self) -> Float[Tensor, " n"] | None:
+        """Every prompt's value in input order (float64), or ``None`` if a batch gave only a mean.
+
+        Examples:
+            >>> acc = RowMean(); acc.add(torch.tensor([1.0, 3.0]), 2); acc.per_row.tolist()
+            [1.0, 3.0]
+        """
+        return torch.cat(self._rows) if self._rows else None
+
+    def pair_columns(self) -> dict[str, Any]:
+        """The per-pair table columns: ``se`` (standard error of the mean) and ``pairs``.
+
+        ``pairs`` is a tuple of every prompt's value in input order. Raises if a batch
+        returned only its mean (make the metric per-prompt with :func:`per_prompt`).
+
+        Examples:
+            >>> acc = RowMean(); acc.add(torch.tensor([1.0, 3.0]), 2)
+            >>> acc.pair_columns()
+            {'se': 1.0, 'pairs': (1.0, 3.0)}
+        """
+        rows = self.per_row
+        if rows is None:
+            raise ValueError(
+                f"{self._label} returned a batch mean, so per-pair values are unknown; return "
+                "one value per prompt or wrap the metric with pcp_lens.scoring.per_prompt"
+            )
+        return pair_columns(rows)
+
+
+def pair_columns(values: Float[Tensor, " n"]) -> dict[str, Any]:
+    """``{"se": standard error of the mean, "pairs": tuple of the values}`` of per-pair values.
+
+    Examples:
+        >>> pair_columns(torch.tensor([1.0, 3.0, 5.0, 7.0]))
+        {'se': 1.2909944487358056, 'pairs': (1.0, 3.0, 5.0, 7.0)}
+    """
+    v = values.double().reshape(-1)
+    se = float(v.std() / len(v) ** 0.5) if len(v) > 1 else float("nan")
+    return {"se": se, "pairs": tuple(v.tolist())}
+
+
+class _PerPrompt:
+    """A metric that returns one value per prompt, however the wrapped metric reduces."""
+
+    def __init__(self, metric: MetricLike) -> None:
+        self.metric = metric
+        declared = declared_positions(metric)
+        if declared is not None:
+            self.positions = declared
+
+    def _rows(self, fn: Callable[[Tensor], Any], logits: Tensor) -> Tensor:
+        v = torch.as_tensor(fn(logits))
+        b = logits.shape[0]
+        if b > 1 and v.numel() == 1:
+            # a batch mean: score each prompt alone (a mean over one prompt is its value)
+            return torch.stack(
+                [torch.as_tensor(fn(logits[i : i + 1])).reshape(()) for i in range(b)]
+            )
+        return v
+
+    def score(self, selected: Tensor) -> Tensor:
+        return self._rows(cast(PositionedMetric, self.metric).score, selected)
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        return self._rows(cast(Metric, self.metric), logits)
+
+    def __repr__(self) -> str:
+        return f"per_prompt({self.metric!r})"
+
+
+def per_prompt(metric: MetricLike) -> MetricLike:
+    """The same metric, returning one value per prompt even where ``metric`` returns a batch mean.
+
+    A metric that already returns per-prompt values is used as it is; a dataclass metric with
+    ``reduce="mean"`` (:class:`pcp_lens.GroupMetric`) switches to ``reduce="none"``; any other
+    metric that returns a mean is scored on each prompt alone (the mean over one prompt is that
+    prompt's value).
+
+    Examples:
+        >>> mean_last = lambda lg: lg[:, -1, 0].mean()
+        >>> per_prompt(mean_last)(torch.arange(6.0).reshape(2, 3, 1)).tolist()
+        [2.0, 5.0]
+    """
+    check_metric(metric)
+    if isinstance(metric, _PerPrompt):
+        return metric
+    if dataclasses.is_dataclass(metric) and getattr(metric, "reduce", None) == "mean":
+        # GroupMetric and its kind: the per-prompt values without a second pass
+        return cast(MetricLike, dataclasses.replace(metric, reduce="none"))  # type: ignore[type-var]
+    return cast(MetricLike, _PerPrompt(metric))
 
 
 def mean_value(value: Any, rows: int, name: str = "metric", where: str = "") -> float:

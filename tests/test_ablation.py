@@ -455,3 +455,14 @@ def test_sweep_on_shortformer_runs_whole_model(groups):
     with torch.no_grad():
         direct = model.run_with_hooks(tokens, fwd_hooks=ablation_hooks(model, ["mlp1"], "zero"))
     assert got["mlp1"] == pytest.approx(float(gm(direct)), abs=1e-6)
+
+
+def test_sweep_per_pair_values_are_each_prompt_swept_alone(model, tokens, groups):
+    metric = GroupMetric(groups, "neg", stat="prob", positions=(-1,))
+    means = ablation_means(model, tokens, ["mlp1", "attn0.h1"], positions=[2])
+    kw = dict(sites=["mlp1", "attn0.h1"], means=means, positions=[2], progress=False)
+    df = ablation_sweep(model, tokens, metric, per_pair=True, batch_size=4, **kw)
+    alone = [ablation_sweep(model, tokens[i : i + 1], metric, **kw) for i in range(len(tokens))]
+    for j, row in enumerate(df.itertuples()):
+        assert row.pairs == pytest.approx([float(a["value"].iloc[j]) for a in alone], abs=1e-6)
+        assert sum(row.pairs) / len(row.pairs) == pytest.approx(row.value, abs=1e-9)

@@ -256,3 +256,14 @@ def test_follows_model_dtype(groups):
     ref = ref_isolated(model, cache["blocks.0.hook_mlp_out"][:, [0, 3]])
     torch.testing.assert_close(out["mlp0"], ref, atol=1e-12, rtol=0)
     assert group_lens(model, tokens, groups, [0], progress=False).value.notna().all()
+
+
+def test_per_pair_lens_values_are_each_prompt_alone(model, tokens, groups):
+    df = group_lens(model, tokens, groups, positions=[1, -1], per_pair=True, progress=False)
+    alone = [
+        group_lens(model, tokens[i : i + 1], groups, positions=[1, -1], progress=False)
+        for i in range(len(tokens))
+    ]
+    for j, row in enumerate(df.itertuples()):
+        assert row.pairs == pytest.approx([float(a["value"].iloc[j]) for a in alone], abs=1e-6)
+    assert "se" in df.columns and df["se"].notna().all()

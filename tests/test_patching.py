@@ -276,3 +276,76 @@ def test_patching_grid_names_what_is_allowed(model, pair):
     heads = df[df["head"].notna()]
     with pytest.raises(ValueError, match="no whole-module rows of kind 'attn'"):
         patching_grid(heads, "attn")
+
+
+def test_per_pair_effects_equal_patching_each_pair_alone(model, pair):
+    clean, corrupted = pair
+    sites = ["mlp1", "attn2.h1", "resid_pre2"]
+    df = causal_patching(
+        model,
+        clean,
+        corrupted,
+        logit_diff,
+        sites,
+        positions=[2, -1],
+        per_pair=True,
+        progress=False,
+    )
+    for row in df.itertuples():
+        alone = [
+            float(
+                causal_patching(
+                    model,
+                    clean[i : i + 1],
+                    corrupted[i : i + 1],
+                    logit_diff,
+                    row.site,
+                    positions=row.position,
+                    progress=False,
+                )["effect"].iloc[0]
+            )
+            for i in range(len(clean))
+        ]
+        assert row.pairs == pytest.approx(alone, abs=1e-5)
+        assert sum(row.pairs) / len(row.pairs) == pytest.approx(row.effect, abs=1e-9)
+        assert row.se == pytest.approx(float(torch.tensor(alone).std()) / 3**0.5, abs=1e-5)
+
+
+def test_cross_model_patching_equals_naive_hook(model, pair):
+    """source_model: the source activations come from another model of the same shape."""
+    other = tiny_model(n_layers=4, d_model=32, n_heads=4, d_vocab=V, seed=9)
+    clean, corrupted = pair
+    for site in ["mlp0", "attn3", "attn1.h2", "resid_pre1"]:
+        df = causal_patching(
+            model,
+            clean,
+            corrupted,
+            logit_diff,
+            site,
+            positions="all",
+            source_model=other,
+            progress=False,
+        )
+        s = Site.parse(site)
+        _, cache = other.run_with_cache(clean)
+        src = cache[s.hook_name]
+
+        def hook(act, hook, s=s, src=src):
+            act = act.clone()
+            if s.head is None:
+                return src.clone()
+            act[:, :, s.head] = src[:, :, s.head]
+            return act
+
+        with torch.no_grad():
+            want = float(
+                logit_diff(model.run_with_hooks(corrupted, fwd_hooks=[(s.hook_name, hook)]))
+            )
+        assert float(df["value"].iloc[0]) == pytest.approx(want, abs=1e-5)
+
+
+def test_source_model_of_another_shape_is_refused(model, pair, hygiene):
+    snap = hygiene.snapshot(model)
+    with pytest.raises(ValueError, match=r"source_model must have the model's shape.*n_layers"):
+        causal_patching(model, *pair, logit_diff, source_model=tiny_model(n_layers=2, d_vocab=V))
+    hygiene.check(model, snap)

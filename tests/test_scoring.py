@@ -296,3 +296,34 @@ def test_tables_share_one_vocabulary(model, tokens):
         assert "mlp0" in set(df["site"]), name
     assert list(tidy_table([{"value": 1, "x": 2, "site": "a"}]).columns) == ["site", "value", "x"]
     assert isinstance(tables["lens"], pd.DataFrame)
+
+
+def test_row_mean_keeps_rows_only_while_every_batch_gives_them():
+    from pcp_lens.scoring import RowMean
+
+    acc = RowMean()
+    acc.add(torch.tensor([1.0, 2.0]), 2)
+    acc.add(torch.tensor([[3.0, 5.0]]), 1)  # one prompt, two positions: its mean
+    assert acc.per_row.tolist() == [1.0, 2.0, 4.0]
+    acc.add(torch.tensor(7.0), 3)  # a batch mean cannot be split into prompts
+    assert acc.per_row is None
+    with pytest.raises(ValueError, match="per_prompt"):
+        acc.pair_columns()
+
+
+def test_per_prompt_gives_each_prompts_value_for_mean_and_group_metrics():
+    from pcp_lens import GroupMetric, PositionMetric, TokenGroups
+    from pcp_lens.scoring import per_prompt
+
+    logits = torch.randn(5, 3, 8, generator=torch.Generator().manual_seed(0))
+    g = TokenGroups({"a": [0, 1], "b": [5]}, d_vocab=8)
+    for m in [
+        GroupMetric(g, "a", stat="prob", positions=(-1, 0)),
+        PositionMetric(lambda lg: lg[:, 0, 2].mean(), positions=(1,)),
+        lambda lg: lg[:, -1, 4].mean(),
+    ]:
+        rows = per_prompt(m)
+        got = call_metric(rows, logits).reshape(5, -1).mean(1)
+        want = torch.stack([torch.as_tensor(call_metric(m, logits[i : i + 1])) for i in range(5)])
+        assert torch.allclose(got, want.reshape(5))
+        assert declared_positions(rows) == declared_positions(m)
