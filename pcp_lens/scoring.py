@@ -452,8 +452,8 @@ def per_prompt(metric: MetricLike) -> MetricLike:
         return metric
     if dataclasses.is_dataclass(metric) and getattr(metric, "reduce", None) == "mean":
         # GroupMetric and its kind: the per-prompt values without a second pass
-        return cast(MetricLike, dataclasses.replace(metric, reduce="none"))  # type: ignore[type-var]
-    return cast(MetricLike, _PerPrompt(metric))
+        return cast(MetricLike, dataclasses.replace(cast(Any, metric), reduce="none"))
+    return cast(MetricLike, _PerPrompt(cast(MetricLike, metric)))
 
 
 def mean_value(value: Any, rows: int, name: str = "metric", where: str = "") -> float:
