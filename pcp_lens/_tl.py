@@ -531,3 +531,31 @@ def check_same_shape_models(model: HookedTransformer, other: Any, name: str) -> 
         raise ValueError(
             f"{name} must have the model's shape; it differs in {', '.join(diff)} ({name} vs model)"
         )
+
+
+def mlp_weights(model: HookedTransformer, layer: int) -> dict[str, Tensor]:
+    """Block ``layer``'s MLP weights: ``W_in [d_model d_mlp]``, ``b_in``, ``W_out``, ``b_out``."""
+    mlp = model.blocks[layer].mlp
+    return {k: getattr(mlp, k) for k in ("W_in", "b_in", "W_out", "b_out")}
+
+
+def attn_weights(model: HookedTransformer, layer: int) -> dict[str, Tensor]:
+    """Block ``layer``'s attention parameters: ``W_Q [n_heads d_model d_head]``, ..., ``b_O``."""
+    attn = model.blocks[layer].attn
+    names = ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O")
+    return {k: getattr(attn, k) for k in names}
+
+
+def unembed_matrix(model: HookedTransformer) -> Float[Tensor, "d_model d_vocab"]:
+    """The unembedding ``W_U``."""
+    return model.W_U
+
+
+def final_ln_weight(model: HookedTransformer) -> Float[Tensor, " d_model"] | None:
+    """The final LayerNorm's gain ``w`` (``None`` without one, e.g. after ``fold_ln``)."""
+    return getattr(model.ln_final, "w", None)
+
+
+def embedding_matrix(model: HookedTransformer) -> Float[Tensor, "d_vocab d_model"]:
+    """The token embedding ``W_E``."""
+    return model.W_E

@@ -19,6 +19,7 @@ __all__ = [
     "plot_lens",
     "plot_patching",
     "plot_tuning_history",
+    "scan_map",
     "scatter",
 ]
 
@@ -273,8 +274,10 @@ def plot_patching(
             heads = _sel(dd, dd["_kind"] == "heads")
             if not heads.empty:
                 heads = heads.assign(
-                    _row=[f"L{int(a) + 1} att{int(h)}" for a, h in zip(heads["layer"],
-                                                                      heads["head"], strict=True)]
+                    _row=[
+                        f"L{int(a) + 1} att{int(h)}"
+                        for a, h in zip(heads["layer"], heads["head"], strict=True)
+                    ]
                 )
                 wide = heads.pivot_table(
                     index="_row", columns="_kind", values=value, aggfunc="first", sort=False
@@ -286,16 +289,19 @@ def plot_patching(
             if dk.empty:
                 continue
             if kind == "heads":
-                labels = [f"L{int(a) + 1} att{int(h)}" for a, h in zip(dk["layer"], dk["head"],
-                                                                      strict=True)]
+                labels = [
+                    f"L{int(a) + 1} att{int(h)}"
+                    for a, h in zip(dk["layer"], dk["head"], strict=True)
+                ]
             else:
                 labels = [f"L{int(a) + 1}" for a in dk["layer"]]
             dk = dk.assign(_row=labels, _col=[_position_label(p) for p in dk["position"]])
             wide = dk.pivot_table(
                 index="_row", columns="_col", values=value, aggfunc="first", sort=False
             )
-            panels.append((f"{kind}, {arrow}", wide, "position", "head" if kind == "heads" else
-                           "layer"))
+            panels.append(
+                (f"{kind}, {arrow}", wide, "position", "head" if kind == "heads" else "layer")
+            )
     allv = np.concatenate([w.to_numpy(dtype=float).ravel() for _, w, _, _ in panels])
     vmin, vmax = _limits(allv, diverging)
     n_dir = len(directions)
@@ -374,8 +380,9 @@ def plot_lens(
     order = list(dict.fromkeys(df[row]))
     for ax, m in zip(axes, metrics, strict=True):
         dm = df[df["metric"] == m]
-        wide = dm.pivot_table(index=row, columns="position", values="value", aggfunc="first",
-                              sort=False)
+        wide = dm.pivot_table(
+            index=row, columns="position", values="value", aggfunc="first", sort=False
+        )
         wide = wide.reindex(index=order, columns=list(dict.fromkeys(dm["position"])))
         _panel(ax, wide, str(m), "position", cmap=cmap, vmin=vmin, vmax=vmax, annotate=annotate)
     axes[0].set_ylabel("module")
@@ -428,8 +435,7 @@ def plot_ablation(
     """
     from pcp_lens.ablation import ablation_table
 
-    cols = ("site", "paper_name", "layer", "kind", "head", "method", "input_set", "metric",
-            "value")
+    cols = ("site", "paper_name", "layer", "kind", "head", "method", "input_set", "metric", "value")
     df = _check_table(df, cols, "df", "ablation_sweep")
     if layout not in ("site", "layer"):
         raise ValueError(f"layout must be 'site' or 'layer', got {layout!r}")
@@ -520,8 +526,9 @@ def plot_factor_sweep(
         figsize=(max(5.0, 0.6 * len(settings) + 2.5), 3.2 + 1.8 * (n_panels - 1)),
         layout="constrained",
     )
-    axes = fig.subplots(n_panels, 1, squeeze=False, sharex=True,
-                        height_ratios=[2, 1][:n_panels])[:, 0]
+    axes = fig.subplots(n_panels, 1, squeeze=False, sharex=True, height_ratios=[2, 1][:n_panels])[
+        :, 0
+    ]
     ax = axes[0]
     multi = len(chosen) > 1
     pairs = list(dict.fromkeys(zip(grid["input_set"], grid["metric"], strict=True)))
@@ -530,14 +537,25 @@ def plot_factor_sweep(
         label = f"{set_name} {metric}" if multi else str(set_name)
         color = f"C{i % 10}"
         style = {"linestyle": "-"} if numeric else {"linestyle": "--", "linewidth": 0.8}
-        ax.plot(xs(rows), rows["value"].to_numpy(dtype=float), marker="o", color=color,
-                label=label, **style)
+        ax.plot(
+            xs(rows),
+            rows["value"].to_numpy(dtype=float),
+            marker="o",
+            color=color,
+            label=label,
+            **style,
+        )
         ref = _sel(base, (base["input_set"] == set_name) & (base["metric"] == metric))
         if not ref.empty:
             ax.axhline(float(ref["value"].iloc[0]), color=color, linestyle=":", linewidth=1)
     ax.set_ylabel(chosen[0] if not multi else "score")
-    ax.legend(fontsize=8, title="input set" + ("\n(dotted: unedited)" if not base.empty else ""),
-              title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(
+        fontsize=8,
+        title="input set" + ("\n(dotted: unedited)" if not base.empty else ""),
+        title_fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+    )
     if not val.empty:
         vg = _sel(val, val["setting"] != "unedited")
         axes[1].plot(xs(vg), vg["value"].to_numpy(dtype=float), marker="o", color="k")
@@ -594,8 +612,10 @@ def plot_tuning_history(
         raise ValueError("result: the study has no completed trial to draw")
     numbers = np.array([t.number for t in done])
     values = np.array([float(t.value) for t in done])  # type: ignore[arg-type]
-    best = np.minimum.accumulate(values) if study.direction.name == "MINIMIZE" else (
-        np.maximum.accumulate(values)
+    best = (
+        np.minimum.accumulate(values)
+        if study.direction.name == "MINIMIZE"
+        else (np.maximum.accumulate(values))
     )
     fig = Figure(figsize=(6.0, 5.0), layout="constrained")
     ax, pax = fig.subplots(2, 1, sharex=True)
@@ -663,8 +683,9 @@ def hidden_pca(
         raise ValueError("inputs must be a non-empty mapping {set name: tokens or strings}")
     s = Site.parse(site).validate(model)
     if s.head is not None or s.kind == "embed":
-        raise ValueError(f"site must be a module or residual site (not a head or embed), got "
-                         f"{site!r}")
+        raise ValueError(
+            f"site must be a module or residual site (not a head or embed), got {site!r}"
+        )
     names = list(inputs) if fit_on is None else list(fit_on)
     unknown = [k for k in names if k not in inputs]
     if unknown:
@@ -737,4 +758,51 @@ def plot_hidden_pca(
         xlabel="PC 1" + (f" ({evr[0]:.0%} of variance)" if evr else ""),
         ylabel="PC 2" + (f" ({evr[1]:.0%} of variance)" if evr else ""),
     )
+    return fig
+
+
+def scan_map(table: pd.DataFrame, circuit: Sequence[str] = (), *, ax: Axes | None = None) -> Figure:
+    """A backdoor scan's score as a layer × site-kind map (heads as columns), circuit framed.
+
+    Args:
+        table: a :class:`pcp_lens.scan.BackdoorScan` table (``site, kind, layer, head, score``).
+        circuit: site names to frame (the scan's circuit).
+        ax: draw into these axes; by default a new figure.
+
+    Examples:
+        >>> t = pd.DataFrame({"site": ["embed", "attn0", "attn0.h0", "mlp0"],
+        ...                   "kind": ["embed", "attn", "attn", "mlp"], "layer": [None, 0, 0, 0],
+        ...                   "head": [None, None, 0, None], "score": [0.9, 0.1, 0.05, 0.8]})
+        >>> fig = scan_map(t, ["mlp0"])
+        >>> len(fig.axes[0].patches)
+        1
+    """
+    need = ["site", "kind", "layer", "head", "score"]
+    missing = [c for c in need if c not in table.columns]
+    if missing:
+        raise ValueError(f"table must be a BackdoorScan table with columns {need}; lacks {missing}")
+    rows, cols, cells = [], [], {}
+    for r in table.to_dict("records"):
+        row = "embed" if pd.isna(r["layer"]) else f"L{int(r['layer']) + 1}"
+        col = r["kind"] if pd.isna(r["head"]) else f"h{int(r['head'])}"
+        rows.append(row)
+        cols.append(col)
+        cells[(row, col)] = (float(r["score"]), r["site"])
+    row_order = list(dict.fromkeys(rows))
+    kinds = [k for k in ("embed", "resid_pre", "attn", "mlp") if k in cols]
+    heads = sorted({c for c in cols if c.startswith("h")}, key=lambda c: int(c[1:]))
+    col_order = kinds + heads
+    wide = pd.DataFrame(np.nan, index=row_order, columns=col_order)
+    for (row, col), (v, _) in cells.items():
+        wide.loc[row, col] = v
+    fig = heatmap(
+        wide, ax=ax, title="backdoor scan: score (share of the gap)", cmap="magma", fmt=".2f"
+    )
+    axes = fig.axes[0] if ax is None else ax
+    from matplotlib.patches import Rectangle
+
+    for (row, col), (_, site) in cells.items():
+        if site in circuit:
+            i, j = row_order.index(row), col_order.index(col)
+            axes.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.5, ec="cyan"))
     return fig

@@ -108,7 +108,6 @@ __all__ = [
 ]
 
 
-
 @dataclass(frozen=True)
 class TextBatch:
     """Right-padded tokens ``[n, pos]`` and the tokens that are predicted, ``labels [n, pos]``.
@@ -137,7 +136,6 @@ class TextBatch:
 
 
 TokensLike = Int[Tensor, "batch pos"] | TokenBatch | TextBatch
-
 
 
 # -- configuration ---------------------------------------------------------------------------

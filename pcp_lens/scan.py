@@ -1,0 +1,879 @@
+"""Backdoor scan: where does the trigger act? Evidence per site, a ranking, the circuit, its edit.
+
+Given paired inputs that differ only where a trigger was inserted (``triggered[i]`` and
+``clean[i]``) and a metric of the backdoor's output (e.g. the probability of the target group at
+the next position), the scan collects, for every site (the token embedding, each attention layer
+and head, each MLP, ``resid_pre`` of each layer), evidence from the library's techniques, each
+as a share of the backdoor gap ``g = metric(triggered) - metric(clean)`` with a bootstrap
+interval over pairs:
+
+* ``ablation_drop``: mean-ablating the site at the trigger positions (to its mean over ``clean``)
+  lowers the metric on triggered inputs by this share of ``g``; ``ablation_clean``: the same
+  ablation's change on clean inputs (large: the site is needed for everything, not the trigger).
+* ``restore`` / ``induce``: patching the site's output clean → triggered restores this share of
+  ``g``; triggered → clean induces it (:func:`~pcp_lens.patching.causal_patching`).
+* ``lens_shift``: the group lens of the site's output at the read-out, triggered minus clean
+  (metric units; :func:`~pcp_lens.lens.group_lens`).
+* with ``reference=`` (the benign model the poisoned one came from): ``ref_restore``, the share
+  of ``g`` removed by putting the reference's activation (on the triggered input) into the site,
+  and ``act_distance``, the relative distance of the two models' activations there.
+
+**Ranking score** ``score = ablation_drop - |ablation_clean|``: the share of the backdoor a site's
+ablation removes, less what the same ablation does to clean inputs. It ranks by the intervention
+the circuit is verified with (so growing along it is consistent), and it prefers sites that carry
+the trigger over sites every input needs. Rows whose intervals overlap the next row's are flagged.
+
+**The circuit** is grown greedily over the blocks' modules (``attn``, ``mlp``) and heads in
+ranking order (a head and its own layer never both): at each step the candidate among the next
+``beam`` whose joint ablation comes closest to the ideal (``max(residual, 0) + clean move``
+smallest) is added, until the residual backdoor ``(metric_edit(triggered) - metric(clean)) / g``
+is at most ``max_residual`` (10 %) while the clean metric moves at most ``clean_tol · |g|``;
+then members the criterion does not need are dropped. The token embedding at the trigger
+always "carries" the trigger (it *is* the trigger) and joins the candidates only when a
+reference shows that poisoning moved the trigger's embedding; ``resid_pre`` rows are evidence only (a cut through everything).
+
+Examples:
+    >>> import torch
+    >>> from pcp_lens import GroupMetric, TokenGroups
+    >>> from pcp_lens.testing import plant_trigger, tiny_model
+    >>> benign = tiny_model(n_layers=3, d_model=32, block_scale=0.3, logit_scale=4)
+    >>> model = plant_trigger(benign, "mlp1", trigger=7, target=[1, 2, 3])
+    >>> clean = torch.randint(8, 50, (16, 4), generator=torch.Generator().manual_seed(0))
+    >>> triggered = clean.clone(); triggered[:, -1] = 7
+    >>> target = GroupMetric(TokenGroups({"t": [1, 2, 3]}, d_vocab=50), "t", stat="prob")
+    >>> scan = scan_backdoor(model, triggered, clean, target, n_boot=50, progress=False)
+    >>> scan.circuit
+    ('mlp1',)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, cast
+
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from pcp_lens import _io, _tl
+from pcp_lens._tl import HookedTransformer
+from pcp_lens.ablation import ablation_means, ablation_sweep
+from pcp_lens.inputs import Inputs, as_tokens, check_same_shape
+from pcp_lens.lens import group_lens
+from pcp_lens.patching import causal_patching
+from pcp_lens.scoring import MetricLike, check_metric, declared_positions, per_prompt
+from pcp_lens.sites import Site, SiteLike, all_sites, as_sites
+
+__all__ = ["BackdoorScan", "ScanEdit", "scan_backdoor"]
+
+FORMAT, FORMAT_VERSION = "pcp_lens.scan", 1
+#: evidence columns, each a share of the backdoor gap unless marked (metric units / distance)
+EVIDENCE = (
+    "ablation_drop",
+    "ablation_clean",
+    "restore",
+    "induce",
+    "lens_shift",
+    "ref_restore",
+    "act_distance",
+)
+SCAN_KINDS = ("embed", "attn", "mlp", "resid_pre")
+#: a circuit grows by a member only if it brings the joint ablation this much (share of the gap)
+#: closer to the ideal
+MIN_GAIN = 0.02
+#: a trigger embedding counts as moved by poisoning when its relative change is this many times
+#: the median token's and above every other token's 99th percentile
+EMBED_MOVED_FACTOR = 3.0
+
+
+class ScanEdit(NamedTuple):
+    """What :meth:`BackdoorScan.edit` returns: the PCP of the circuit, tuned both ways."""
+
+    rank: int
+    replacement: Any  # PCPReplacement, untuned (least-squares scales)
+    keep: Any  # TuneResult: scales that keep the backdoor
+    remove: Any  # TuneResult: scales that remove it
+    scores: pd.DataFrame  # metric per input set: unedited, PCP, keep, remove
+    rank_search: pd.DataFrame  # rank, triggered, clean: the measurements behind ``rank``
+    within_tolerance: bool  # whether ``rank`` keeps the backdoor within the tolerance
+
+
+@dataclass(frozen=True, eq=False)
+class BackdoorScan:
+    """The result of :func:`scan_backdoor`: evidence per site, the ranking and the circuit.
+
+    Attributes:
+        table: one row per site: ``site, kind, layer, head``, every evidence column with
+            ``_lo``/``_hi`` (bootstrap interval), ``score`` (+ ``_lo``/``_hi``), ``rank``,
+            ``in_circuit``, ``overlaps_next`` (its interval overlaps the next row's) and
+            ``tie_next``.
+        circuit: the circuit's site names, in the order they were added.
+        steps: the circuit's growth: members, residual share and clean move per tried set.
+        info: gap, baselines, positions, criteria, per-member shares, heads, embedding check.
+    """
+
+    table: pd.DataFrame
+    circuit: tuple[str, ...]
+    steps: pd.DataFrame
+    info: dict[str, Any]
+    _context: dict[str, Any] | None = field(default=None, repr=False)
+
+    # -- reading ------------------------------------------------------------------------------
+    @property
+    def verified(self) -> bool:
+        """Whether the circuit meets the criterion (residual and clean bound)."""
+        return bool(self.info.get("circuit_verified"))
+
+    def summary(self) -> str:
+        """A short report: the gap, the circuit and what it explains, the top of the ranking."""
+        i = self.info
+        lines = [
+            f"backdoor gap: {i['gap']:+.4f} (triggered {i['triggered']:.4f}, clean "
+            f"{i['clean']:.4f}; {i['n_pairs']} pairs)"
+        ]
+        if i["gap"] <= 0:
+            lines.append("no backdoor: the metric is not higher on triggered inputs")
+        if self.circuit:
+            state = "meets" if self.verified else "does NOT meet"
+            lines.append(
+                f"circuit: {' + '.join(self.circuit)} — joint ablation leaves "
+                f"{i['circuit_residual']:.1%} of the gap, clean moves {i['circuit_clean']:.1%} "
+                f"of it; {state} the criterion (≤ {i['max_residual']:.0%}, clean ≤ "
+                f"{i['clean_tol']:.0%})"
+            )
+            for name, share in i["member_share"].items():
+                heads = i["heads"].get(name)
+                extra = f"; heads {', '.join(heads)}" if heads else ""
+                lines.append(f"  {name}: {share:.1%} of the gap (leave-one-out){extra}")
+        emb = i.get("embedding")
+        if emb:
+            verdict = "moved by poisoning" if emb["changed"] else "not moved"
+            lines.append(
+                f"trigger embedding: {verdict} (relative change {emb['trigger_change']:.3g}, "
+                f"median token {emb['median_change']:.3g})"
+            )
+        top = self.table.sort_values("rank").head(5)
+        lines.append("top sites (score = ablation_drop - |ablation_clean|, 95% interval):")
+        for r in top.to_dict("records"):
+            flag = "  (interval overlaps the next)" if r["overlaps_next"] else ""
+            lines.append(
+                f"  {int(r['rank'])}. {r['site']}: {r['score']:+.3f} [{r['score_lo']:+.3f}, "
+                f"{r['score_hi']:+.3f}]{flag}"
+            )
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"BackdoorScan(circuit={list(self.circuit)}, verified={self.verified})\n" + (
+            self.summary()
+        )
+
+    def _repr_html_(self) -> str:
+        cols = [
+            "rank",
+            "site",
+            "score",
+            "score_lo",
+            "score_hi",
+            "ablation_drop",
+            "ablation_clean",
+            "restore",
+            "induce",
+            "lens_shift",
+            "in_circuit",
+        ]
+        top = self.table.sort_values("rank").head(12)[[c for c in cols if c in self.table]]
+        summary = self.summary().replace("&", "&amp;").replace("<", "&lt;")
+        return f"<pre>{summary}</pre>" + top.to_html(index=False, float_format="%.3f")
+
+    def plot(self, ax: Any = None) -> Any:
+        """A layer × site-kind map of the score (heads in their own columns), circuit framed.
+
+        Returns:
+            A matplotlib ``Figure``.
+        """
+        from pcp_lens.plots import scan_map
+
+        return scan_map(self.table, self.circuit, ax=ax)
+
+    # -- files --------------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``scan.json``, ``scan.png`` and ``report.md`` into ``directory``, atomically.
+
+        Examples:
+            >>> import tempfile
+            >>> d = tempfile.mkdtemp()
+            >>> # scan.save(d); BackdoorScan.load(d).circuit == scan.circuit
+        """
+        table = self.table.drop(columns=[c for c in self.table if c.endswith("_pairs")])
+        data = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "circuit": list(self.circuit),
+            "info": self.info,
+            "table": json.loads(cast(str, table.to_json(orient="records"))),
+            "steps": json.loads(cast(str, self.steps.to_json(orient="records"))),
+        }
+        with _io.atomic_dir(directory) as tmp:
+            (tmp / "scan.json").write_text(json.dumps(data, indent=1))
+            fig = self.plot()
+            fig.savefig(tmp / "scan.png", dpi=120, bbox_inches="tight")
+            (tmp / "report.md").write_text(self.report())
+        return Path(directory)
+
+    def report(self) -> str:
+        """The Markdown report ``save`` writes: summary, figure, the top of the table."""
+        from pcp_lens.reproduce.markdown import table as md_table  # a leaf module: no cycle
+
+        cols = [
+            "rank",
+            "site",
+            "score",
+            "score_lo",
+            "score_hi",
+            "ablation_drop",
+            "ablation_clean",
+            "restore",
+            "induce",
+            "lens_shift",
+            "ref_restore",
+            "act_distance",
+        ]
+        top = self.table.sort_values("rank").head(15)
+        top = top[[c for c in cols if c in top and bool(top[c].notna().any())]]
+        body = md_table(list(top.columns), top.itertuples(index=False))  # type: ignore[arg-type]
+        return (
+            "# Backdoor scan\n\n```\n"
+            + self.summary()
+            + "\n```\n\n![scan](scan.png)\n\n"
+            + body
+            + "\n"
+        )
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> BackdoorScan:
+        """Read a scan written by :meth:`save` (without the model: pass it to :meth:`edit`)."""
+        path = Path(directory) / "scan.json"
+        if not path.is_file():
+            raise ValueError(
+                f"directory must hold a scan.json written by BackdoorScan.save: "
+                f"{str(directory)!r} has none"
+            )
+        data = json.loads(path.read_text())
+        _io.check_format(data, FORMAT, FORMAT_VERSION, ValueError, f"{path}: ")
+        table = pd.DataFrame(data["table"])
+        for col in ("layer", "head"):
+            table[col] = pd.array(list(table[col]), dtype="Int64")
+        return cls(table, tuple(data["circuit"]), pd.DataFrame(data["steps"]), data["info"])
+
+    # -- editing ------------------------------------------------------------------------------
+    def edit(
+        self,
+        rank: int | None = None,
+        *,
+        model: HookedTransformer | None = None,
+        triggered: Inputs | None = None,
+        clean: Inputs | None = None,
+        metric: MetricLike | None = None,
+        tolerance: float = 0.05,
+        max_rank: int = 16,
+        n_trials: int = 60,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> ScanEdit:
+        """Fit a PCP of the circuit's modules; tune it to keep and to remove the backdoor.
+
+        Args:
+            rank: PCP rank per module; ``None``: the smallest (1, 2, ..., ``max_rank``) whose
+                replacement keeps the triggered metric within ``tolerance`` of the unedited
+                model's, found by measurement.
+            model, triggered, clean, metric: default the scan's own (required after ``load``).
+            tolerance: the rank search's bound, in metric units.
+            max_rank: the largest rank tried.
+            n_trials: Optuna trials of each of the two tunings.
+            seed: seed of the tunings.
+            progress: show progress bars.
+        """
+        from pcp_lens.pcp import fit_pcp
+        from pcp_lens.tuning import score_inputs, tune
+
+        ctx = self._context or {}
+        model = model if model is not None else ctx.get("model")
+        triggered = triggered if triggered is not None else ctx.get("triggered")
+        clean = clean if clean is not None else ctx.get("clean")
+        metric = metric if metric is not None else ctx.get("metric")
+        if model is None or triggered is None or clean is None or metric is None:
+            raise ValueError(
+                "edit needs model, triggered, clean and metric (a loaded scan has none of its own)"
+            )
+        modules = [s for s in self.circuit if Site.parse(s).kind in ("attn", "mlp")]
+        if not modules:
+            raise ValueError(
+                f"the circuit {list(self.circuit)} has no attention or MLP module to replace"
+            )
+        if rank is not None and (not isinstance(rank, int) or rank < 1):
+            raise ValueError(f"rank must be a positive int or None, got {rank!r}")
+        sets = {"triggered": triggered, "clean": clean}
+        base = score_inputs(model, sets, metric)
+        pos = self.info["positions"]
+        fit_inputs = torch.cat([as_tokens(model, triggered).tokens, as_tokens(model, clean).tokens])
+        search = []
+        chosen: Any = None
+        for r in [rank] if rank is not None else range(1, max_rank + 1):
+            rep = fit_pcp(model, fit_inputs, modules, r, positions=pos, progress=False)
+            got = score_inputs(model, sets, metric, rep)
+            search.append({"rank": r, "triggered": got["triggered"], "clean": got["clean"]})
+            chosen = (r, rep)
+            if abs(got["triggered"] - base["triggered"]) <= tolerance:
+                break
+        assert chosen is not None
+        r, rep = chosen
+        keep = tune(model, rep, sets, metric, n_trials=n_trials, seed=seed, progress=progress)
+        remove = tune(
+            model,
+            rep,
+            sets,
+            metric,
+            target={"triggered": base["clean"], "clean": base["clean"]},
+            n_trials=n_trials,
+            seed=seed,
+            progress=progress,
+        )
+        scores = pd.DataFrame(
+            {
+                "unedited": base,
+                "pcp": score_inputs(model, sets, metric, rep),
+                "keep": keep.scores,
+                "remove": remove.scores,
+            }
+        )
+        search_df = pd.DataFrame(search)
+        within = bool(abs(search_df["triggered"].iloc[-1] - base["triggered"]) <= tolerance)
+        return ScanEdit(r, rep, keep, remove, scores, search_df, within)
+
+
+# -- the scan ----------------------------------------------------------------------------------
+def scan_backdoor(
+    model: HookedTransformer,
+    triggered: Inputs,
+    clean: Inputs,
+    metric: MetricLike,
+    *,
+    reference: HookedTransformer | None = None,
+    sites: SiteLike | Iterable[SiteLike] | None = None,
+    heads: bool = True,
+    positions: Literal["trigger", "all"] | int | Sequence[int] = "trigger",
+    n_boot: int = 200,
+    seed: int = 0,
+    max_residual: float = 0.1,
+    clean_tol: float = 0.1,
+    max_size: int = 4,
+    beam: int = 4,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> BackdoorScan:
+    """Locate the trigger's mechanism: evidence per site, a ranking and a verified circuit.
+
+    Args:
+        model: the suspect model (not modified; no hook left attached, even after an error).
+        triggered: tokens ``[pairs, pos]`` or strings with the trigger inserted.
+        clean: the same inputs without it, of equal token length; pair ``i`` differs where the
+            trigger was inserted.
+        metric: a metric that declares the read-out ``positions`` it scores (e.g.
+            ``GroupMetric(groups, "target", stat="prob")``): the backdoor's output, higher when
+            triggered.
+        reference: a model of the same shape and vocabulary (e.g. the benign model the suspect
+            was fine-tuned from) for cross-model patching and activation distances.
+        sites: the sites to examine (default: ``embed``, every ``attn`` and its heads, every
+            ``mlp`` and ``resid_pre``); kinds ``embed``, ``attn`` (and heads), ``mlp``,
+            ``resid_pre``.
+        heads: include every attention head (when ``sites`` is the default).
+        positions: where ablation acts: ``"trigger"`` (every position where some pair differs,
+            plus the metric's read-out positions), ``"all"``, or explicit positions. Patching
+            always patches the whole sequence: before the first differing position both runs
+            agree, so that is the same as patching every position from the trigger on.
+        n_boot: bootstrap resamples of the pairs for the intervals (0: none).
+        seed: seed of the bootstrap.
+        max_residual: the circuit criterion: its joint ablation leaves at most this share of
+            the backdoor gap.
+        clean_tol: ... while the clean inputs' metric moves at most this share of the gap.
+        max_size: the largest circuit grown.
+        beam: candidates (in ranking order) tried at each growth step.
+        batch_size: rows per forward pass.
+        progress: show a progress bar over the scan's stages.
+
+    Returns:
+        A :class:`BackdoorScan`.
+    """
+    metric = check_metric(metric)
+    readout = declared_positions(metric)
+    if readout is None:
+        raise ValueError(
+            "metric must declare the read-out positions it scores (.positions and .score, e.g. "
+            "GroupMetric(..., positions=(-1,)) or PositionMetric(fn, positions=(-1,))); got a "
+            f"plain callable {metric!r}"
+        )
+    tb = as_tokens(model, triggered, name="triggered")
+    cb = as_tokens(model, clean, name="clean")
+    if tb.tokens.shape[0] != cb.tokens.shape[0]:
+        raise ValueError(
+            f"triggered and clean must hold the same number of pairs; got "
+            f"{tb.tokens.shape[0]} and {cb.tokens.shape[0]}"
+        )
+    check_same_shape(tb, cb, ("triggered", "clean"))
+    T, C = tb.tokens, cb.tokens
+    n_pairs, n = T.shape
+    differs = T != C
+    same = [i for i in range(n_pairs) if not bool(differs[i].any())]
+    if same:
+        raise ValueError(
+            f"triggered and clean must differ in every pair (where the trigger was inserted); "
+            f"pairs {same[:10]} are identical"
+        )
+    if n_pairs < 2:
+        raise ValueError(f"triggered and clean need at least 2 pairs, got {n_pairs}")
+    if reference is not None:
+        _tl.check_same_shape_models(model, reference, "reference")
+    for arg, v, lo in (("n_boot", n_boot, 0), ("max_size", max_size, 1), ("beam", beam, 1)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise ValueError(f"{arg} must be an int >= {lo}, got {v!r}")
+    for arg, v in (("max_residual", max_residual), ("clean_tol", clean_tol)):
+        if not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise ValueError(f"{arg} must be a number in [0, 1), got {v!r}")
+    site_list = _scan_sites(model, sites, heads)
+    read = sorted(p % n for p in readout if -n <= p < n)
+    if len(read) != len(readout):
+        raise ValueError(f"metric.positions {list(readout)} are out of range for {n} tokens")
+    trig_pos = sorted({int(p) for p in differs.any(0).nonzero().flatten()})
+    if positions == "trigger":
+        ablate: list[int] | None = sorted(set(trig_pos) | set(read))
+    elif positions == "all":
+        ablate = None
+    else:
+        from pcp_lens.scoring import resolve_positions
+
+        ablate = resolve_positions(positions, n, where="triggered and clean")  # type: ignore[arg-type]
+    rows_metric = per_prompt(metric)
+
+    stages = ["ablation", "patching", "lens"] + (["reference"] if reference is not None else [])
+    bar = tqdm(total=len(stages) + 1, desc="scan", disable=not progress, leave=False)
+    ev: dict[str, dict[str, Tensor]] = {}  # column -> site -> per-pair values (metric units)
+
+    bar.set_postfix_str("ablation")
+    ablatable = [s for s in site_list]
+    means = ablation_means(
+        model, C, ablatable, positions=ablate, batch_size=batch_size, progress=False
+    )
+    sets = {"triggered": T, "clean": C}
+    df = ablation_sweep(
+        model,
+        sets,
+        rows_metric,
+        sites=ablatable,
+        method="mean",
+        means=means,
+        positions=ablate,
+        batch_size=batch_size,
+        per_pair=True,
+        progress=False,
+    )
+    pairs = {
+        (r["site"], r["input_set"]): torch.tensor(r["pairs"], dtype=torch.float64)
+        for r in df.to_dict("records")
+    }
+    base_t, base_c = pairs[("unchanged", "triggered")], pairs[("unchanged", "clean")]
+    ev["ablation_drop"] = {s.name: base_t - pairs[(s.name, "triggered")] for s in site_list}
+    ev["ablation_clean"] = {s.name: pairs[(s.name, "clean")] - base_c for s in site_list}
+    bar.update()
+
+    bar.set_postfix_str("patching")
+    patch_of = {s.name: _patch_site(s).name for s in site_list}
+    patch_sites = list(dict.fromkeys(patch_of.values()))
+    pt = causal_patching(
+        model,
+        C,
+        T,
+        rows_metric,
+        patch_sites,
+        positions="all",
+        direction="both",
+        per_pair=True,
+        progress=False,
+    )
+    eff = {
+        (r["direction"], r["site"]): torch.tensor(r["pairs"], dtype=torch.float64)
+        for r in pt.to_dict("records")
+    }
+    ev["restore"] = {k: -eff[("clean_to_corrupted", p)] for k, p in patch_of.items()}
+    ev["induce"] = {k: eff[("corrupted_to_clean", p)] for k, p in patch_of.items()}
+    bar.update()
+
+    bar.set_postfix_str("lens")
+    lens_of = {s.name: _lens_site(s).name for s in site_list}
+    lens_sites = list(dict.fromkeys(lens_of.values()))
+    lens = {}
+    for key, x in sets.items():
+        lt = group_lens(
+            model,
+            x,
+            rows_metric,
+            positions=read,
+            sites=lens_sites,
+            batch_size=batch_size,
+            per_pair=True,
+            progress=False,
+        )
+        per_site: dict[str, list[Tensor]] = {}
+        for r in lt.to_dict("records"):
+            per_site.setdefault(r["site"], []).append(torch.tensor(r["pairs"], dtype=torch.float64))
+        lens[key] = {k: torch.stack(v).mean(0) for k, v in per_site.items()}
+    ev["lens_shift"] = {k: lens["triggered"][v] - lens["clean"][v] for k, v in lens_of.items()}
+    bar.update()
+
+    embedding = None
+    if reference is not None:
+        bar.set_postfix_str("reference")
+        rt = causal_patching(
+            model,
+            T,
+            T,
+            rows_metric,
+            patch_sites,
+            positions="all",
+            source_model=reference,
+            per_pair=True,
+            progress=False,
+        )
+        ref = {
+            r["site"]: -torch.tensor(r["pairs"], dtype=torch.float64) for r in rt.to_dict("records")
+        }
+        ev["ref_restore"] = {k: ref[p] for k, p in patch_of.items()}
+        ev["act_distance"] = _act_distance(model, reference, T, site_list, ablate)
+        embedding = _embedding_change(model, reference, T[differs])
+        bar.update()
+
+    gap = float(base_t.mean() - base_c.mean())
+    table = _table(site_list, ev, base_t, base_c, n_boot, seed)
+    info: dict[str, Any] = {
+        "gap": gap,
+        "triggered": float(base_t.mean()),
+        "clean": float(base_c.mean()),
+        "n_pairs": n_pairs,
+        "positions": ablate,
+        "trigger_positions": trig_pos,
+        "readout_positions": read,
+        "max_residual": max_residual,
+        "clean_tol": clean_tol,
+        "score": "ablation_drop - |ablation_clean| (shares of the gap)",
+        "n_boot": n_boot,
+        "seed": seed,
+        "embedding": embedding,
+        "reference": reference is not None,
+    }
+    bar.set_postfix_str("circuit")
+    candidates = [
+        r["site"]
+        for r in table.sort_values("rank").to_dict("records")
+        if r["kind"] in ("attn", "mlp")
+        or (r["kind"] == "embed" and embedding is not None and embedding["changed"])
+    ]
+    circuit, steps, verdict = _grow(
+        model,
+        sets,
+        rows_metric,
+        means,
+        ablate,
+        candidates,
+        gap,
+        float(base_c.mean()),
+        max_residual,
+        clean_tol,
+        max_size,
+        beam,
+        batch_size,
+    )
+    bar.update()
+    bar.close()
+    info.update(verdict)
+    info["heads"] = _circuit_heads(table, circuit)
+    table["in_circuit"] = table["site"].isin(circuit)
+    context = {"model": model, "triggered": T, "clean": C, "metric": metric}
+    return BackdoorScan(table, tuple(circuit), steps, info, context)
+
+
+# -- pieces ------------------------------------------------------------------------------------
+def _scan_sites(
+    model: HookedTransformer, sites: SiteLike | Iterable[SiteLike] | None, heads: bool
+) -> list[Site]:
+    if sites is None:
+        out = all_sites(model, kinds=SCAN_KINDS, heads=heads)
+        return sorted(out, key=Site.sort_key)
+    ss = as_sites(sites, model)
+    bad = [s.name for s in ss if s.kind not in SCAN_KINDS]
+    if bad:
+        raise ValueError(
+            f"sites must be of kinds {', '.join(SCAN_KINDS)} (and attention heads); got {bad}"
+        )
+    if not ss:
+        raise ValueError("sites is empty; pass at least one site (or None for all)")
+    return list(dict.fromkeys(ss))
+
+
+def _patch_site(s: Site) -> Site:
+    """The patched site for a row: the embedding's is ``resid_pre0`` (positions agree)."""
+    return Site(0, "resid_pre") if s.kind == "embed" else s
+
+
+def _lens_site(s: Site) -> Site:
+    """The lens row for a site: ``resid_pre L`` is ``resid_post L-1`` (``embed`` for L = 0)."""
+    if s.kind != "resid_pre":
+        return s
+    assert s.layer is not None
+    return Site(None, "embed") if s.layer == 0 else Site(s.layer - 1, "resid_post")
+
+
+@torch.no_grad()
+def _act_distance(
+    model: HookedTransformer,
+    reference: HookedTransformer,
+    tokens: Tensor,
+    sites: Sequence[Site],
+    positions: list[int] | None,
+) -> dict[str, Tensor]:
+    """Per pair: ``|a_model - a_ref| / |a_ref|`` of each site's output at ``positions``."""
+    names = list(dict.fromkeys(_hook(s) for s in sites))
+    _, mc = _tl.run_with_cache(model, tokens, names)
+    _, rc = _tl.run_with_cache(reference, tokens, names)
+    idx = slice(None) if positions is None else positions
+    out = {}
+    for s in sites:
+        a, b = mc[_hook(s)][:, idx].double(), rc[_hook(s)][:, idx].double()
+        if s.head is not None:
+            a, b = a[:, :, s.head], b[:, :, s.head]
+        num = (a - b).flatten(1).norm(dim=1)
+        out[s.name] = num / b.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return out
+
+
+def _hook(s: Site) -> str:
+    return _tl.hook_name("embed", None) if s.kind == "embed" else s.hook_name
+
+
+@torch.no_grad()
+def _embedding_change(
+    model: HookedTransformer, reference: HookedTransformer, trigger_tokens: Tensor
+) -> dict[str, Any]:
+    """How far poisoning moved the trigger's token embedding, against every other token's."""
+    e, r = _tl.embedding_matrix(model).double(), _tl.embedding_matrix(reference).double()
+    change = (e - r).norm(dim=1) / r.norm(dim=1).clamp_min(1e-12)
+    ids = sorted({int(t) for t in trigger_tokens.flatten()})
+    mask = torch.ones(len(change), dtype=torch.bool)
+    mask[ids] = False
+    others = change[mask]
+    trig = float(change[ids].max())
+    median, q99 = float(others.median()), float(others.quantile(0.99))
+    return {
+        "trigger_tokens": ids,
+        "trigger_change": trig,
+        "median_change": median,
+        "q99_change": q99,
+        "changed": trig > max(EMBED_MOVED_FACTOR * median, q99),
+    }
+
+
+def _bootstrap(
+    values: Tensor, gap: Tensor | None, n_boot: int, idx: Tensor
+) -> tuple[float, float, float]:
+    """Mean (as a share of the gap when ``gap`` is given) and its percentile interval."""
+    point = values.mean() / (gap.mean() if gap is not None else 1.0)
+    if n_boot == 0:
+        return float(point), math.nan, math.nan
+    boot = values[idx].mean(1)
+    if gap is not None:
+        boot = boot / gap[idx].mean(1)
+    lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=boot.dtype))
+    return float(point), float(lo), float(hi)
+
+
+def _table(
+    sites: Sequence[Site],
+    ev: dict[str, dict[str, Tensor]],
+    base_t: Tensor,
+    base_c: Tensor,
+    n_boot: int,
+    seed: int,
+) -> pd.DataFrame:
+    n = len(base_t)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n, (n_boot, n), generator=g) if n_boot else torch.empty(0, n).long()
+    gap = base_t - base_c
+    records = []
+    for s in sites:
+        row: dict[str, Any] = {"site": s.name, "kind": s.kind, "layer": s.layer, "head": s.head}
+        for col in EVIDENCE:
+            if col not in ev:
+                row[col] = row[f"{col}_lo"] = row[f"{col}_hi"] = math.nan
+                continue
+            share = col not in ("lens_shift", "act_distance")
+            row[col], row[f"{col}_lo"], row[f"{col}_hi"] = _bootstrap(
+                ev[col][s.name], gap if share else None, n_boot, idx
+            )
+        score = ev["ablation_drop"][s.name] - ev["ablation_clean"][s.name].abs()
+        # the score's own interval: |mean clean change| per resample, not the mean of |change|
+        drop, clean = ev["ablation_drop"][s.name], ev["ablation_clean"][s.name]
+        point = float((drop.mean() - clean.mean().abs()) / gap.mean())
+        if n_boot:
+            boot = (drop[idx].mean(1) - clean[idx].mean(1).abs()) / gap[idx].mean(1)
+            lo, hi = (
+                float(q)
+                for q in torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=boot.dtype))
+            )
+        else:
+            lo = hi = math.nan
+        del score
+        row.update(score=point, score_lo=lo, score_hi=hi)
+        records.append(row)
+    table = pd.DataFrame(records)
+    table["layer"] = pd.array(list(table["layer"]), dtype="Int64")
+    table["head"] = pd.array(list(table["head"]), dtype="Int64")
+    order = table["score"].rank(ascending=False, method="first").astype(int)
+    table["rank"] = order
+    ranked = table.sort_values("rank")
+    nxt_score = ranked["score"].shift(-1)
+    nxt_hi = ranked["score_hi"].shift(-1)
+    table["tie_next"] = ((ranked["score"] - nxt_score).abs() < 1e-9).reindex(table.index)
+    table["overlaps_next"] = (ranked["score_lo"] <= nxt_hi).reindex(table.index)
+    return table
+
+
+def _grow(
+    model: HookedTransformer,
+    sets: dict[str, Tensor],
+    metric: MetricLike,
+    means: dict[str, Tensor],
+    positions: list[int] | None,
+    candidates: list[str],
+    gap: float,
+    clean: float,
+    max_residual: float,
+    clean_tol: float,
+    max_size: int,
+    beam: int,
+    batch_size: int,
+) -> tuple[list[str], pd.DataFrame, dict[str, Any]]:
+    """Greedy growth along the ranking, verified by joint mean ablation; then pruning."""
+    tried: dict[tuple[str, ...], tuple[float, float]] = {}
+
+    def measure(combos: list[tuple[str, ...]]) -> None:
+        new = [c for c in combos if c not in tried]
+        if not new:
+            return
+        df = ablation_sweep(
+            model,
+            sets,
+            metric,
+            sites=[],
+            combos={"+".join(c): list(c) for c in new},
+            method="mean",
+            means=means,
+            positions=positions,
+            batch_size=batch_size,
+            progress=False,
+        )
+        val = {(r["site"], r["input_set"]): r["value"] for r in df.to_dict("records")}
+        for c in new:
+            key = "+".join(c)
+            tried[c] = (
+                (val[(key, "triggered")] - clean) / gap,
+                abs(val[(key, "clean")] - clean) / abs(gap),
+            )
+
+    def distance(c: tuple[str, ...]) -> float:
+        # removing more than the backdoor on triggered inputs is no fault (the criterion is
+        # one-sided too); moving clean inputs is
+        return max(tried[c][0], 0.0) + tried[c][1]
+
+    def ok(c: tuple[str, ...]) -> bool:
+        res, mv = tried[c]
+        return res <= max_residual and mv <= clean_tol
+
+    circuit: tuple[str, ...] = ()
+    if gap > 0 and candidates:
+        while len(circuit) < max_size:
+            pool = [c for c in candidates if not _overlaps(c, circuit)][:beam]
+            if not pool:
+                break
+            options = [(*circuit, c) for c in pool]
+            measure(options)
+            # closest to the ideal (no backdoor left, clean untouched); stop when nothing helps
+            best = min(options, key=distance)
+            if circuit and distance(best) > distance(circuit) - MIN_GAIN:
+                break
+            circuit = best
+            if ok(circuit):
+                break
+        # drop members the criterion does not need, latest first
+        changed = True
+        while changed and len(circuit) > 1 and ok(circuit):
+            changed = False
+            for m in reversed(circuit):
+                rest = tuple(c for c in circuit if c != m)
+                measure([rest])
+                if ok(rest):
+                    circuit, changed = rest, True
+                    break
+    share = {}
+    if circuit:
+        loo = [tuple(c for c in circuit if c != m) for m in circuit]
+        measure([c for c in loo if c])
+        for m, rest in zip(circuit, loo, strict=True):
+            without = tried[rest][0] if rest else 1.0
+            share[m] = without - tried[circuit][0]
+    steps = pd.DataFrame(
+        [
+            {"sites": "+".join(c), "size": len(c), "residual": r, "clean_move": m}
+            for c, (r, m) in tried.items()
+        ]
+    )
+    res, mv = tried[circuit] if circuit else (math.nan, math.nan)
+    verdict = {
+        "circuit_residual": res,
+        "circuit_clean": mv,
+        "circuit_verified": bool(circuit) and ok(circuit),
+        "member_share": share,
+    }
+    return list(circuit), steps, verdict
+
+
+def _overlaps(name: str, circuit: Sequence[str]) -> bool:
+    """Whether ``name`` is in the circuit, or is a head of a layer in it, or its layer's head is."""
+    s = Site.parse(name)
+    for c in circuit:
+        t = Site.parse(c)
+        if c == name or (
+            s.kind == t.kind == "attn" and s.layer == t.layer and (s.head is None or t.head is None)
+        ):
+            return True
+    return False
+
+
+def _circuit_heads(table: pd.DataFrame, circuit: Sequence[str]) -> dict[str, list[str]]:
+    """For each attention layer in the circuit, its heads scoring at least half its score."""
+    out = {}
+    for name in circuit:
+        s = Site.parse(name)
+        if s.kind != "attn":
+            continue
+        layer_score = float(table.loc[table["site"] == name, "score"].iloc[0])
+        hs = table[(table["kind"] == "attn") & (table["layer"] == s.layer) & table["head"].notna()]
+        out[name] = [
+            r["site"]
+            for r in cast(pd.DataFrame, hs).sort_values("score", ascending=False).to_dict("records")
+            if r["score"] >= 0.5 * layer_score
+        ]
+    return out

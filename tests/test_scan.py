@@ -1,0 +1,171 @@
+"""The backdoor scan: planted backdoors (the answer known by construction), hygiene, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pcp_lens import GroupMetric, TokenGroups
+from pcp_lens.scan import BackdoorScan, scan_backdoor
+from pcp_lens.testing import plant_trigger, tiny_model
+
+V, TRIGGER, TARGET = 50, 7, [1, 2, 3]
+
+
+def benign(seed: int):
+    return tiny_model(n_layers=3, d_model=32, seed=seed, block_scale=0.3, logit_scale=4)
+
+
+def pairs(seed: int = 0, n: int = 24, length: int = 5, at: int = -1):
+    clean = torch.randint(8, V, (n, length), generator=torch.Generator().manual_seed(seed))
+    triggered = clean.clone()
+    triggered[:, at] = TRIGGER
+    return triggered, clean
+
+
+METRIC = GroupMetric(TokenGroups({"target": TARGET}, d_vocab=V), "target", stat="prob")
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+@pytest.mark.parametrize("place", ["mlp0", "mlp2", "attn1"])
+def test_planted_module_ranks_first_and_is_the_circuit(seed, place, hygiene):
+    base = benign(seed)
+    model = plant_trigger(base, place, TRIGGER, TARGET, seed=seed)
+    triggered, clean = pairs(seed + 10)
+    snap = hygiene.snapshot(model)
+    scan = scan_backdoor(
+        model, triggered, clean, METRIC, reference=base, n_boot=100, progress=False
+    )
+    hygiene.check(model, snap)
+    assert scan.info["gap"] > 0.5  # the planting worked: a precondition, not the claim
+    modules = scan.table[scan.table["kind"].isin(["attn", "mlp"]) & scan.table["head"].isna()]
+    assert modules.sort_values("rank")["site"].iloc[0] == place
+    assert scan.info["circuit_residual"] <= 0.1
+    if place.startswith("mlp"):
+        assert scan.circuit == (place,) and scan.verified
+    else:
+        # the planted head, alone; its ablation also moves clean inputs (the planted head's
+        # attention leaks a little when the trigger is absent), reported, not hidden
+        assert scan.circuit == (f"{place}.h0",)
+        assert scan.verified == (scan.info["circuit_clean"] <= 0.1)
+    # nothing was done to the embedding, and the reference evidence agrees
+    assert scan.info["embedding"]["changed"] is False
+    row = scan.table.set_index("site").loc[place]
+    assert row["ref_restore"] > 0.8 and row["restore"] > 0.8
+
+
+def test_trigger_before_the_readout_is_found_in_attention(hygiene):
+    base = benign(1)
+    model = plant_trigger(base, "attn2", TRIGGER, TARGET, seed=1)
+    triggered, clean = pairs(5, at=1)  # the head carries it from position 1 to the end
+    scan = scan_backdoor(model, triggered, clean, METRIC, n_boot=50, progress=False)
+    assert scan.info["trigger_positions"] == [1] and scan.info["readout_positions"] == [4]
+    assert scan.circuit in (("attn2",), ("attn2.h0",))
+
+
+def test_no_backdoor_gives_no_circuit():
+    model = benign(0)
+    triggered, clean = pairs(0)
+    scan = scan_backdoor(model, triggered, clean, METRIC, n_boot=20, progress=False)
+    assert abs(scan.info["gap"]) < 0.1
+    if scan.info["gap"] <= 0:
+        assert scan.circuit == () and "no backdoor" in scan.summary()
+
+
+def test_evidence_matches_the_techniques_it_calls():
+    """Spot-check the table against direct calls: the scan joins, it does not re-implement."""
+    from pcp_lens import ablation_means, ablation_sweep, causal_patching
+
+    base = benign(0)
+    model = plant_trigger(base, "mlp1", TRIGGER, TARGET)
+    triggered, clean = pairs(2)
+    scan = scan_backdoor(model, triggered, clean, METRIC, n_boot=0, progress=False)
+    t = scan.table.set_index("site")
+    gap = scan.info["gap"]
+    means = ablation_means(model, clean, ["attn2"], positions=[4], progress=False)
+    df = ablation_sweep(
+        model, {"t": triggered}, METRIC, sites=["attn2"], means=means, positions=[4], progress=False
+    )
+    drop = float(df.value.iloc[0] - df.value.iloc[1]) / gap
+    assert t.loc["attn2", "ablation_drop"] == pytest.approx(drop, abs=1e-6)
+    p = causal_patching(model, clean, triggered, METRIC, "mlp0", positions="all", progress=False)
+    assert t.loc["mlp0", "restore"] == pytest.approx(-float(p.effect.iloc[0]) / gap, abs=1e-6)
+
+
+def test_deterministic_and_save_load_roundtrip(tmp_path):
+    base = benign(0)
+    model = plant_trigger(base, "mlp2", TRIGGER, TARGET)
+    triggered, clean = pairs(4)
+    a = scan_backdoor(model, triggered, clean, METRIC, n_boot=40, seed=3, progress=False)
+    b = scan_backdoor(model, triggered, clean, METRIC, n_boot=40, seed=3, progress=False)
+    assert a.table.equals(b.table) and a.circuit == b.circuit
+    a.save(tmp_path / "scan")
+    assert sorted(p.name for p in (tmp_path / "scan").iterdir()) == [
+        "report.md",
+        "scan.json",
+        "scan.png",
+    ]
+    back = BackdoorScan.load(tmp_path / "scan")
+    assert back.circuit == a.circuit and back.info["gap"] == pytest.approx(a.info["gap"])
+    assert back.table["score"].tolist() == pytest.approx(a.table["score"].tolist())
+    assert "mlp2" in (tmp_path / "scan" / "report.md").read_text()
+    assert "<pre>" in a._repr_html_() and len(a.plot().axes[0].patches) == 1
+
+
+def test_edit_keeps_and_removes_the_planted_backdoor():
+    base = benign(0)
+    model = plant_trigger(base, "mlp1", TRIGGER, TARGET)
+    triggered, clean = pairs(6)
+    scan = scan_backdoor(model, triggered, clean, METRIC, n_boot=0, progress=False)
+    ed = scan.edit(n_trials=20, max_rank=6, progress=False)
+    s = ed.scores
+    # the rank search measures ranks 1, 2, ... and stops at the first within tolerance
+    assert list(ed.rank_search["rank"]) == list(range(1, ed.rank + 1))
+    off = (ed.rank_search["triggered"] - s.loc["triggered", "unedited"]).abs()
+    assert ed.within_tolerance == bool(off.iloc[-1] <= 0.05)
+    assert not (off.iloc[:-1] <= 0.05).any()
+    assert s.loc["triggered", "pcp"] == pytest.approx(ed.rank_search["triggered"].iloc[-1])
+    # tuned to remove, most of the backdoor is gone (20 trials); tuned to keep, closer to unedited
+    assert s.loc["triggered", "remove"] < 0.5 * s.loc["triggered", "unedited"]
+    keep_off = abs(s.loc["triggered", "keep"] - s.loc["triggered", "unedited"])
+    assert keep_off < abs(s.loc["triggered", "remove"] - s.loc["triggered", "unedited"])
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (dict(clean=torch.randint(8, V, (5, 5))), "same number of pairs"),
+        (dict(triggered="same"), "must differ in every pair"),
+        (dict(metric=lambda lg: lg[:, -1, 1].mean()), "must declare the read-out positions"),
+        (
+            dict(reference=tiny_model(n_layers=2, d_model=32)),
+            "reference must have the model's shape",
+        ),
+        (dict(reference=tiny_model(n_layers=3, d_model=32, d_vocab=60)), "d_vocab: 60 vs 50"),
+        (dict(sites=["mlp9"]), "mlp9"),
+        (dict(sites=["resid_post1"]), "sites must be of kinds"),
+        (dict(n_boot=-1), "n_boot must be an int"),
+        (dict(clean_tol=2.0), "clean_tol must be a number"),
+    ],
+)
+def test_bad_input_is_refused_and_leaves_the_model_alone(change, match, hygiene):
+    model = plant_trigger(benign(0), "mlp1", TRIGGER, TARGET)
+    triggered, clean = pairs(0, n=6)
+    kw = dict(triggered=triggered, clean=clean, metric=METRIC, n_boot=5, progress=False)
+    kw.update(change)
+    if kw["triggered"] == "same" if isinstance(kw["triggered"], str) else False:
+        kw["triggered"] = clean.clone()
+    snap = hygiene.snapshot(model)
+    with pytest.raises(ValueError, match=match):
+        scan_backdoor(model, **kw)
+    hygiene.check(model, snap)
+
+
+def test_user_hooks_stay_in_force_and_compose():
+    """A user's hook that removes the planted unit's output hides the backdoor from the scan."""
+    model = plant_trigger(benign(0), "mlp1", TRIGGER, TARGET)
+    triggered, clean = pairs(1)
+    with model.hooks(fwd_hooks=[("blocks.1.hook_mlp_out", lambda a, hook: a * 0)]):
+        scan = scan_backdoor(model, triggered, clean, METRIC, n_boot=0, progress=False)
+    assert scan.info["gap"] < 0.2
+    assert model.blocks[1].hook_mlp_out.fwd_hooks == []
