@@ -30,7 +30,8 @@ smallest) is added, until the residual backdoor ``(metric_edit(triggered) - metr
 is at most ``max_residual`` (10 %) while the clean metric moves at most ``clean_tol · |g|``;
 then members the criterion does not need are dropped. The token embedding at the trigger
 always "carries" the trigger (it *is* the trigger) and joins the candidates only when a
-reference shows that poisoning moved the trigger's embedding; ``resid_pre`` rows are evidence only (a cut through everything).
+reference shows that poisoning moved the trigger's embedding; ``resid_pre`` rows are evidence
+only (a cut through everything).
 
 Examples:
     >>> import torch
