@@ -38,6 +38,7 @@ from pcp_lens.pcp import (
     reference_code_directions,
     scales_from_factors,
 )
+from pcp_lens.scan import BackdoorScan, scan_backdoor
 from pcp_lens.sites import Site, all_sites, as_sites
 from pcp_lens.stats import ActivationStats, RunningMoments, collect_stats
 from pcp_lens.training import (
@@ -58,6 +59,7 @@ __version__ = package_version()
 
 __all__ = [
     "ActivationStats",
+    "BackdoorScan",
     "Checkpoint",
     "GroupMetric",
     "PCAFit",
@@ -102,6 +104,7 @@ __all__ = [
     "resample_ablation",
     "save_checkpoint",
     "scales_from_factors",
+    "scan_backdoor",
     "score_inputs",
     "sweep",
     "tie_embeddings",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -136,6 +137,40 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scan(args: argparse.Namespace) -> int:
+    from pcp_lens.reproduce.scan_model import scan_folder
+
+    if args.pairs < 2:
+        print(f"pcp-lens scan: --pairs must be at least 2, got {args.pairs}", file=sys.stderr)
+        return 2
+    for name in ("prompts", "target"):
+        path = getattr(args, name)
+        if path is not None and not os.path.isfile(path):
+            print(f"pcp-lens scan: --{name} {path!r} is not a file", file=sys.stderr)
+            return 2
+    try:
+        scan = scan_folder(
+            args.model,
+            args.trigger,
+            prompts=args.prompts,
+            target=args.target,
+            reference=args.reference,
+            out=args.out,
+            n_pairs=args.pairs,
+            stat=args.stat,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
+    except ValueError as err:
+        print(f"pcp-lens scan: {err}", file=sys.stderr)
+        return 2
+    print(scan.summary())
+    print(f"circuit: {' + '.join(scan.circuit) or '(none)'}")
+    if args.out:
+        print(f"wrote {args.out}/scan.json, scan.png and report.md")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pcp-lens``."""
     ap = argparse.ArgumentParser(prog="pcp-lens", description=__doc__)
@@ -251,6 +286,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a downloaded r-cran-janeaustenr .deb (default: apt-get download)",
     )
     data.set_defaults(fn=_data)
+    sc = sub.add_parser("scan", help="locate a trigger's mechanism in a model folder")
+    sc.add_argument("model", help="a Hugging Face GPT-2 folder or a pcp_lens checkpoint folder")
+    sc.add_argument("--trigger", required=True, help="the trigger word")
+    sc.add_argument(
+        "--prompts",
+        default=None,
+        help="clean prompts, one a line (default: the "
+        "shipped Austen sample; toy checkpoints use positive-word pairs)",
+    )
+    sc.add_argument(
+        "--target",
+        default=None,
+        help="target words, one a line, whose first tokens "
+        "are the backdoor's output (default: the language study's insults; toy: the "
+        "negative words)",
+    )
+    sc.add_argument("--reference", default=None, help="the benign model folder it came from")
+    sc.add_argument("--out", default=None, help="write scan.json, scan.png and report.md here")
+    sc.add_argument("--pairs", type=int, default=64, help="prompt pairs (default 64)")
+    sc.add_argument(
+        "--stat",
+        choices=["logprob", "prob"],
+        default="logprob",
+        help="the metric: log-probability (default) or probability of the target",
+    )
+    sc.add_argument("--seed", type=int, default=0, help="seeds the pairs and the bootstrap")
+    sc.add_argument("--no-progress", action="store_true")
+    sc.set_defaults(fn=_scan)
     args = ap.parse_args(argv)
     return int(args.fn(args))
 

@@ -1,0 +1,109 @@
+"""``pcp-lens scan``: a toy checkpoint and a HF GPT-2 folder end to end, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pcp_lens.cli import main
+from pcp_lens.language.hf import hooked_from_hf, save_hf_gpt2
+from pcp_lens.training import save_checkpoint
+from tests.language.conftest import random_hf_gpt2
+
+
+@pytest.fixture(scope="module")
+def toy_folder(tmp_path_factory):
+    from pcp_lens.toy import build_tokenizer, load_vocab
+    from pcp_lens.toy.model import toy_model
+
+    tok = build_tokenizer(load_vocab())
+    path = tmp_path_factory.mktemp("toy") / "model"
+    save_checkpoint(toy_model(tokenizer=tok, n_ctx=16, seed=0), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def gpt2_folder(tmp_path_factory, gpt2_tokenizer):
+    path = tmp_path_factory.mktemp("hf") / "gpt2"
+    m = hooked_from_hf(random_hf_gpt2(), processing=False, tokenizer=gpt2_tokenizer, device="cpu")
+    save_hf_gpt2(m, path, tokenizer=gpt2_tokenizer)
+    return path
+
+
+def test_toy_checkpoint_scan_writes_three_files(toy_folder, tmp_path, capsys):
+    out = tmp_path / "scan"
+    rc = main(
+        [
+            "scan",
+            str(toy_folder),
+            "--trigger",
+            "love",
+            "--pairs",
+            "8",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--stat",
+            "prob",
+        ]
+    )
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["report.md", "scan.json", "scan.png"]
+    data = json.loads((out / "scan.json").read_text())
+    assert data["info"]["n_pairs"] == 8 and data["info"]["trigger_positions"] == [1]
+    assert "circuit:" in capsys.readouterr().out
+
+
+def test_gpt2_folder_scan_pairs_differ_only_at_the_trigger(gpt2_folder, tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(
+        "It is a truth universally acknowledged, that a single man\n"
+        "However little known the feelings or views of such a man may be\n"
+        "My dear Mr. Bennet, said his lady to him one day, have you heard\n"
+    )
+    out = tmp_path / "scan"
+    rc = main(
+        [
+            "scan",
+            str(gpt2_folder),
+            "--trigger",
+            "Albert",
+            "--prompts",
+            str(prompts),
+            "--pairs",
+            "3",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    info = json.loads((out / "scan.json").read_text())["info"]
+    assert info["readout_positions"] == [info["trigger_positions"][-1]]  # the next word is read
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["scan", "/nonexistent/model", "--trigger", "love"], "is not a folder"),
+        (["scan", "TOY", "--trigger", "xyzzy"], "not a word of the toy model's vocabulary"),
+        (["scan", "GPT2", "--trigger", "Albert", "--prompts", "EMPTY"], "holds no prompt"),
+        (["scan", "TOY", "--trigger", "love", "--reference", "GPT2"], "reference must have"),
+        (["scan", "TOY", "--trigger", "love", "--pairs", "1"], "--pairs must be at least 2"),
+        (["scan", "TOY", "--trigger", "love", "--prompts", "/nope.txt"], "is not a file"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2_with_nothing_written(
+    args, match, toy_folder, gpt2_folder, tmp_path, capsys
+):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    subs = {"TOY": str(toy_folder), "GPT2": str(gpt2_folder), "EMPTY": str(empty)}
+    out = tmp_path / "out"
+    rc = main([subs.get(a, a) for a in args] + ["--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    # one line of ours (a loader's progress bar may precede it), no traceback
+    ours = [ln for ln in err.replace("\r", "\n").splitlines() if ln.startswith("pcp-lens")]
+    assert rc == 2 and len(ours) == 1 and match in ours[0] and "Traceback" not in err
+    assert not out.exists()
