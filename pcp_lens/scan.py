@@ -18,7 +18,8 @@ interval over pairs:
   of ``g`` removed by putting the reference's activation (on the triggered input) into the site,
   and ``act_distance``, the relative distance of the two models' activations there.
 
-**Ranking score** ``score = ablation_drop - |ablation_clean|``: the share of the backdoor a site's
+**Ranking score** ``score = ablation_drop - |ablation_clean|`` (modules and heads are ranked
+first, then the evidence-only rows): the share of the backdoor a site's
 ablation removes, less what the same ablation does to clean inputs. It ranks by the intervention
 the circuit is verified with (so growing along it is consistent), and it prefers sites that carry
 the trigger over sites every input needs. Rows whose intervals overlap the next row's are flagged.
@@ -334,17 +335,11 @@ class BackdoorScan:
                 break
         assert chosen is not None
         r, rep = chosen
-        keep = tune(model, rep, sets, metric, n_trials=n_trials, seed=seed, progress=progress)
-        remove = tune(
-            model,
-            rep,
-            sets,
-            metric,
-            target={"triggered": base["clean"], "clean": base["clean"]},
-            n_trials=n_trials,
-            seed=seed,
-            progress=progress,
-        )
+        # both searches start from the fitted scales (at the scan's positions)
+        common = dict(n_trials=n_trials, seed=seed, progress=progress, initial="current")
+        keep = tune(model, rep, sets, metric, **common)  # type: ignore[arg-type]
+        removed = {"triggered": base["clean"], "clean": base["clean"]}
+        remove = tune(model, rep, sets, metric, target=removed, **common)  # type: ignore[arg-type]
         scores = pd.DataFrame(
             {
                 "unedited": base,
@@ -742,8 +737,13 @@ def _table(
     table = pd.DataFrame(records)
     table["layer"] = pd.array(list(table["layer"]), dtype="Int64")
     table["head"] = pd.array(list(table["head"]), dtype="Int64")
-    order = table["score"].rank(ascending=False, method="first").astype(int)
-    table["rank"] = order
+    # the blocks' modules and heads first (the circuit's candidates), then the evidence-only
+    # rows (embedding, resid_pre), each by score
+    evidence_only = table["kind"].isin(["embed", "resid_pre"])
+    order = table.assign(_e=evidence_only).sort_values(
+        ["_e", "score"], ascending=[True, False], kind="stable"
+    )
+    table["rank"] = pd.Series(range(1, len(table) + 1), index=order.index)
     ranked = table.sort_values("rank")
     nxt_score = ranked["score"].shift(-1)
     nxt_hi = ranked["score_hi"].shift(-1)
