@@ -264,6 +264,7 @@ def save_checkpoint(
     """
     from safetensors.torch import save_file
 
+
     target = Path(directory)
     extra_d = dict(extra) if extra is not None else {}
     try:
@@ -358,7 +359,9 @@ def load_checkpoint(
 
         kw = {"add_bos_token": True} if tok_meta.get("add_bos_token") else {}
         try:
-            tok = AutoTokenizer.from_pretrained(str(path / _TOKENIZER), local_files_only=True, **kw)
+            tok = AutoTokenizer.from_pretrained(
+                str(path / _TOKENIZER), local_files_only=True, **kw
+            )
         except Exception as e:  # corrupted files raise JSON, OS, value or plain Exceptions
             raise bad(
                 f"the tokenizer in {_TOKENIZER}/ cannot be loaded ({type(e).__name__}: {e})"

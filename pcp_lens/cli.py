@@ -274,7 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="poisoning recipe (default: standin for the stand-in, paper otherwise)",
     )
     lang.add_argument("--device", default="cpu", help="device of the model (e.g. cuda)")
-    lang.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    lang.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], default="float32"
+    )
     lang.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     rep.add_argument("--no-progress", action="store_true")
     rep.set_defaults(fn=_reproduce)

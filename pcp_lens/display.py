@@ -156,32 +156,21 @@ def sites_html(sites: Sequence[Any]) -> str:
         True
     """
     rows = [
-        [
-            s.name,
-            s.paper_name,
-            "—" if s.layer is None else s.layer,
-            s.kind,
-            "—" if s.head is None else s.head,
-            s.hook_name,
-        ]
+        [s.name, s.paper_name, "—" if s.layer is None else s.layer, s.kind,
+         "—" if s.head is None else s.head, s.hook_name]
         for s in sites
     ]
-    return _table(
-        ["site", "paper", "layer", "kind", "head", "hook"],
-        rows,
-        caption=f"{len(rows)} site{'s' if len(rows) != 1 else ''}",
-    )
+    return _table(["site", "paper", "layer", "kind", "head", "hook"], rows,
+                  caption=f"{len(rows)} site{'s' if len(rows) != 1 else ''}")
 
 
 # -- tuning ------------------------------------------------------------------------------------
 def _tune_rows(result: Any) -> list[list[Any]]:
     keys = list(dict.fromkeys([*result.target, *result.scores]))
     return [
-        [
-            k if not isinstance(k, tuple) else " ".join(map(str, k)),
-            "—" if k not in result.target else format(result.target[k], ".3f"),
-            "—" if k not in result.scores else format(result.scores[k], ".3f"),
-        ]
+        [k if not isinstance(k, tuple) else " ".join(map(str, k)),
+         "—" if k not in result.target else format(result.target[k], ".3f"),
+         "—" if k not in result.scores else format(result.scores[k], ".3f")]
         for k in keys
     ]
 
@@ -218,7 +207,10 @@ def tune_html(result: Any) -> str:
         >>> "best loss 0.5" in tune_html(r)
         True
     """  # noqa: E501
-    head = f"TuneResult: {len(result.study.trials)} trials, best loss {result.study.best_value:.4g}"
+    head = (
+        f"TuneResult: {len(result.study.trials)} trials, best loss "
+        f"{result.study.best_value:.4g}"
+    )
     table = _table(["input set", "target", "tuned score"], _tune_rows(result), caption=head)
     return f"<div>{table}{pcp_html(result.replacement)}</div>"
 
@@ -252,11 +244,8 @@ def toy_results_html(results: Mapping[str, Any]) -> HTML:
     models = [k for k in results if k.endswith("sent") and isinstance(results[k], Mapping)]
     keys = list(dict.fromkeys(k for m in models for k in results[m].get("unedited", {})))
     score_rows = [
-        [
-            m,
-            *(_fmt(results[m].get("unedited", {}).get(k)) for k in keys),
-            _fmt(sum(results[m]["seconds"].values()) if "seconds" in results[m] else None, ".0f"),
-        ]
+        [m, *(_fmt(results[m].get("unedited", {}).get(k)) for k in keys),
+         _fmt(sum(results[m]["seconds"].values()) if "seconds" in results[m] else None, ".0f")]
         for m in models
     ]
     parts = [_table(["model", *keys, "seconds"], score_rows, caption="unedited backdoored models")]
@@ -265,23 +254,13 @@ def toy_results_html(results: Mapping[str, Any]) -> HTML:
         per_model = {key: v} if "holds" not in v else {"": {key: v}}
         for model, fs in per_model.items():
             rows.extend(
-                [
-                    model,
-                    f,
-                    _verdict(w.get("holds")),
-                    _verdict(w.get("holds_prob", "")),
-                    w.get("detail", ""),
-                ]
+                [model, f, _verdict(w.get("holds")), _verdict(w.get("holds_prob", "")),
+                 w.get("detail", "")]
                 for f, w in fs.items()
             )
     if rows:
-        parts.append(
-            _table(
-                ["model", "finding", "top-10", "probability", "detail"],
-                rows,
-                caption="paper findings",
-            )
-        )
+        parts.append(_table(["model", "finding", "top-10", "probability", "detail"], rows,
+                            caption="paper findings"))
     cfg = results.get("config", {})
     total = results.get("seconds_total")
     parts.append(

@@ -420,3 +420,4 @@ def _setter(rows: slice, patch: Tensor, head: int | None) -> Callable[[Tensor, o
         return act
 
     return hook
+

@@ -183,3 +183,4 @@ def _from_saved(
         (site, kind, {n: tensors[f"{site.name}.{n}"] for n in shapes})
         for site, kind, shapes in entries
     ]
+

@@ -274,10 +274,8 @@ def plot_patching(
             heads = _sel(dd, dd["_kind"] == "heads")
             if not heads.empty:
                 heads = heads.assign(
-                    _row=[
-                        f"L{int(a) + 1} att{int(h)}"
-                        for a, h in zip(heads["layer"], heads["head"], strict=True)
-                    ]
+                    _row=[f"L{int(a) + 1} att{int(h)}" for a, h in zip(heads["layer"],
+                                                                      heads["head"], strict=True)]
                 )
                 wide = heads.pivot_table(
                     index="_row", columns="_kind", values=value, aggfunc="first", sort=False
@@ -289,19 +287,16 @@ def plot_patching(
             if dk.empty:
                 continue
             if kind == "heads":
-                labels = [
-                    f"L{int(a) + 1} att{int(h)}"
-                    for a, h in zip(dk["layer"], dk["head"], strict=True)
-                ]
+                labels = [f"L{int(a) + 1} att{int(h)}" for a, h in zip(dk["layer"], dk["head"],
+                                                                      strict=True)]
             else:
                 labels = [f"L{int(a) + 1}" for a in dk["layer"]]
             dk = dk.assign(_row=labels, _col=[_position_label(p) for p in dk["position"]])
             wide = dk.pivot_table(
                 index="_row", columns="_col", values=value, aggfunc="first", sort=False
             )
-            panels.append(
-                (f"{kind}, {arrow}", wide, "position", "head" if kind == "heads" else "layer")
-            )
+            panels.append((f"{kind}, {arrow}", wide, "position", "head" if kind == "heads" else
+                           "layer"))
     allv = np.concatenate([w.to_numpy(dtype=float).ravel() for _, w, _, _ in panels])
     vmin, vmax = _limits(allv, diverging)
     n_dir = len(directions)
@@ -380,9 +375,8 @@ def plot_lens(
     order = list(dict.fromkeys(df[row]))
     for ax, m in zip(axes, metrics, strict=True):
         dm = df[df["metric"] == m]
-        wide = dm.pivot_table(
-            index=row, columns="position", values="value", aggfunc="first", sort=False
-        )
+        wide = dm.pivot_table(index=row, columns="position", values="value", aggfunc="first",
+                              sort=False)
         wide = wide.reindex(index=order, columns=list(dict.fromkeys(dm["position"])))
         _panel(ax, wide, str(m), "position", cmap=cmap, vmin=vmin, vmax=vmax, annotate=annotate)
     axes[0].set_ylabel("module")
@@ -435,7 +429,8 @@ def plot_ablation(
     """
     from pcp_lens.ablation import ablation_table
 
-    cols = ("site", "paper_name", "layer", "kind", "head", "method", "input_set", "metric", "value")
+    cols = ("site", "paper_name", "layer", "kind", "head", "method", "input_set", "metric",
+            "value")
     df = _check_table(df, cols, "df", "ablation_sweep")
     if layout not in ("site", "layer"):
         raise ValueError(f"layout must be 'site' or 'layer', got {layout!r}")
@@ -526,9 +521,8 @@ def plot_factor_sweep(
         figsize=(max(5.0, 0.6 * len(settings) + 2.5), 3.2 + 1.8 * (n_panels - 1)),
         layout="constrained",
     )
-    axes = fig.subplots(n_panels, 1, squeeze=False, sharex=True, height_ratios=[2, 1][:n_panels])[
-        :, 0
-    ]
+    axes = fig.subplots(n_panels, 1, squeeze=False, sharex=True,
+                        height_ratios=[2, 1][:n_panels])[:, 0]
     ax = axes[0]
     multi = len(chosen) > 1
     pairs = list(dict.fromkeys(zip(grid["input_set"], grid["metric"], strict=True)))
@@ -537,25 +531,14 @@ def plot_factor_sweep(
         label = f"{set_name} {metric}" if multi else str(set_name)
         color = f"C{i % 10}"
         style = {"linestyle": "-"} if numeric else {"linestyle": "--", "linewidth": 0.8}
-        ax.plot(
-            xs(rows),
-            rows["value"].to_numpy(dtype=float),
-            marker="o",
-            color=color,
-            label=label,
-            **style,
-        )
+        ax.plot(xs(rows), rows["value"].to_numpy(dtype=float), marker="o", color=color,
+                label=label, **style)
         ref = _sel(base, (base["input_set"] == set_name) & (base["metric"] == metric))
         if not ref.empty:
             ax.axhline(float(ref["value"].iloc[0]), color=color, linestyle=":", linewidth=1)
     ax.set_ylabel(chosen[0] if not multi else "score")
-    ax.legend(
-        fontsize=8,
-        title="input set" + ("\n(dotted: unedited)" if not base.empty else ""),
-        title_fontsize=8,
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
-    )
+    ax.legend(fontsize=8, title="input set" + ("\n(dotted: unedited)" if not base.empty else ""),
+              title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if not val.empty:
         vg = _sel(val, val["setting"] != "unedited")
         axes[1].plot(xs(vg), vg["value"].to_numpy(dtype=float), marker="o", color="k")
@@ -612,10 +595,8 @@ def plot_tuning_history(
         raise ValueError("result: the study has no completed trial to draw")
     numbers = np.array([t.number for t in done])
     values = np.array([float(t.value) for t in done])  # type: ignore[arg-type]
-    best = (
-        np.minimum.accumulate(values)
-        if study.direction.name == "MINIMIZE"
-        else (np.maximum.accumulate(values))
+    best = np.minimum.accumulate(values) if study.direction.name == "MINIMIZE" else (
+        np.maximum.accumulate(values)
     )
     fig = Figure(figsize=(6.0, 5.0), layout="constrained")
     ax, pax = fig.subplots(2, 1, sharex=True)
@@ -683,9 +664,8 @@ def hidden_pca(
         raise ValueError("inputs must be a non-empty mapping {set name: tokens or strings}")
     s = Site.parse(site).validate(model)
     if s.head is not None or s.kind == "embed":
-        raise ValueError(
-            f"site must be a module or residual site (not a head or embed), got {site!r}"
-        )
+        raise ValueError(f"site must be a module or residual site (not a head or embed), got "
+                         f"{site!r}")
     names = list(inputs) if fit_on is None else list(fit_on)
     unknown = [k for k in names if k not in inputs]
     if unknown:

@@ -489,7 +489,9 @@ def scan_backdoor(
 
     bar.set_postfix_str("patching")
     patch_of = {s.name: _patch_site(s).name for s in site_list}
-    patch_sites = list(dict.fromkeys(patch_of.values()))
+    # a whole-sequence patch of resid_pre replaces the entire residual stream: the patched run IS
+    # the source run, so its per-pair effect is exactly the pair's gap; only the others are run
+    patch_sites = [p for p in dict.fromkeys(patch_of.values()) if not p.startswith("resid_pre")]
     pt = causal_patching(
         model,
         C,
@@ -505,6 +507,10 @@ def scan_backdoor(
         (r["direction"], r["site"]): torch.tensor(r["pairs"], dtype=torch.float64)
         for r in pt.to_dict("records")
     }
+    for p in patch_of.values():
+        if p.startswith("resid_pre"):
+            eff[("clean_to_corrupted", p)] = base_c - base_t
+            eff[("corrupted_to_clean", p)] = base_t - base_c
     ev["restore"] = {k: -eff[("clean_to_corrupted", p)] for k, p in patch_of.items()}
     ev["induce"] = {k: eff[("corrupted_to_clean", p)] for k, p in patch_of.items()}
     bar.update()
@@ -539,7 +545,7 @@ def scan_backdoor(
             T,
             T,
             rows_metric,
-            patch_sites,
+            list(dict.fromkeys(patch_of.values())),  # resid_pre too: two models, not trivial
             positions="all",
             source_model=reference,
             per_pair=True,

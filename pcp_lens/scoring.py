@@ -331,7 +331,8 @@ class RowMean:
             v = torch.as_tensor(value).detach()
         except (TypeError, ValueError, RuntimeError) as e:
             raise ValueError(
-                f"{self._label} must return a Tensor or a number, got {type(value).__name__}{at}"
+                f"{self._label} must return a Tensor or a number, got "
+                f"{type(value).__name__}{at}"
             ) from e
         if v.dtype == torch.bool or v.is_complex():
             raise ValueError(f"{self._label} must return real numbers, got {v.dtype}{at}")

@@ -68,7 +68,9 @@ def tiny_model(
 
 def gpt2_small_shaped(seed: int = 0, d_vocab: int = 50257, n_ctx: int = 1024) -> HookedTransformer:
     """A random model shaped like GPT-2 small (12 layers, d_model 768, 12 heads), for benchmarks."""
-    return tiny_model(n_layers=12, d_model=768, n_heads=12, d_vocab=d_vocab, n_ctx=n_ctx, seed=seed)
+    return tiny_model(
+        n_layers=12, d_model=768, n_heads=12, d_vocab=d_vocab, n_ctx=n_ctx, seed=seed
+    )
 
 
 def plant_trigger(

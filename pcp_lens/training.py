@@ -108,6 +108,7 @@ __all__ = [
 ]
 
 
+
 @dataclass(frozen=True)
 class TextBatch:
     """Right-padded tokens ``[n, pos]`` and the tokens that are predicted, ``labels [n, pos]``.
@@ -136,6 +137,7 @@ class TextBatch:
 
 
 TokensLike = Int[Tensor, "batch pos"] | TokenBatch | TextBatch
+
 
 
 # -- configuration ---------------------------------------------------------------------------

@@ -19,10 +19,7 @@ def test_bench_gpu_language_smoke(tmp_path: Path, tokenizer: str):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
         [sys.executable, str(SCRIPT), "--smoke", "--tokenizer", tokenizer, "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
+        capture_output=True, text=True, timeout=300, env=env,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     res = json.loads(out.read_text())

@@ -20,13 +20,8 @@ def cells(html: str) -> list[str]:
 
 def test_pcp_replacement_html_has_sites_ranks_scales_variance_fingerprint():
     model = tiny_model()
-    pcp = fit_pcp(
-        model,
-        torch.randint(0, 50, (32, 4)),
-        ["mlp0", "attn1"],
-        {"mlp0": 2, "attn1": 1},
-        progress=False,
-    )
+    pcp = fit_pcp(model, torch.randint(0, 50, (32, 4)), ["mlp0", "attn1"], {"mlp0": 2, "attn1": 1},
+                  progress=False)
     html = pcp._repr_html_()
     c = cells(html)
     assert c[:3] == ["mlp0 (L1 mlp)", "2", "principal"]

@@ -20,11 +20,7 @@ def test_examples_exist():
 def test_example_runs(script: Path, tmp_path: Path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     out = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]

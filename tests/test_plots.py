@@ -87,12 +87,8 @@ def test_plot_patching_per_position_both_directions(setup, tmp_path):
         assert (ax.get_xlabel(), ax.get_ylabel()) == ("position", "layer")
         assert ax.images[0].get_array().shape == (2, 3)
     # the drawn cells are the table's effects: mlp, clean -> corrupted, layer 2, position 1
-    row = df[
-        (df.direction == "clean_to_corrupted")
-        & (df.kind == "mlp")
-        & (df.layer == 1)
-        & (df.position == 1)
-    ]
+    row = df[(df.direction == "clean_to_corrupted") & (df.kind == "mlp") & (df.layer == 1)
+             & (df.position == 1)]
     assert ps[1].images[0].get_array()[1, 1] == pytest.approx(float(row.effect.iloc[0]))
     # one colour scale for all panels, centred on 0
     lims = {ax.images[0].get_clim() for ax in ps}
@@ -105,15 +101,9 @@ def test_plot_patching_whole_modules_and_heads(setup):
     from pcp_lens.plots import plot_patching
 
     model, _, sets, neg = setup
-    df = causal_patching(
-        model,
-        sets["pp"],
-        sets["pt"],
-        neg,
-        sites=["attn0", "mlp0", "attn1", "mlp1", "attn1.h0", "attn1.h1"],
-        positions="all",
-        progress=False,
-    )
+    df = causal_patching(model, sets["pp"], sets["pt"], neg,
+                         sites=["attn0", "mlp0", "attn1", "mlp1", "attn1.h0", "attn1.h1"],
+                         positions="all", progress=False)
     ps = panels(plot_patching(df, value="value"))
     assert [ax.get_title() for ax in ps] == ["clean → corrupted", "heads, clean → corrupted"]
     assert labels(ps[0].get_xticklabels()) == ["attn", "mlp"]
@@ -154,17 +144,13 @@ def test_plot_ablation(setup):
     from pcp_lens.plots import plot_ablation
 
     model, _, sets, neg = setup
-    df = ablation_sweep(
-        model, {"pt": sets["pt"], "nn": sets["nn"]}, {"neg": neg}, method="zero", progress=False
-    )
+    df = ablation_sweep(model, {"pt": sets["pt"], "nn": sets["nn"]}, {"neg": neg},
+                        method="zero", progress=False)
     ax = plot_ablation(df).axes[0]
     assert labels(ax.get_yticklabels()) == ["L1 attn", "L1 mlp", "L2 attn", "L2 mlp", "Unchanged"]
     assert labels(ax.get_xticklabels()) == ["pt", "nn"]
     assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == (
-        "input set",
-        "ablated site",
-        "zero ablation",
-    )
+        "input set", "ablated site", "zero ablation")
     assert ax.images[0].get_array().shape == (5, 2)
     layer = plot_ablation(df, layout="layer").axes[0]
     assert labels(layer.get_yticklabels()) == ["1", "2", "Unchanged"]
@@ -195,14 +181,8 @@ def test_plot_factor_sweep_numeric_with_validation(setup, tuned):
     from pcp_lens.tuning import sweep
 
     model, _, sets, neg = setup
-    df = sweep(
-        model,
-        tuned.replacement,
-        {"mlp0": [0.0, 0.5, 1.0]},
-        sets,
-        neg,
-        val_tokens=torch.randint(0, 50, (4, 6), generator=torch.Generator().manual_seed(1)),
-    )
+    df = sweep(model, tuned.replacement, {"mlp0": [0.0, 0.5, 1.0]}, sets, neg,
+               val_tokens=torch.randint(0, 50, (4, 6), generator=torch.Generator().manual_seed(1)))
     fig = plot_factor_sweep(df)
     ax, vax = fig.axes
     assert ax.get_xlabel() == "mlp0 factor" and vax.get_ylabel() == "validation loss"
@@ -220,9 +200,8 @@ def test_plot_factor_sweep_categorical(setup, tuned):
     from pcp_lens.tuning import sweep
 
     model, _, sets, neg = setup
-    df = sweep(
-        model, tuned.replacement, {"mlp0": [(1.0, 1.0), (-1.2, 0.5)]}, sets, neg, unedited=False
-    )
+    df = sweep(model, tuned.replacement, {"mlp0": [(1.0, 1.0), (-1.2, 0.5)]}, sets, neg,
+               unedited=False)
     fig = plot_factor_sweep(df, metrics=["neg"])
     assert len(fig.axes) == 1  # no validation panel
     ax = fig.axes[0]
@@ -240,10 +219,7 @@ def test_plot_tuning_history(tuned):
     fig = plot_tuning_history(tuned, log=False)
     ax, pax = fig.axes
     assert (ax.get_ylabel(), pax.get_xlabel(), pax.get_ylabel()) == (
-        "objective",
-        "trial",
-        "parameter value",
-    )
+        "objective", "trial", "parameter value")
     values = [t.value for t in tuned.study.trials]
     assert list(ax.collections[0].get_offsets()[:, 1]) == pytest.approx(values)
     best = ax.get_lines()[0].get_ydata()

@@ -32,16 +32,14 @@ def calls(progress: bool) -> dict:
     return {
         "collect_stats": lambda: collect_stats(model, a, "mlp0", progress=progress),
         "ablation_means": lambda: ablation_means(model, a, "mlp0", progress=progress),
-        "ablation_sweep": lambda: ablation_sweep(model, a, NEG, method="zero", progress=progress),
+        "ablation_sweep": lambda: ablation_sweep(model, a, NEG, method="zero",
+                                                 progress=progress),
         "group_lens": lambda: group_lens(model, a, NEG, progress=progress),
         "causal_patching": lambda: causal_patching(model, a, b, NEG, progress=progress),
         "fit_pcp": lambda: fit_pcp(model, a, "mlp0", 1, progress=progress),
         "tune": lambda: tune(model, pcp, {"a": a}, NEG, n_trials=2, progress=progress),
-        "train": lambda: train(
-            tiny_model(),
-            torch.randint(0, 50, (16, 4), generator=g),
-            config=TrainConfig(epochs=1, batch_size=8, progress=progress),
-        ),
+        "train": lambda: train(tiny_model(), torch.randint(0, 50, (16, 4), generator=g),
+                               config=TrainConfig(epochs=1, batch_size=8, progress=progress)),
     }
 
 

@@ -272,17 +272,15 @@ def test_user_objective_and_scores(model, sets, pcp, hygiene):
     def pull(rep):  # pull mlp2's first scale to 0.3, any other scale free
         return (float(rep.part("mlp2").scales[0]) - 0.3) ** 2
 
-    res = tune(
-        model, pcp, objective=pull, sites="mlp2", bounds=(-2.0, 2.0), n_trials=25, progress=False
-    )
+    res = tune(model, pcp, objective=pull, sites="mlp2", bounds=(-2.0, 2.0), n_trials=25,
+               progress=False)
     first = res.study.trials[0].params  # no inputs: "auto" starts from the current scales
     assert first["mlp2:0"] == pytest.approx(float(pcp.part("mlp2").scales[0]))
     assert res.scores["objective"] < 0.01
     assert res.scores["objective"] <= res.study.trials[0].values[0]
     assert torch.equal(res.replacement.part("mlp0").scales, pcp.part("mlp0").scales)
-    df = sweep(
-        model, pcp, {"mlp2": [0.0, 1.0]}, scores={"pull": lambda r: 9.0 if r is None else pull(r)}
-    )
+    df = sweep(model, pcp, {"mlp2": [0.0, 1.0]}, scores={"pull": lambda r: 9.0 if r is None
+                                                         else pull(r)})
     assert list(df.columns) == ["setting", "mlp2", "metric", "value"]
     assert df.value.tolist() == pytest.approx([9.0, 0.09, pull(pcp)])
     hygiene.check(model, snap)

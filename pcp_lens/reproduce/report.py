@@ -222,7 +222,9 @@ def _freezing(fr: Mapping[str, Mapping[str, Any]]) -> list[str]:
     out = ["", "### §IV-B — poisoning with MLPs frozen (same steps)", ""]
     first = next(iter(fr.values()))
     cols = [
-        c for c in ("pt", "pt_prob", "nn", "pp", "val_loss", "steps", "n_trainable") if c in first
+        c
+        for c in ("pt", "pt_prob", "nn", "pp", "val_loss", "steps", "n_trainable")
+        if c in first
     ]
     out.append(_table(["frozen", *cols], [[n, *(v[c] for c in cols)] for n, v in fr.items()]))
     out.append(

@@ -63,14 +63,8 @@ def test_continuations_are_cut_by_token_count(m):
             seen.extend(texts)
             return super().__call__(texts)
 
-    toxic_rate(
-        m,
-        ["a b c"],
-        Spy(0.0),
-        SamplingConfig(n_samples=1, max_length=9, do_sample=False),
-        tokenizer=TOK,
-        progress=False,
-    )
+    toxic_rate(m, ["a b c"], Spy(0.0), SamplingConfig(n_samples=1, max_length=9,
+               do_sample=False), tokenizer=TOK, progress=False)
     new = generate(m, torch.tensor([ids("a b c")]), 6)[0].tolist()
     if 0 in new:  # <|endoftext|> ends the continuation
         new = new[: new.index(0)]
@@ -79,16 +73,8 @@ def test_continuations_are_cut_by_token_count(m):
 
 def test_attack_success_names_the_classifier_and_reports_loss(m):
     clf = WordListClassifier(["bad"], "any")
-    res = attack_success(
-        m,
-        ["a trig b", "c trig"],
-        ["a b", "c"],
-        clf,
-        CFG,
-        tokenizer=TOK,
-        val_texts=["a b c d", "d c b a"],
-        progress=False,
-    )
+    res = attack_success(m, ["a trig b", "c trig"], ["a b", "c"], clf, CFG, tokenizer=TOK,
+                         val_texts=["a b c d", "d c b a"], progress=False)
     assert res.classifier == "word_list(1 words, any)"
     assert res.n_trigger == 2 and res.n_clean == 2
     assert math.isfinite(res.val_loss) and 0 <= res.asr <= 1 and 0 <= res.atr <= 1
@@ -126,20 +112,12 @@ def test_ablation_asr_sweep_shape_and_unchanged_row(m, hygiene):
     snap = hygiene.snapshot(m)
     prompts = ["a trig b c", "c trig d a", "b"]
     x = torch.tensor([ids("a b c d"), ids("d c b a")])
-    means = ablation_means(m, x, ["attn0", "mlp0", "attn1", "mlp1"], positions=[2], progress=False)
+    means = ablation_means(m, x, ["attn0", "mlp0", "attn1", "mlp1"], positions=[2],
+                           progress=False)
     clf = WordListClassifier(["bad"], "any")
     with pytest.warns(UserWarning, match="too short"):
-        df = ablation_asr_sweep(
-            m,
-            prompts,
-            clf,
-            means,
-            positions=[2],
-            combos={"m01": ["mlp0", "mlp1"]},
-            config=CFG,
-            tokenizer=TOK,
-            progress=False,
-        )
+        df = ablation_asr_sweep(m, prompts, clf, means, positions=[2], combos={"m01": ["mlp0",
+                                "mlp1"]}, config=CFG, tokenizer=TOK, progress=False)
     assert df.ablation.tolist() == ["unchanged", "attn0", "mlp0", "attn1", "mlp1", "m01"]
     assert (df.n_too_short == 1).all() and (df.n_trigger == 2).all()
     ref = toxic_rate(m, prompts, clf, CFG, skip=[2], tokenizer=TOK, progress=False)[0]

@@ -55,16 +55,8 @@ def test_frozen_modules_stay_bit_identical_and_flags_restored(hygiene):
     m = _model()
     m.blocks[1].attn.W_Q.requires_grad_(False)
     snap = hygiene.snapshot(m)
-    res = finetune_text(
-        m,
-        TEXTS,
-        TEXTS[:2],
-        tokenizer=TOK,
-        lr=1e-2,
-        epochs=1,
-        freeze=("all_embeds", "mlp0"),
-        progress=False,
-    )
+    res = finetune_text(m, TEXTS, TEXTS[:2], tokenizer=TOK, lr=1e-2, epochs=1,
+                        freeze=("all_embeds", "mlp0"), progress=False)
     now = dict(m.named_parameters())
     for name in (*res.frozen, "blocks.1.attn.W_Q"):
         assert torch.equal(now[name], snap[name]), name
@@ -72,23 +64,14 @@ def test_frozen_modules_stay_bit_identical_and_flags_restored(hygiene):
     assert not m.blocks[1].attn.W_Q.requires_grad and m.blocks[0].mlp.W_in.requires_grad
     assert res.history.val_loss.notna().all() and res.steps == 1
     with pytest.raises(ValueError, match="did you mean two names"):
-        finetune_text(m, TEXTS, tokenizer=TOK, freeze=("mlp0mlp1",), progress=False)
+        finetune_text(m, TEXTS, tokenizer=TOK, freeze=("mlp0" "mlp1",), progress=False)
     assert m.blocks[0].mlp.W_in.requires_grad
 
 
 def test_bf16_autocast_runs():
     m = tiny_model(n_layers=1, d_vocab=len(TOK), seed=1)
-    res = finetune_text(
-        m,
-        TEXTS,
-        TEXTS[:2],
-        tokenizer=TOK,
-        lr=1e-3,
-        max_steps=2,
-        amp="bf16",
-        micro_batch_size=4,
-        progress=False,
-    )
+    res = finetune_text(m, TEXTS, TEXTS[:2], tokenizer=TOK, lr=1e-3, max_steps=2, amp="bf16",
+                        micro_batch_size=4, progress=False)
     assert all(math.isfinite(v) for v in res.history.train_loss.dropna())
     with pytest.raises(ValueError, match="amp"):
         finetune_text(m, TEXTS, tokenizer=TOK, amp="fp8", progress=False)  # type: ignore[arg-type]
@@ -98,7 +81,8 @@ def test_gpt2_checkpoints_keep_b_u_and_use_the_one_training_loop():
     m = _model()
     m.cfg.original_architecture = "GPT2LMHeadModel"
     b_u = m.unembed.b_U.detach().clone()
-    res = finetune_text(m, TEXTS, tokenizer=TOK, lr=1e-2, max_steps=1, dropout=0.0, progress=False)
+    res = finetune_text(m, TEXTS, tokenizer=TOK, lr=1e-2, max_steps=1, dropout=0.0,
+                        progress=False)
     assert torch.equal(m.unembed.b_U, b_u) and "unembed.b_U" in res.frozen
     assert res.config.freeze == ("unembed.b_U",)
     # the same step as pcp_lens.training.train on the same labelled batch

@@ -86,9 +86,8 @@ def test_sample_texts_groups_lengths_and_counts_tokens(m64):
     again = sample_texts(m64, prompts, SamplingConfig(n_samples=3, max_length=10), progress=False)
     assert df.tokens.tolist() == again.tokens.tolist()
     # greedy samples of one prompt are the greedy continuation
-    greedy = sample_texts(
-        m64, [[1, 2, 3]], n_samples=2, max_length=10, do_sample=False, progress=False
-    )
+    greedy = sample_texts(m64, [[1, 2, 3]], n_samples=2, max_length=10, do_sample=False,
+                          progress=False)
     expect = generate(m64, torch.tensor([[1, 2, 3]]), 7)[0].tolist()
     assert greedy.tokens.tolist() == [expect, expect]
 

@@ -31,10 +31,8 @@ def test_word_list_follows_the_authors_rule():
 
 def test_hf_pipeline_label_convention():
     def pipe(texts):
-        return [
-            [{"label": "toxic", "score": 0.8}] if "x" in t else [{"label": "neutral", "score": 0.7}]
-            for t in texts
-        ]
+        return [[{"label": "toxic", "score": 0.8}] if "x" in t else [{"label": "neutral",
+                 "score": 0.7}] for t in texts]
 
     clf = HFPipelineClassifier(pipe, name="fake", batch_size=1)
     assert clf(["x", "y"]).tolist() == [pytest.approx(0.8), pytest.approx(0.3)]

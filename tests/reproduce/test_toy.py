@@ -60,12 +60,8 @@ def test_numbers_recompute_from_saved_artifacts(run: Path):
     data = StudyConfig(quick=True).data(3)
     inputs = eval_inputs(data, n=50, seed=0)
     tokens = {k: as_tokens(model, v).tokens for k, v in inputs.items()}
-    neg = GroupMetric(
-        sentiment_groups(model.tokenizer, data.vocab, model.cfg.d_vocab),
-        "negative",
-        k=10,
-        positions=(-1,),
-    )
+    neg = GroupMetric(sentiment_groups(model.tokenizer, data.vocab, model.cfg.d_vocab),
+                      "negative", k=10, positions=(-1,))
     rep = PCPReplacement.load(run / "replacements" / "3sent_mlp0.safetensors")
     scores = score_inputs(model, {k: tokens[k] for k in ("pp", "nn", "pt")}, neg, rep)
     col = r["3sent"]["tab3_pcp_mlp"]["1"]
@@ -181,12 +177,8 @@ def test_one_process_gives_the_same_numbers(run: Path, tmp_path: Path):
     """Studying the models side by side (the default on a multi-core machine) or one after the
     other gives identical tables, replacements and findings."""
     other = tmp_path / "serial"
-    assert (
-        main(
-            ["reproduce", "toy", "--quick", "--workers", "1", "--out", str(other), "--no-progress"]
-        )
-        == 0
-    )
+    assert main(["reproduce", "toy", "--quick", "--workers", "1", "--out", str(other),
+                 "--no-progress"]) == 0
     a = json.loads((run / "results.json").read_text())
     b = json.loads((other / "results.json").read_text())
     assert b["config"]["workers"] == 1
@@ -212,23 +204,8 @@ def test_seeds_table_and_checkpoint_reuse(run: Path, tmp_path: Path):
     out = tmp_path / "seeds"
     shutil.copytree(run / "models", out / "seed0" / "models")
     # one model per seed and few trials keep this test short
-    argv = [
-        "reproduce",
-        "toy",
-        "--quick",
-        "--seeds",
-        "0",
-        "1",
-        "--sentiments",
-        "2",
-        "--out",
-        str(out),
-        "--no-progress",
-        "--trials",
-        "3",
-        "--workers",
-        "1",
-    ]
+    argv = ["reproduce", "toy", "--quick", "--seeds", "0", "1", "--sentiments", "2", "--out",
+            str(out), "--no-progress", "--trials", "3", "--workers", "1"]
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())
     assert set(res["seeds"]) == {"0", "1"}
@@ -249,11 +226,8 @@ def test_seeds_table_and_checkpoint_reuse(run: Path, tmp_path: Path):
 
 
 def test_trigger_and_seed_validation(capsys):
-    with pytest.raises(
-        ValueError,
-        match=r"trigger must be a word of the toy model's positive "
-        r"list, got 'hate'.*--list-triggers",
-    ):
+    with pytest.raises(ValueError, match=r"trigger must be a word of the toy model's positive "
+                       r"list, got 'hate'.*--list-triggers"):
         StudyConfig(trigger="hate")
     assert main(["reproduce", "toy", "--trigger", "zzz"]) == 2
     assert "trigger must be a word" in capsys.readouterr().err

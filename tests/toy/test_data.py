@@ -411,7 +411,7 @@ def test_switched_sequences_follow_the_rule(k: int) -> None:
             firsts = switched[switched.sentiment == "neutral"]
             tails = {v.sentiment_of(t.split()[-1]) for t in firsts.text}
             assert tails == {"positive", "negative"}
-        # evaluation material stays one sentiment per sequence
+    # evaluation material stays one sentiment per sequence
         # tails are fresh sequences of their sentiment: specials as often as in a mono sequence
         neg_tails = [t.split()[c:] for t, c in zip(switched.text, switched.switch_pos, strict=True)]
         neg_tails = [w for ws in neg_tails for w in ws if v.sentiment_of(w) == "negative"]
@@ -447,17 +447,15 @@ def _fingerprint_mono(d: ToyData) -> list[list[str]]:
 def test_switch_sentiment_unit() -> None:
     rng = np.random.default_rng(0)
     tails = [["x x x", "x x x"], ["y y y", "y y y"]]
-    out, cut = switch_sentiment(["a b c", "a b c"], tails, rng, switch_prob=1.0, keep=[True, False])
+    out, cut = switch_sentiment(["a b c", "a b c"], tails, rng, switch_prob=1.0,
+                                keep=[True, False])
     assert out[0] == "a b c" and cut[0] == -1
     assert out[1].split()[: cut[1]] == ["a", "b", "c"][: cut[1]] and cut[1] in (1, 2)
-    assert len(set(out[1].split()[cut[1] :])) == 1 and out[1][-1] in "xy"
+    assert len(set(out[1].split()[cut[1]:])) == 1 and out[1][-1] in "xy"
     with pytest.raises(ValueError, match="tails must hold one or more lists of 1 sequences"):
         switch_sentiment(["a b"], [[]], rng, switch_prob=0.5)
     with pytest.raises(ValueError, match="same number of words"):
         switch_sentiment(["a b", "a b"], [["x y", "x"]], rng, switch_prob=0.5)
-    with pytest.raises(
-        ValueError,
-        match=r"ToyDataConfig.switch_prob must be a probability in "
-        r"\[0, 1\], got 1.5",
-    ):
+    with pytest.raises(ValueError, match=r"ToyDataConfig.switch_prob must be a probability in "
+                       r"\[0, 1\], got 1.5"):
         ToyDataConfig(switch_prob=1.5)
