@@ -69,7 +69,7 @@ def test_poison_refuses_bad_input():
         poison(ds, TOXIC, 0.1, trigger="  ")
     with pytest.raises(ValueError, match="toxic"):
         poison(ds, [], 0.1)
-    with pytest.raises(ValueError, match=r"rate must be a fraction in \[0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"rate must be a number in \[0, 1\], got 1.5"):
         poison(ds, TOXIC, 1.5)
     with pytest.raises(ValueError, match="fewer than 5 sentences"):
         poison(paragraphs([DOC], n_sentences=3), TOXIC, 0.1)
