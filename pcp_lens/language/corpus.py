@@ -137,11 +137,13 @@ def _hub_dataset(name: str, split: str) -> Any:
     """``datasets.load_dataset(name, split=split)``, refusing text that is not a hub name."""
     import datasets
 
-    if not _HUB_NAME.fullmatch(name) or Path(name).is_file():
-        hint = (
-            "a file: pass pathlib.Path(source)"
-            if Path(name).is_file()
-            else "text: pass a list of documents ([source])"
+    try:
+        is_file = Path(name).is_file()
+    except (OSError, ValueError):  # prose is not a path: too long, or holds a NUL
+        is_file = False
+    if not _HUB_NAME.fullmatch(name) or is_file:
+        hint = "a file: pass pathlib.Path(source)" if is_file else (
+            "text: pass a list of documents ([source])"
         )
         raise ValueError(
             f"source={name[:60]!r} is one string, read as a hub data set name, but it looks like "
