@@ -214,10 +214,12 @@ def _reproduce(args: argparse.Namespace) -> int:
     other, study = (_LANGUAGE_FLAGS, "language") if args.study == "toy" else (_TOY_FLAGS, "toy")
     ignored = [flag for dest, flag in other.items() if getattr(args, dest) is not None]
     if ignored:
+        names = ignored[0] if len(ignored) == 1 else f"{', '.join(ignored[:-1])} and {ignored[-1]}"
+        verb, them = ("belongs", "it") if len(ignored) == 1 else ("belong", "them")
         return _fail(
             prog,
-            f"{', '.join(ignored)} belong(s) to `pcp-lens reproduce {study}`; the {args.study} "
-            "study does not use them",
+            f"{names} {verb} to `pcp-lens reproduce {study}`; the {args.study} study does not "
+            f"use {them}",
         )
     if args.seed is not None and args.seeds is not None:
         return _fail(prog, "give --seed or --seeds, not both")
