@@ -7,6 +7,8 @@ import os
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pcp_lens.cli import main
 
@@ -137,3 +139,99 @@ def test_an_error_inside_the_run_removes_the_folders_it_created(tmp_path, capsys
     out = tmp_path / "new"
     _refused(["reproduce", "language", "--out", str(out)], capsys, "not cached at X. Get it once")
     assert not out.exists()
+
+
+# -- randomised: every argv is a one-line refusal naming a flag, or runs with the flags applied --
+
+#: flag -> (config field, how the value reads back); None: a flag that takes no value
+_VALUED = {
+    "--seed": "seed",
+    "--trials": "n_trials",
+    "--trigger": "trigger",
+    "--schedule": "schedule",
+    "--workers": "workers",
+    "--switch-prob": "switch_prob",
+    "--dropout": "dropout",
+    "--model": "model",
+    "--corpus": "corpus",
+    "--recipe": "recipe",
+    "--device": "device",
+    "--dtype": "dtype",
+    "--threads": None,
+    "--out": None,
+    "--seeds": None,
+    "--sentiments": "sentiments",
+}
+_SWITCHES = ["--quick", "--no-progress", "--head-bias", "--no-scaled-init", "--list-triggers"]
+_VALUES = ["0", "1", "3", "-1", "x", "", "0.5", "1.5", "nan", "cpu", "cdua", "cuda", "float16",
+           "float32", "gpt2", "standin", "love", "paper", "fast", "austen-sample", "2"]
+
+
+def _fake_runs(monkeypatch, calls):
+    from pcp_lens.reproduce import language, toy
+
+    def run_toy(out, cfg, seeds=None):
+        calls.append((out, cfg, seeds))
+        return {"findings": {}, "seeds": {}}
+
+    def run_language(out, cfg):
+        calls.append((out, cfg, None))
+        return {"findings": {}}
+
+    monkeypatch.setattr(toy, "run_toy_study", run_toy)
+    monkeypatch.setattr(language, "run_language_study", run_language)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    study=st.sampled_from(["toy", "language"]),
+    valued=st.dictionaries(st.sampled_from(sorted(_VALUED)), st.sampled_from(_VALUES), max_size=4),
+    switches=st.lists(st.sampled_from(_SWITCHES), max_size=2, unique=True),
+)
+def test_random_argv_clear_error_or_flags_applied(
+    study, valued, switches, tmp_path, capsys, monkeypatch
+):
+    calls: list = []
+    _fake_runs(monkeypatch, calls)
+    valued = dict(valued)
+    valued.setdefault("--out", str(tmp_path / "out"))
+    argv = ["reproduce", study, *switches]
+    for flag, v in valued.items():
+        argv += [flag, v]
+    threads = torch.get_num_threads()
+    try:
+        code, err = _run(argv, capsys)
+        if "--threads" in valued and code == 0:
+            assert torch.get_num_threads() == int(valued["--threads"])
+    finally:
+        torch.set_num_threads(threads)  # the rest of the suite runs on its own setting
+    if code == 2:
+        assert err.count("\n") == 1, err
+        stems = [f.lstrip("-") for f in [*valued, *switches]]
+        stems += [s.replace("-", "_") for s in stems] + ["n_trials", "seeds", "study", "invalid"]
+        assert any(s in err for s in stems), f"{argv}: {err!r} names no flag given"
+        assert not calls
+        return
+    assert code == 0, (argv, err)
+    if "--list-triggers" in switches:
+        return
+    ((out, cfg, seeds),) = calls
+    assert str(out) == valued["--out"]
+    if "--seeds" in valued:
+        assert seeds == [int(valued["--seeds"])] == [cfg.seed]
+    for flag, v in valued.items():
+        field = _VALUED[flag]
+        if field == "seed":
+            assert cfg.seed == int(v)
+        elif field in ("n_trials", "workers"):
+            assert getattr(cfg, field) == int(v)
+        elif field in ("switch_prob", "dropout"):
+            assert getattr(cfg, field) == float(v)
+        elif field is not None and field != "sentiments":
+            assert getattr(cfg, field) == v, (flag, v, cfg)
+    assert cfg.quick == ("--quick" in switches)
+    assert cfg.progress == ("--no-progress" not in switches)
