@@ -221,7 +221,7 @@ def attached(
     signature (it changed between TransformerLens releases). The hooks are checked first
     (:func:`check_hooks`; ``name`` is the argument the error names).
     """
-    with model.hooks(fwd_hooks=check_hooks(model, fwd_hooks, name)):
+    with model.hooks(fwd_hooks=cast(Any, check_hooks(model, fwd_hooks, name))):
         yield model
 
 

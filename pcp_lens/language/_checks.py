@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -23,13 +24,13 @@ DTYPE_NAMES = {
 
 
 def is_int(x: Any) -> bool:
-    """True for an ``int`` that is not a ``bool`` (``True`` is not a count).
+    """True for an integer (``int``, NumPy's) that is not a ``bool`` (``True`` is not a count).
 
     Examples:
         >>> is_int(3), is_int(True), is_int(3.0)
         (True, False, False)
     """
-    return isinstance(x, int) and not isinstance(x, bool)
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def check_int(

@@ -79,6 +79,8 @@ def split_sentences(text: str) -> list[str]:
         >>> split_sentences('Mr. Smith came. "Hello!" he said.  It rained')
         ['Mr. Smith came.', '"Hello!"', 'he said.', 'It rained']
     """
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a string, got {type(text).__name__}")
     flat = " ".join(text.split())
     out, start = [], 0
     for m in _END.finditer(flat):
@@ -197,14 +199,15 @@ def paragraphs(
 
     check_int(n_sentences, "n_sentences")
     check_int(min_words, "min_words")
-    stride = n_sentences if check_int(stride, "stride", none=True) is None else stride
+    check_int(stride, "stride", none=True)
+    step = n_sentences if stride is None else stride
     for name, v in (("text_column", text_column), ("split", split), ("joiner", joiner)):
         if not isinstance(v, str):
             raise ValueError(f"{name} must be a string, got {type(v).__name__} {v!r:.40}")
     rows: dict[str, list[Any]] = {"text": [], "sentences": [], "doc": [], "start": []}
     for d, doc in enumerate(_documents(source, text_column, split)):
         sents = [s for s in split_sentences(doc) if len(s.split()) >= min_words]
-        for start in range(0, len(sents) - n_sentences + 1, stride):
+        for start in range(0, len(sents) - n_sentences + 1, step):
             window = sents[start : start + n_sentences]
             rows["text"].append(joiner.join(window))
             rows["sentences"].append(window)

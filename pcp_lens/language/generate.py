@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from pcp_lens import _tl
 from pcp_lens._tl import HookedTransformer
 from pcp_lens.inputs import check_token_dtype
-from pcp_lens.language._checks import check_int, check_strings, with_overrides
+from pcp_lens.language._checks import check_int, check_strings, is_int, with_overrides
 
 __all__ = ["PAPER_SAMPLING", "SamplingConfig", "generate", "sample_texts", "tokenize_prompts"]
 
@@ -264,7 +264,7 @@ def tokenize_prompts(
     out = []
     for i, p in enumerate(texts):
         try:
-            ids = list(tokenizer(p, add_special_tokens=False)["input_ids"])
+            ids = list(cast(Any, tokenizer(p, add_special_tokens=False))["input_ids"])
         except Exception as e:  # tokenizers raise their own types for text they cannot encode
             raise ValueError(f"{name}[{i}] = {p!r:.60} cannot be tokenized: {e}") from None
         if prepend_bos:
@@ -335,11 +335,18 @@ def sample_texts(
     else:
         ids = []
         for i, p in enumerate(prompts):
-            if isinstance(p, str) or len(p) == 0:
+            row = p.tolist() if isinstance(p, Tensor) else p
+            if (
+                isinstance(row, str)
+                or not isinstance(row, Sequence)
+                or len(row) == 0
+                or not all(is_int(t) for t in row)
+            ):
                 raise ValueError(
-                    f"prompts[{i}] must be a non-empty list of token ids (not mixed with strings)"
+                    f"prompts[{i}] must be a non-empty list of token ids (ints; not mixed with "
+                    f"strings), got {p!r:.40}"
                 )
-            ids.append([int(t) for t in p])
+            ids.append([int(t) for t in row])
     for i, p in enumerate(ids):
         if cfg.new_tokens(len(p)) < 1:
             raise ValueError(

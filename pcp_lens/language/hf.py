@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import einops
 import torch
@@ -173,11 +173,11 @@ def load_hf_gpt2(
 
 def _check_tokenizer(tokenizer: Any, vocab_size: int) -> None:
     """Refuse a tokenizer whose ids run past the embedding (they would index out of range)."""
-    if not callable(tokenizer) or not hasattr(tokenizer, "decode"):
+    if not callable(tokenizer) or not all(hasattr(tokenizer, a) for a in ("decode", "__len__")):
         raise ValueError(
             f"tokenizer must be a Hugging Face tokenizer, got {type(tokenizer).__name__}"
         )
-    n = len(tokenizer)
+    n = len(cast(Any, tokenizer))
     if n > vocab_size:
         raise ValueError(
             f"tokenizer has {n} tokens but the model's vocab_size is {vocab_size}: ids "
@@ -245,8 +245,11 @@ def _read_gpt2_folder(folder: Path, shown: str) -> Any:
                 "safetensors"
             ) from None
     try:
-        hf, info = GPT2LMHeadModel.from_pretrained(
-            str(folder), local_files_only=True, output_loading_info=True
+        hf, info = cast(
+            Any,
+            GPT2LMHeadModel.from_pretrained(
+                str(folder), local_files_only=True, output_loading_info=True
+            ),
         )
     except (OSError, RuntimeError, ValueError) as e:  # e.g. a weight of the wrong shape
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
