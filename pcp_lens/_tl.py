@@ -174,8 +174,8 @@ def attached_hook_count(model: HookedTransformer) -> int:
     return n
 
 
-def check_hooks(model: HookedTransformer, hooks: Any, name: str = "hooks") -> list[tuple[str, Any]]:
-    """``hooks`` as a list of ``(hook point name, callable)`` pairs of ``model``, else raise.
+def check_hooks(model: HookedTransformer, hooks: Any, name: str = "hooks") -> list[tuple[Any, Any]]:
+    """``hooks`` as a list of ``(hook point name or name filter, callable)`` pairs, else raise.
 
     A misspelt hook point would otherwise fail inside TransformerLens with a bare ``KeyError``
     (or, for a filter function, match nothing), far from the argument that caused it.
@@ -187,7 +187,9 @@ def check_hooks(model: HookedTransformer, hooks: Any, name: str = "hooks") -> li
         ...
         ValueError: hooks[0] names 'blocks.3.hook_mlp_out', not a hook point of this model ...
     """
-    if isinstance(hooks, str | tuple) and len(hooks) == 2 and isinstance(hooks[0], str):
+    if isinstance(hooks, str):
+        raise ValueError(f"{name} must be a list of (hook name, fn) pairs, got {hooks!r:.40}")
+    if isinstance(hooks, tuple) and len(hooks) == 2 and isinstance(hooks[0], str):
         raise ValueError(f"{name} must be a list of (hook name, fn) pairs, got one pair")
     try:
         items = list(hooks)
@@ -199,7 +201,10 @@ def check_hooks(model: HookedTransformer, hooks: Any, name: str = "hooks") -> li
         if not isinstance(h, tuple | list) or len(h) != 2:
             raise ValueError(f"{name}[{i}] must be a (hook name, fn) pair, got {h!r:.60}")
         hook, fn = h
-        if not isinstance(hook, str) or hook not in model.hook_dict:
+        if callable(hook) and not isinstance(hook, str):  # a name filter, as model.hooks takes
+            if not any(hook(n) for n in model.hook_dict):
+                raise ValueError(f"{name}[{i}]'s name filter {hook!r:.40} matches no hook point")
+        elif not isinstance(hook, str) or hook not in model.hook_dict:
             example = next((n for n in model.hook_dict if n.endswith("hook_mlp_out")), None)
             raise ValueError(
                 f"{name}[{i}] names {hook!r}, not a hook point of this model "
@@ -208,7 +213,7 @@ def check_hooks(model: HookedTransformer, hooks: Any, name: str = "hooks") -> li
             )
         if not callable(fn):
             raise ValueError(f"{name}[{i}] = ({hook!r}, {fn!r:.40}): the hook is not callable")
-    return [(str(h[0]), h[1]) for h in items]
+    return [(h[0], h[1]) for h in items]
 
 
 @contextmanager

@@ -157,6 +157,11 @@ def test_a_hook_on_an_absent_hook_point_is_named(m64, hygiene, arg):
         generate(m64, PROMPTS, 3, **{arg: [("blocks.0.hook_mlp_out", 3)]})
     with pytest.raises(ValueError, match="one pair"):
         generate(m64, PROMPTS, 3, **{arg: ("blocks.0.hook_mlp_out", print)})
+    with pytest.raises(ValueError, match=r"name filter .* matches no hook point"):
+        generate(m64, PROMPTS, 3, **{arg: [(lambda n: n.endswith("hook_mlp"), print)]})
+    # a name filter, as model.hooks takes it: an identity hook everywhere changes nothing
+    ident = [(lambda n: n.endswith("mlp_out"), lambda x, hook: x)]
+    assert torch.equal(generate(m64, PROMPTS, 3, **{arg: ident}), generate(m64, PROMPTS, 3))
     hygiene.check(m64, snap)
 
 
