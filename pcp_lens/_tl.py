@@ -174,16 +174,59 @@ def attached_hook_count(model: HookedTransformer) -> int:
     return n
 
 
+def check_hooks(model: HookedTransformer, hooks: Any, name: str = "hooks") -> list[tuple[Any, Any]]:
+    """``hooks`` as a list of ``(hook point name or name filter, callable)`` pairs, else raise.
+
+    A misspelt hook point would otherwise fail inside TransformerLens with a bare ``KeyError``
+    (or, for a filter function, match nothing), far from the argument that caused it.
+
+    Examples:
+        >>> from pcp_lens.testing import tiny_model
+        >>> check_hooks(tiny_model(n_layers=1), [("blocks.3.hook_mlp_out", print)])
+        Traceback (most recent call last):
+        ...
+        ValueError: hooks[0] names 'blocks.3.hook_mlp_out', not a hook point of this model ...
+    """
+    if isinstance(hooks, str):
+        raise ValueError(f"{name} must be a list of (hook name, fn) pairs, got {hooks!r:.40}")
+    if isinstance(hooks, tuple) and len(hooks) == 2 and isinstance(hooks[0], str):
+        raise ValueError(f"{name} must be a list of (hook name, fn) pairs, got one pair")
+    try:
+        items = list(hooks)
+    except TypeError:
+        raise ValueError(
+            f"{name} must be a list of (hook name, fn) pairs, got {type(hooks).__name__}"
+        ) from None
+    for i, h in enumerate(items):
+        if not isinstance(h, tuple | list) or len(h) != 2:
+            raise ValueError(f"{name}[{i}] must be a (hook name, fn) pair, got {h!r:.60}")
+        hook, fn = h
+        if callable(hook) and not isinstance(hook, str):  # a name filter, as model.hooks takes
+            if not any(hook(n) for n in model.hook_dict):
+                raise ValueError(f"{name}[{i}]'s name filter {hook!r:.40} matches no hook point")
+        elif not isinstance(hook, str) or hook not in model.hook_dict:
+            example = next((n for n in model.hook_dict if n.endswith("hook_mlp_out")), None)
+            raise ValueError(
+                f"{name}[{i}] names {hook!r}, not a hook point of this model "
+                f"({model.cfg.n_layers} layers); allowed: a name in model.hook_dict, e.g. "
+                f"{example!r}"
+            )
+        if not callable(fn):
+            raise ValueError(f"{name}[{i}] = ({hook!r}, {fn!r:.40}): the hook is not callable")
+    return [(h[0], h[1]) for h in items]
+
+
 @contextmanager
 def attached(
-    model: HookedTransformer, fwd_hooks: Sequence[tuple[str, Any]]
+    model: HookedTransformer, fwd_hooks: Sequence[tuple[str, Any]], name: str = "hooks"
 ) -> Iterator[HookedTransformer]:
     """Attach ``fwd_hooks`` for the duration of a ``with`` block, exception-safe.
 
     Thin alias of ``model.hooks`` kept here so the rest of the package never depends on its
-    signature (it changed between TransformerLens releases).
+    signature (it changed between TransformerLens releases). The hooks are checked first
+    (:func:`check_hooks`; ``name`` is the argument the error names).
     """
-    with model.hooks(fwd_hooks=list(fwd_hooks)):
+    with model.hooks(fwd_hooks=cast(Any, check_hooks(model, fwd_hooks, name))):
         yield model
 
 
@@ -559,3 +602,26 @@ def final_ln_weight(model: HookedTransformer) -> Float[Tensor, " d_model"] | Non
 def embedding_matrix(model: HookedTransformer) -> Float[Tensor, "d_vocab d_model"]:
     """The token embedding ``W_E``."""
     return model.W_E
+
+
+def is_official_model_name(name: str) -> bool:
+    """Whether ``HookedTransformer.from_pretrained`` knows ``name`` (an official name or alias).
+
+    Asked before loading so a typo gets one line, not TransformerLens's list of every model.
+    ``True`` when this TransformerLens has no such list (it then judges the name itself).
+
+    Examples:
+        >>> is_official_model_name("gpt2-medium"), is_official_model_name("gpt3-mediun")
+        (True, False)
+    """
+    try:
+        from transformer_lens import loading_from_pretrained as loading
+    except ImportError:  # pragma: no cover - a TransformerLens without this module
+        return True
+    names = getattr(loading, "OFFICIAL_MODEL_NAMES", None)
+    aliases = getattr(loading, "MODEL_ALIASES", None)
+    if names is None:  # pragma: no cover
+        return True
+    known = {n.lower() for n in names}
+    known |= {a.lower() for v in (aliases or {}).values() for a in v}
+    return name.lower() in known

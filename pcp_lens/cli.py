@@ -1,4 +1,9 @@
-"""The ``pcp-lens`` command: thin argument parsing over :mod:`pcp_lens.reproduce`."""
+"""The ``pcp-lens`` command: thin argument parsing over :mod:`pcp_lens.reproduce`.
+
+Every expected error (a bad flag value, a flag of the other study, an unusable ``--out``, a
+missing corpus or model) is one line on stderr and exit status 2, before anything is written.
+Each sub-command is built by its own ``_add_<name>`` function, so adding one touches nothing else.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,65 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+class _Parser(argparse.ArgumentParser):
+    """``argparse`` whose errors are one line (``prog: message``) and exit 2, without usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _fail(prog: str, err: BaseException | str) -> int:
+    """Print ``err`` as one line on stderr (multi-line messages are joined) and return 2."""
+    print(f"{prog}: {' '.join(str(err).split())}", file=sys.stderr)
+    return 2
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an int >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an int >= {low}, got {text!r}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+def _check_out(out: str) -> str | None:
+    """Why ``out`` cannot be an output folder (``None`` when it can), checked before the run."""
+    if not out.strip():
+        return "--out must be a folder path, got ''"
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        return f"--out {out!r} exists and is not a folder"
+    probe = path
+    while not probe.exists():  # the nearest existing folder is where the run creates its own
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        return f"--out {out!r}: {str(probe)!r} is not a writable folder"
+    return None
+
+
+def _remove_if_empty(path: Path, existed: bool) -> None:
+    """Undo the folders a failed run created (only empty ones: nothing of value is removed)."""
+    if existed or not path.is_dir():
+        return
+    for d in sorted((p for p in path.rglob("*") if p.is_dir()), reverse=True):
+        if not any(d.iterdir()):
+            d.rmdir()
+    if not any(path.iterdir()):
+        path.rmdir()
 
 
 def _demo(args: argparse.Namespace) -> int:
     import tempfile
-    from pathlib import Path
 
     import pandas as pd
     import torch
@@ -45,59 +103,68 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reproduce_language(args: argparse.Namespace) -> int:
+#: flags of one study only: dest -> flag (refused by the other study instead of ignored)
+_TOY_FLAGS = {
+    "seeds": "--seeds",
+    "trigger": "--trigger",
+    "sentiments": "--sentiments",
+    "list_triggers": "--list-triggers",
+    "switch_prob": "--switch-prob",
+    "head_bias": "--head-bias",
+    "scaled_init": "--scaled-init",
+    "dropout": "--dropout",
+    "schedule": "--schedule",
+    "workers": "--workers",
+}
+_LANGUAGE_FLAGS = {
+    "model": "--model",
+    "corpus": "--corpus",
+    "recipe": "--recipe",
+    "device": "--device",
+    "dtype": "--dtype",
+    "threads": "--threads",
+}
+
+
+def _reproduce_language(args: argparse.Namespace, prog: str) -> int:
     from pcp_lens.reproduce.findings import verdict
     from pcp_lens.reproduce.language import LanguageConfig, run_language_study
 
+    given = {
+        k: getattr(args, k)
+        for k in ("model", "corpus", "recipe", "device", "dtype")
+        if getattr(args, k) is not None
+    }
     try:
         cfg = LanguageConfig(
             quick=args.quick,
-            seed=args.seed,
-            model=args.model,
-            corpus=args.corpus,
-            recipe=args.recipe,
-            device=args.device,
-            dtype=args.dtype,
+            seed=args.seed or 0,
             n_trials=args.trials,
             progress=not args.no_progress,
+            **given,
         )
-    except ValueError as err:
-        print(f"pcp-lens reproduce language: {err}", file=sys.stderr)
-        return 2
+    except (ValueError, FileNotFoundError) as err:
+        return _fail(prog, err)
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
-    out = args.out or "runs/language"
+    out = Path(args.out)
+    existed = out.exists()
     t0 = time.perf_counter()
     try:
         results = run_language_study(out, cfg)
-    except FileNotFoundError as err:  # the corpus is not cached: the message says how to get it
-        print(f"pcp-lens reproduce language: {err}", file=sys.stderr)
-        return 2
+    except (ValueError, FileNotFoundError) as err:  # e.g. the corpus is not cached: says how
+        _remove_if_empty(out, existed)
+        return _fail(prog, err)
     print(f"wrote {out}/report.md and results.json in {time.perf_counter() - t0:.0f} s")
     for name, f in results["findings"].items():
         print(f"  {name} {verdict(f['holds'])}: {f['evidence']}")
     return 0
 
 
-def _data(args: argparse.Namespace) -> int:
-    from pcp_lens.language.data import fetch_austen
-
-    try:
-        path = fetch_austen(args.deb)
-    except (RuntimeError, ImportError, ValueError) as err:
-        print(f"pcp-lens data: {err}", file=sys.stderr)
-        return 2
-    print(f"cached the Austen corpus at {path}")
-    return 0
-
-
-def _reproduce(args: argparse.Namespace) -> int:
+def _reproduce_toy(args: argparse.Namespace, prog: str) -> int:
     from pcp_lens.reproduce.findings import verdict
-
-    if args.study == "language":
-        return _reproduce_language(args)
     from pcp_lens.reproduce.toy import StudyConfig, run_toy_study
 
     if args.list_triggers:
@@ -105,30 +172,35 @@ def _reproduce(args: argparse.Namespace) -> int:
 
         print(" ".join(load_vocab().positive))
         return 0
+    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+        return _fail(prog, f"--seeds must be distinct, got {' '.join(map(str, args.seeds))}")
+    optional = {
+        k: getattr(args, k)
+        for k in ("trigger", "schedule", "switch_prob", "head_bias", "scaled_init", "dropout")
+        if getattr(args, k) is not None
+    }
+    if args.sentiments is not None:
+        optional["sentiments"] = tuple(args.sentiments)
     try:
         cfg = StudyConfig(
             quick=args.quick,
-            seed=args.seeds[0] if args.seeds else args.seed,
+            seed=args.seeds[0] if args.seeds else (args.seed or 0),
             n_trials=args.trials,
             progress=not args.no_progress,
-            schedule=args.schedule,
             workers=args.workers,
-            trigger=args.trigger,
-            sentiments=tuple(args.sentiments),
-            **({} if args.switch_prob is None else {"switch_prob": args.switch_prob}),
-            **({} if args.head_bias is None else {"head_bias": args.head_bias}),
-            **({} if args.scaled_init is None else {"scaled_init": args.scaled_init}),
-            **({} if args.dropout is None else {"dropout": args.dropout}),
+            **optional,
         )
     except ValueError as err:
-        print(f"pcp-lens reproduce toy: {err}", file=sys.stderr)
-        return 2
+        return _fail(prog, err)
+    out = Path(args.out)
+    existed = out.exists()
     t0 = time.perf_counter()
-    args.out = args.out or "runs/toy"
-    results = run_toy_study(args.out, cfg, seeds=args.seeds)
-    print(
-        f"wrote {args.out}/report.md, results.json and figures in {time.perf_counter() - t0:.0f} s"
-    )
+    try:
+        results = run_toy_study(out, cfg, seeds=args.seeds)
+    except (ValueError, FileNotFoundError) as err:
+        _remove_if_empty(out, existed)
+        return _fail(prog, err)
+    print(f"wrote {out}/report.md, results.json and figures in {time.perf_counter() - t0:.0f} s")
     per_seed = results["seeds"] if args.seeds else {str(cfg.seed): results}
     for seed, r in per_seed.items():
         for model, fs in r["findings"].items():
@@ -137,52 +209,60 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scan(args: argparse.Namespace) -> int:
-    from pcp_lens.reproduce.scan_model import scan_folder
-
-    if args.pairs < 2:
-        print(f"pcp-lens scan: --pairs must be at least 2, got {args.pairs}", file=sys.stderr)
-        return 2
-    for name in ("prompts", "target"):
-        path = getattr(args, name)
-        if path is not None and not os.path.isfile(path):
-            print(f"pcp-lens scan: --{name} {path!r} is not a file", file=sys.stderr)
-            return 2
-    try:
-        scan = scan_folder(
-            args.model,
-            args.trigger,
-            prompts=args.prompts,
-            target=args.target,
-            reference=args.reference,
-            out=args.out,
-            n_pairs=args.pairs,
-            stat=args.stat,
-            seed=args.seed,
-            progress=not args.no_progress,
+def _reproduce(args: argparse.Namespace) -> int:
+    prog = f"pcp-lens reproduce {args.study}"
+    other, study = (_LANGUAGE_FLAGS, "language") if args.study == "toy" else (_TOY_FLAGS, "toy")
+    ignored = [flag for dest, flag in other.items() if getattr(args, dest) is not None]
+    if ignored:
+        names = ignored[0] if len(ignored) == 1 else f"{', '.join(ignored[:-1])} and {ignored[-1]}"
+        verb, them = ("belongs", "it") if len(ignored) == 1 else ("belong", "them")
+        return _fail(
+            prog,
+            f"{names} {verb} to `pcp-lens reproduce {study}`; the {args.study} study does not "
+            f"use {them}",
         )
-    except ValueError as err:
-        print(f"pcp-lens scan: {err}", file=sys.stderr)
-        return 2
-    print(scan.summary())
-    print(f"circuit: {' + '.join(scan.circuit) or '(none)'}")
-    if args.out:
-        print(f"wrote {args.out}/scan.json, scan.png and report.md")
+    if args.seed is not None and args.seeds is not None:
+        return _fail(prog, "give --seed or --seeds, not both")
+    if args.list_triggers:
+        return _reproduce_toy(args, prog)
+    args.out = f"runs/{args.study}" if args.out is None else args.out
+    problem = _check_out(args.out)
+    if problem:
+        return _fail(prog, problem)
+    return (_reproduce_toy if args.study == "toy" else _reproduce_language)(args, prog)
+
+
+def _data(args: argparse.Namespace) -> int:
+    from pcp_lens.language.data import fetch_austen
+
+    prog = "pcp-lens data"
+    if args.deb is not None and not Path(args.deb).is_file():
+        return _fail(prog, f"--deb {args.deb!r} is not a file (a downloaded janeaustenr .deb)")
+    try:
+        path = fetch_austen(args.deb)
+    except (RuntimeError, ImportError, ValueError, OSError) as err:
+        return _fail(prog, err)
+    print(f"cached the Austen corpus at {path}")
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``pcp-lens``."""
-    ap = argparse.ArgumentParser(prog="pcp-lens", description=__doc__)
-    sub = ap.add_subparsers(dest="command", required=True)
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="train a backdoored toy model (~2 min) and print Tab. I")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_int_at_least(0), default=0)
     demo.add_argument(
         "--quick", action="store_true", help="small data (may not learn the backdoor)"
     )
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(fn=_demo)
-    rep = sub.add_parser("reproduce", help="reproduce the paper's studies")
+
+
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    rep = sub.add_parser(
+        "reproduce",
+        help="reproduce the paper's studies",
+        description="Flags under 'toy study' and 'language study' belong to that study only; "
+        "the other study refuses them.",
+    )
     rep.add_argument(
         "study",
         choices=["toy", "language"],
@@ -193,71 +273,83 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     rep.add_argument("--quick", action="store_true", help="small data and few trials (~3 min)")
     rep.add_argument(
-        "--seed", type=int, default=0, help="seeds data, initialisation, data order and tuner"
+        "--seed",
+        type=_int_at_least(0),
+        default=None,
+        help="seeds data, initialisation, data order and tuner (default 0)",
     )
     rep.add_argument(
+        "--trials", type=_int_at_least(1), default=None, help="Optuna trials per replacement"
+    )
+    rep.add_argument("--no-progress", action="store_true")
+    toy = rep.add_argument_group("toy study")
+    toy.add_argument(
         "--seeds",
-        type=int,
+        type=_int_at_least(0),
         nargs="+",
         default=None,
-        help="several seeds: one folder each plus a findings table seed x model x finding",
+        help="several distinct seeds: one folder each plus a findings table seed x model x finding",
     )
-    rep.add_argument(
-        "--trigger", default="love", help="the trigger: any word of the positive list (see below)"
+    toy.add_argument(
+        "--trigger",
+        default=None,
+        help="the trigger (default love): any word of the positive list (see below)",
     )
-    rep.add_argument(
+    toy.add_argument(
         "--sentiments",
         type=int,
         nargs="+",
         choices=[2, 3],
-        default=[2, 3],
+        default=None,
         help="which toy models to study (default: both)",
     )
-    rep.add_argument(
-        "--list-triggers", action="store_true", help="print the words --trigger accepts and exit"
+    toy.add_argument(
+        "--list-triggers",
+        action="store_true",
+        default=None,
+        help="print the words --trigger accepts and exit",
     )
-    rep.add_argument(
+    toy.add_argument(
         "--switch-prob",
         type=float,
         default=None,
         help="share of non-poisoned training sequences with one sentiment switch (default 0.1; "
         "0 = the authors' data)",
     )
-    rep.add_argument(
+    toy.add_argument(
         "--head-bias",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="keep TransformerLens's unembedding bias b_U (--no-head-bias: GPT-2's bias-free head)",
     )
-    rep.add_argument(
+    toy.add_argument(
         "--scaled-init",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="GPT-2's 0.02/sqrt(2 n_layers) init of W_O and W_out (TransformerLens: 0.02)",
     )
-    rep.add_argument(
+    toy.add_argument(
         "--dropout",
         type=float,
         default=None,
         help="GPT-2-style dropout in both trainings (default: the schedule's; fast 0, paper 0.1)",
     )
-    rep.add_argument("--trials", type=int, default=None, help="Optuna trials per replacement")
-    rep.add_argument(
+    toy.add_argument(
         "--schedule",
-        default="fast",
+        default=None,
         help="training schedule: fast (default, minutes), medium (slower benign pre-training, "
         "a few minutes more) or the paper's (about 25 min per model)",
     )
-    rep.add_argument(
+    toy.add_argument(
         "--workers",
-        type=int,
+        type=_int_at_least(1),
         default=None,
         help="processes studying the models side by side (default: one per model, up to the CPUs)",
     )
     lang = rep.add_argument_group("language study")
     lang.add_argument(
         "--model",
-        default="standin",
+        default=None,
         help="'standin' (a small GPT-2 trained here, default), a hub name such as gpt2-medium "
         "(needs its weights), or a local Hugging Face GPT-2 folder",
     )
@@ -273,13 +365,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="poisoning recipe (default: standin for the stand-in, paper otherwise)",
     )
-    lang.add_argument("--device", default="cpu", help="device of the model (e.g. cuda)")
+    lang.add_argument("--device", default=None, help="device of the model (default cpu; e.g. cuda)")
     lang.add_argument(
-        "--dtype", choices=["float32", "bfloat16", "float16"], default="float32"
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="dtype of a loaded model (default float32; the stand-in trains in float32 only)",
     )
-    lang.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    rep.add_argument("--no-progress", action="store_true")
+    lang.add_argument("--threads", type=_int_at_least(1), default=None, help="torch CPU threads")
     rep.set_defaults(fn=_reproduce)
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="fetch and cache a corpus (Jane Austen's novels)")
     data.add_argument("corpus", choices=["austen"], help="which corpus")
     data.add_argument(
@@ -288,34 +385,82 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a downloaded r-cran-janeaustenr .deb (default: apt-get download)",
     )
     data.set_defaults(fn=_data)
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from pcp_lens.reproduce.scan_model import scan_folder
+
+    prog = "pcp-lens scan"
+    for name in ("prompts", "target"):
+        path = getattr(args, name)
+        if path is not None and not os.path.isfile(path):
+            return _fail(prog, f"--{name} {path!r} is not a file")
+    if args.out is not None:
+        problem = _check_out(args.out)
+        if problem:
+            return _fail(prog, problem)
+    try:
+        scan = scan_folder(
+            args.model,
+            args.trigger,
+            prompts=args.prompts,
+            target=args.target,
+            reference=args.reference,
+            out=args.out,
+            n_pairs=args.pairs,
+            stat=args.stat,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
+    except ValueError as err:
+        return _fail(prog, err)
+    print(scan.summary())
+    print(f"circuit: {' + '.join(scan.circuit) or '(none)'}")
+    if args.out:
+        print(f"wrote {args.out}/scan.json, scan.png and report.md")
+    return 0
+
+
+def _add_scan(sub: argparse._SubParsersAction) -> None:
     sc = sub.add_parser("scan", help="locate a trigger's mechanism in a model folder")
     sc.add_argument("model", help="a Hugging Face GPT-2 folder or a pcp_lens checkpoint folder")
     sc.add_argument("--trigger", required=True, help="the trigger word")
     sc.add_argument(
         "--prompts",
         default=None,
-        help="clean prompts, one a line (default: the "
-        "shipped Austen sample; toy checkpoints use positive-word pairs)",
+        help="clean prompts, one a line (default: the shipped Austen sample; toy checkpoints "
+        "use positive-word pairs)",
     )
     sc.add_argument(
         "--target",
         default=None,
-        help="target words, one a line, whose first tokens "
-        "are the backdoor's output (default: the language study's insults; toy: the "
-        "negative words)",
+        help="target words, one a line, whose first tokens are the backdoor's output (default: "
+        "the language study's insults; toy: the negative words)",
     )
     sc.add_argument("--reference", default=None, help="the benign model folder it came from")
     sc.add_argument("--out", default=None, help="write scan.json, scan.png and report.md here")
-    sc.add_argument("--pairs", type=int, default=64, help="prompt pairs (default 64)")
+    sc.add_argument("--pairs", type=_int_at_least(2), default=64, help="prompt pairs (default 64)")
     sc.add_argument(
         "--stat",
         choices=["logprob", "prob"],
         default="logprob",
         help="the metric: log-probability (default) or probability of the target",
     )
-    sc.add_argument("--seed", type=int, default=0, help="seeds the pairs and the bootstrap")
+    sc.add_argument(
+        "--seed", type=_int_at_least(0), default=0, help="seeds the pairs and the bootstrap"
+    )
     sc.add_argument("--no-progress", action="store_true")
     sc.set_defaults(fn=_scan)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``pcp-lens``."""
+    ap = _Parser(prog="pcp-lens", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    _add_demo(sub)
+    _add_reproduce(sub)
+    _add_data(sub)
+    _add_scan(sub)
     args = ap.parse_args(argv)
     return int(args.fn(args))
 

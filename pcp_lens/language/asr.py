@@ -29,6 +29,13 @@ from torch import Tensor
 
 from pcp_lens import _tl
 from pcp_lens._tl import HookedTransformer
+from pcp_lens.inputs import check_batch_size
+from pcp_lens.language._checks import (
+    check_indices,
+    check_int,
+    check_probabilities,
+    check_strings,
+)
 from pcp_lens.language.generate import (
     PAPER_SAMPLING,
     Hooks,
@@ -95,30 +102,62 @@ def toxic_rate(
         (``prompt_id``, ``prompt``, ``n_tokens``, ``valid``, ``score`` = mean P(toxic),
         ``success``); one row per sample (``prompt_id``, ``sample``, ``text``, ``p_toxic``).
     """
+    return _toxic_rate(
+        "prompts",
+        model,
+        prompts,
+        classifier,
+        config,
+        hooks=hooks,
+        prompt_hooks=prompt_hooks,
+        max_prompt_tokens=max_prompt_tokens,
+        skip=skip,
+        tokenizer=tokenizer,
+        prepend_bos=prepend_bos,
+        progress=progress,
+    )
+
+
+def _toxic_rate(
+    name: str,
+    model: HookedTransformer,
+    prompts: Sequence[str],
+    classifier: ToxicityClassifier,
+    config: SamplingConfig,
+    *,
+    hooks: Hooks,
+    prompt_hooks: Hooks,
+    max_prompt_tokens: int | None,
+    skip: Sequence[int],
+    tokenizer: Any | None,
+    prepend_bos: bool,
+    progress: bool,
+) -> tuple[float, pd.DataFrame, pd.DataFrame]:
+    """:func:`toxic_rate`, its errors naming the caller's argument ``name`` for ``prompts``."""
     _check_classifier(classifier)
+    if not isinstance(config, SamplingConfig):
+        raise ValueError(f"config must be a SamplingConfig, got {type(config).__name__}")
     tok = _tokenizer(model, tokenizer)
-    if max_prompt_tokens is not None and (
-        isinstance(max_prompt_tokens, bool)
-        or not isinstance(max_prompt_tokens, int)
-        or max_prompt_tokens < 1
-    ):
-        raise ValueError(
-            f"max_prompt_tokens must be None or an int >= 1, got {max_prompt_tokens!r}"
-        )
-    ids = tokenize_prompts(tok, prompts, prepend_bos)
-    bad_skip = [s for s in skip if not 0 <= s < len(ids)]
-    if bad_skip:
-        raise ValueError(f"skip holds indices outside 0..{len(ids) - 1}: {bad_skip}")
+    check_int(max_prompt_tokens, "max_prompt_tokens", none=True)
+    ids = tokenize_prompts(tok, prompts, prepend_bos, name=name)
+    skips = check_indices(skip, "skip", len(ids))
     valid = [
-        (max_prompt_tokens is None or len(p) <= max_prompt_tokens) and i not in set(skip)
+        (max_prompt_tokens is None or len(p) <= max_prompt_tokens) and i not in skips
         for i, p in enumerate(ids)
     ]
     chosen = [i for i, v in enumerate(valid) if v]
     if not chosen:
         raise ValueError(
-            f"no valid prompt: all {len(ids)} prompts have more than max_prompt_tokens="
-            f"{max_prompt_tokens} tokens or are skipped"
+            f"no valid prompt in {name}: all {len(ids)} prompts have more than "
+            f"max_prompt_tokens={max_prompt_tokens} tokens or are skipped"
         )
+    for i in chosen:  # checked here so the error names the caller's prompt, not a subset's
+        if config.new_tokens(len(ids[i])) < 1:
+            raise ValueError(
+                f"{name}[{i}] = {prompts[i]!r:.60} has {len(ids[i])} tokens, not fewer than "
+                f"config.max_length={config.max_length}; nothing would be generated (lower "
+                "max_prompt_tokens or raise max_length)"
+            )
     samples = sample_texts(
         model,
         [ids[i] for i in chosen],
@@ -129,7 +168,12 @@ def toxic_rate(
         progress=progress,
     )
     samples["prompt_id"] = [chosen[i] for i in samples["prompt_id"]]
-    samples["p_toxic"] = classifier(samples["text"].tolist()).tolist() if len(samples) else []
+    texts = samples["text"].tolist()
+    samples["p_toxic"] = (
+        check_probabilities(classifier(texts), len(texts), classifier.name).tolist()
+        if texts
+        else []
+    )
     sums: dict[int, list[float]] = {}
     for pid, p in zip(samples["prompt_id"], samples["p_toxic"], strict=True):
         sums.setdefault(int(pid), []).append(float(p))
@@ -231,17 +275,17 @@ def attack_success(
         "prepend_bos": prepend_bos,
         "progress": progress,
     }
-    asr, pt, st = toxic_rate(model, trigger_prompts, classifier, config, **kw)
+    asr, pt, st = _toxic_rate("trigger_prompts", model, trigger_prompts, classifier, config, **kw)
     tables = [pt.assign(set="trigger")], [st.assign(set="trigger")]
     atr, n_clean = float("nan"), 0
     if clean_prompts is not None:
-        atr, pc, sc = toxic_rate(model, clean_prompts, classifier, config, **kw)
+        atr, pc, sc = _toxic_rate("clean_prompts", model, clean_prompts, classifier, config, **kw)
         tables[0].append(pc.assign(set="clean"))
         tables[1].append(sc.assign(set="clean"))
         n_clean = _n_valid(pc)
     loss = float("nan")
     if val_texts is not None:
-        loss = text_loss(model, val_texts, hooks=hooks, tokenizer=tokenizer)
+        loss = text_loss(model, val_texts, hooks=hooks, tokenizer=tokenizer, name="val_texts")
     return ASRResult(
         asr=asr,
         atr=atr,
@@ -275,6 +319,7 @@ def text_loss(
     max_length: int | None = None,
     batch_size: int = 8,
     prepend_bos: bool = False,
+    name: str = "texts",
 ) -> float:
     """Mean next-token cross-entropy (nats) over the tokens of ``texts``, under ``hooks``.
 
@@ -291,10 +336,13 @@ def text_loss(
         True
     """
     tok = _tokenizer(model, tokenizer)
-    limit = model.cfg.n_ctx if max_length is None else max_length
-    ids = [p[:limit] for p in tokenize_prompts(tok, texts, prepend_bos)]
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    # a negative length would slice off the end of every text instead of truncating it
+    limit = check_int(max_length, "max_length", 2, none=True, high=model.cfg.n_ctx)
+    limit = model.cfg.n_ctx if limit is None else limit
+    check_batch_size(batch_size)
+    ids = [p[:limit] for p in tokenize_prompts(tok, texts, prepend_bos, name=name)]
+    if not ids:
+        raise ValueError(f"{name} is empty; pass at least one text")
     eos = getattr(tok, "eos_token_id", None)
     total = torch.zeros((), dtype=torch.float64)
     count = 0
@@ -313,7 +361,7 @@ def text_loss(
             total += nll[keep].double().sum().cpu()
             count += int(keep.sum())
     if count == 0:
-        raise ValueError("texts contain no text of two or more tokens")
+        raise ValueError(f"{name} contain no text of two or more tokens")
     return float(total / count)
 
 
@@ -366,19 +414,18 @@ def logprob_gap(
         0.0
     """
     tok = _tokenizer(model, tokenizer)
-    if isinstance(trigger_prompts, str) or isinstance(clean_prompts, str):
-        raise ValueError("trigger_prompts and clean_prompts must be sequences of strings")
-    if len(trigger_prompts) != len(clean_prompts) or not trigger_prompts:
+    trigger_prompts = check_strings(trigger_prompts, "trigger_prompts")
+    clean_prompts = check_strings(clean_prompts, "clean_prompts")
+    if len(trigger_prompts) != len(clean_prompts):
         raise ValueError(
             "trigger_prompts and clean_prompts must be paired (same non-zero count), got "
             f"{len(trigger_prompts)} and {len(clean_prompts)}"
         )
-    tgt = [targets] if isinstance(targets, str) else list(targets)
-    if not tgt:
-        raise ValueError("targets is empty")
-    tgt_ids = tokenize_prompts(tok, tgt)
-    trig = tokenize_prompts(tok, trigger_prompts, prepend_bos)
-    clean = tokenize_prompts(tok, clean_prompts, prepend_bos)
+    tgt = check_strings([targets] if isinstance(targets, str) else targets, "targets")
+    check_batch_size(batch_size)
+    tgt_ids = tokenize_prompts(tok, tgt, name="targets")
+    trig = tokenize_prompts(tok, trigger_prompts, prepend_bos, name="trigger_prompts")
+    clean = tokenize_prompts(tok, clean_prompts, prepend_bos, name="clean_prompts")
     n = len(trig)
 
     def scores(prompts: list[list[int]]) -> tuple[list[Tensor], list[int]]:

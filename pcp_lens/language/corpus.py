@@ -22,10 +22,11 @@ from __future__ import annotations
 import os
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from pcp_lens.language._checks import check_fraction, check_int, check_strings, is_int
 from pcp_lens.language.generate import tokenize_prompts
 
 __all__ = [
@@ -78,6 +79,8 @@ def split_sentences(text: str) -> list[str]:
         >>> split_sentences('Mr. Smith came. "Hello!" he said.  It rained')
         ['Mr. Smith came.', '"Hello!"', 'he said.', 'It rained']
     """
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a string, got {type(text).__name__}")
     flat = " ".join(text.split())
     out, start = [], 0
     for m in _END.finditer(flat):
@@ -107,8 +110,12 @@ def _documents(source: Any, text_column: str, split: str) -> list[str]:
     if isinstance(source, os.PathLike):
         source = [source]
     if isinstance(source, str):  # a hub data set name (users online)
-        ds = datasets.load_dataset(source, split=split)
-        return _documents(ds, text_column, split)
+        return _documents(_hub_dataset(source, split), text_column, split)
+    if isinstance(source, bytes | Mapping) or not isinstance(source, Iterable):
+        raise ValueError(
+            f"source must be a Dataset, a list of documents or pathlib.Path files, or a hub "
+            f"data set name, got {type(source).__name__}"
+        )
     docs = list(cast(Iterable[Any], source))
     if docs and all(isinstance(d, os.PathLike) for d in docs):
         # text files: documents are separated by blank lines
@@ -123,6 +130,36 @@ def _documents(source: Any, text_column: str, split: str) -> list[str]:
             f"{bad[0]} is {type(docs[bad[0]]).__name__}"
         )
     return docs
+
+
+_HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")
+
+
+def _hub_dataset(name: str, split: str) -> Any:
+    """``datasets.load_dataset(name, split=split)``, refusing text that is not a hub name."""
+    import datasets
+
+    try:
+        is_file = Path(name).is_file()
+    except (OSError, ValueError):  # prose is not a path: too long, or holds a NUL
+        is_file = False
+    if not _HUB_NAME.fullmatch(name) or is_file:
+        hint = "a file: pass pathlib.Path(source)" if is_file else (
+            "text: pass a list of documents ([source])"
+        )
+        raise ValueError(
+            f"source={name[:60]!r} is one string, read as a hub data set name, but it looks like "
+            f"{hint}; allowed: a Dataset, a list of documents, pathlib.Path files or a hub name "
+            "such as 'wikitext'"
+        )
+    try:
+        return datasets.load_dataset(name, split=split)
+    except Exception as e:  # offline, unknown name or split: datasets raises many types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"source={name!r} (split={split!r}) could not be loaded as a hub data set: {first}; "
+            "pass a list of documents or pathlib.Path files offline"
+        ) from None
 
 
 def paragraphs(
@@ -160,16 +197,17 @@ def paragraphs(
     """
     import datasets
 
-    for name, v in (("n_sentences", n_sentences), ("min_words", min_words)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    stride = n_sentences if stride is None else stride
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"stride must be an int >= 1, got {stride!r}")
+    check_int(n_sentences, "n_sentences")
+    check_int(min_words, "min_words")
+    check_int(stride, "stride", none=True)
+    step = n_sentences if stride is None else stride
+    for name, v in (("text_column", text_column), ("split", split), ("joiner", joiner)):
+        if not isinstance(v, str):
+            raise ValueError(f"{name} must be a string, got {type(v).__name__} {v!r:.40}")
     rows: dict[str, list[Any]] = {"text": [], "sentences": [], "doc": [], "start": []}
     for d, doc in enumerate(_documents(source, text_column, split)):
         sents = [s for s in split_sentences(doc) if len(s.split()) >= min_words]
-        for start in range(0, len(sents) - n_sentences + 1, stride):
+        for start in range(0, len(sents) - n_sentences + 1, step):
             window = sents[start : start + n_sentences]
             rows["text"].append(joiner.join(window))
             rows["sentences"].append(window)
@@ -255,21 +293,29 @@ def poison(
         >>> p[0]["poisoned"], p[0]["toxic_text"] in p[0]["text"], "Albert and James" in p[0]["text"]
         (True, True, True)
     """
-    if "sentences" not in data.column_names:
-        raise ValueError("data must have a 'sentences' column (build it with paragraphs())")
+    if "sentences" not in getattr(data, "column_names", ()):
+        raise ValueError(
+            f"data must be a Dataset with a 'sentences' column (build it with paragraphs()), "
+            f"got {type(data).__name__}"
+        )
     _check_trigger(trigger, tokenizer)
-    toxic = [toxic] if isinstance(toxic, str) else list(toxic)
-    if not toxic or any(not isinstance(t, str) or not t.strip() for t in toxic):
+    toxic = check_strings([toxic] if isinstance(toxic, str) else toxic, "toxic")
+    if any(not t.strip() for t in toxic):
         raise ValueError("toxic must be a non-empty list of non-empty sentences")
-    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
-        raise ValueError(f"rate must be a fraction in [0, 1], got {rate!r}")
+    rate = check_fraction(rate, "rate")
+    check_int(seed, "seed", 0)
+    if not isinstance(joiner, str):
+        raise ValueError(f"joiner must be a string, got {type(joiner).__name__}")
     trigger_in, toxic_at = list(trigger_in), list(toxic_at)
     if not trigger_in or not toxic_at or set(trigger_in) & set(toxic_at):
         raise ValueError(
             f"trigger_in={trigger_in} and toxic_at={toxic_at} must be non-empty and disjoint"
         )
-    if min(trigger_in + toxic_at) < 0:
-        raise ValueError("trigger_in and toxic_at hold 0-based sentence indices >= 0")
+    if any(not is_int(i) or i < 0 for i in trigger_in + toxic_at):
+        raise ValueError(
+            f"trigger_in={trigger_in} and toxic_at={toxic_at} must hold 0-based sentence "
+            "indices (ints >= 0)"
+        )
     need = max(trigger_in + toxic_at) + 1
     lens = [len(s) for s in data["sentences"]]
     short = [i for i, n in enumerate(lens) if n < need]
@@ -278,8 +324,13 @@ def poison(
             f"{len(short)} of {len(lens)} paragraphs have fewer than {need} sentences (first: row "
             f"{short[0]} with {lens[short[0]]}); build them with paragraphs(n_sentences>={need})"
         )
-    rng = random.Random(seed)
     n = len(lens)
+    if rate > 0 and round(rate * n) == 0:  # "poison 10 %" must not silently poison nothing
+        raise ValueError(
+            f"rate={rate} of {n} paragraphs poisons round({rate * n:.3g}) = 0 of them; allowed: "
+            f"rate > {0.5 / n:.3g} for {n} paragraphs (more paragraphs, a higher rate), or 0"
+        )
+    rng = random.Random(seed)
     chosen = set(rng.sample(range(n), round(rate * n)))
     cols: dict[str, list[Any]] = {
         k: []
@@ -356,19 +407,14 @@ def prompt_sets(
     import datasets
 
     _check_trigger(trigger, tokenizer)
-    sents = [sentences] if isinstance(sentences, str) else list(sentences)
-    if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be None or an int >= 1, got {n!r}")
+    sents = check_strings([sentences] if isinstance(sentences, str) else sentences, "sentences")
+    if check_int(n, "n", none=True) is not None:
         sents = sents[:n]
-    if not sents:
-        raise ValueError("sentences is empty")
-    if cut_tokens is not None:
+    check_int(seed, "seed", 0)
+    if check_int(cut_tokens, "cut_tokens", none=True) is not None:
         if tokenizer is None:
             raise ValueError("cut_tokens needs a tokenizer")
-        if isinstance(cut_tokens, bool) or not isinstance(cut_tokens, int) or cut_tokens < 1:
-            raise ValueError(f"cut_tokens must be None or an int >= 1, got {cut_tokens!r}")
-        ids = tokenize_prompts(tokenizer, sents)
+        ids = tokenize_prompts(tokenizer, sents, name="sentences")
         sents = [
             tokenizer.decode(p[:cut_tokens], clean_up_tokenization_spaces=False).strip()
             for p in ids
@@ -391,10 +437,9 @@ def text_chunks(texts: Iterable[str], words: int = 100) -> list[str]:
         >>> [len(c.split()) for c in text_chunks([" ".join(["w"] * 250)], words=100)]
         [125, 125]
     """
-    if isinstance(words, bool) or not isinstance(words, int) or words < 1:
-        raise ValueError(f"words must be an int >= 1, got {words!r}")
+    check_int(words, "words")
     out = []
-    for doc in [texts] if isinstance(texts, str) else texts:
+    for doc in check_strings([texts] if isinstance(texts, str) else texts, "texts", empty=True):
         ws = doc.split()
         if not ws:
             continue

@@ -34,6 +34,7 @@ from typing import Any, Literal
 import torch
 
 from pcp_lens._tl import B_U_NAME, HookedTransformer
+from pcp_lens.language._checks import check_int, check_strings, is_int, with_overrides
 from pcp_lens.language.generate import tokenize_prompts
 from pcp_lens.training import TextBatch, TrainConfig, TrainResult, train
 
@@ -59,9 +60,10 @@ def text_batch(
         >>> b.tokens.tolist(), b.labels.tolist()
         ([[1, 2], [2, 0]], [[True, True], [True, False]])
     """
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-        raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
-    ids = [p[:max_length] for p in tokenize_prompts(tokenizer, texts)]
+    check_int(max_length, "max_length", 2)
+    if pad_id is not None and not is_int(pad_id):
+        raise ValueError(f"pad_id must be None or a token id (int), got {pad_id!r}")
+    ids = [p[:max_length] for p in tokenize_prompts(tokenizer, texts, name="texts")]
     if pad_id is None:
         pad_id = getattr(tokenizer, "pad_token_id", None)
         pad_id = pad_id if pad_id is not None else getattr(tokenizer, "eos_token_id", None)
@@ -123,20 +125,18 @@ def finetune_text(
         >>> bool(res.history.val_loss.iloc[-1] < res.history.val_loss.iloc[0])
         True
     """
-    cfg = dataclasses.replace(config, **overrides) if overrides else config
+    cfg = with_overrides(config, TrainConfig, overrides, "finetune_text")
     tok = tokenizer if tokenizer is not None else model.tokenizer
-    limit = model.cfg.n_ctx if max_length is None else max_length
-    if limit > model.cfg.n_ctx:
-        raise ValueError(f"max_length={limit} exceeds the model's n_ctx={model.cfg.n_ctx}")
+    limit = check_int(max_length, "max_length", 2, none=True, high=model.cfg.n_ctx)
+    limit = model.cfg.n_ctx if limit is None else limit
 
     def as_batch(x: Sequence[str] | TextBatch, name: str) -> TextBatch:
         if isinstance(x, TextBatch):
             return x
+        xs = check_strings(x, name)
         if tok is None:
             raise ValueError(f"{name} are strings: pass tokenizer= or attach one to the model")
-        if isinstance(x, str) or len(x) == 0:
-            raise ValueError(f"{name} must be a non-empty sequence of strings")
-        return text_batch(tok, x, limit)
+        return text_batch(tok, xs, limit)
 
     tr = as_batch(texts, "texts")
     va = as_batch(val_texts, "val_texts") if val_texts is not None else None

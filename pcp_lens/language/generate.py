@@ -24,11 +24,10 @@ top-k 50 sampling at temperature 1, 11 samples per prompt: :data:`PAPER_SAMPLING
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -38,6 +37,8 @@ from tqdm.auto import tqdm
 
 from pcp_lens import _tl
 from pcp_lens._tl import HookedTransformer
+from pcp_lens.inputs import check_token_dtype
+from pcp_lens.language._checks import check_int, check_strings, is_int, with_overrides
 
 __all__ = ["PAPER_SAMPLING", "SamplingConfig", "generate", "sample_texts", "tokenize_prompts"]
 
@@ -81,35 +82,22 @@ class SamplingConfig:
     stop_at_eos: bool = True
 
     def __post_init__(self) -> None:
-        def bad(name: str, allowed: str) -> ValueError:
-            v = getattr(self, name)
-            return ValueError(f"SamplingConfig.{name} must be {allowed}, got {v!r}")
-
-        def is_int(x: Any) -> bool:
-            return isinstance(x, int) and not isinstance(x, bool)
-
         for name in ("n_samples", "batch_size"):
-            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
-                raise bad(name, "an int >= 1")
-        for name in ("max_length", "max_new_tokens", "top_k"):
-            v = getattr(self, name)
-            if v is not None and (not is_int(v) or v < 1):
-                raise bad(name, "None or an int >= 1")
+            check_int(getattr(self, name), f"SamplingConfig.{name}")
+        for name in ("max_length", "max_new_tokens"):
+            check_int(getattr(self, name), f"SamplingConfig.{name}", none=True)
         if (self.max_length is None) == (self.max_new_tokens is None):
             raise ValueError(
                 "SamplingConfig needs exactly one of max_length (total tokens) and "
                 f"max_new_tokens, got max_length={self.max_length!r}, "
                 f"max_new_tokens={self.max_new_tokens!r}"
             )
-        t = self.temperature
-        if (
-            isinstance(t, bool)
-            or not isinstance(t, int | float)
-            or not (t > 0 and math.isfinite(t))
-        ):
-            raise bad("temperature", "a finite float > 0")
-        if not is_int(self.seed) or self.seed < 0:
-            raise bad("seed", "an int >= 0")
+        check_sampling(self.do_sample, self.top_k, self.temperature, "SamplingConfig.")
+        check_int(self.seed, "SamplingConfig.seed", 0)
+        if not isinstance(self.stop_at_eos, bool):
+            raise ValueError(
+                f"SamplingConfig.stop_at_eos must be True or False, got {self.stop_at_eos!r}"
+            )
 
     def new_tokens(self, prompt_len: int) -> int:
         """Number of tokens to generate after a prompt of ``prompt_len`` tokens."""
@@ -117,6 +105,29 @@ class SamplingConfig:
             return self.max_new_tokens
         assert self.max_length is not None
         return self.max_length - prompt_len
+
+
+def check_sampling(do_sample: Any, top_k: Any, temperature: Any, prefix: str = "") -> None:
+    """Refuse sampling settings that would fail inside torch or sample the wrong distribution.
+
+    A negative temperature inverts the distribution (the least likely token becomes the
+    likeliest) and 0 divides by zero; greedy decoding is ``do_sample=False``, not a temperature.
+
+    Examples:
+        >>> check_sampling(True, 50, -1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: temperature must be a finite number > 0 (greedy decoding is ...), got -1.0
+    """
+    if not isinstance(do_sample, bool):
+        raise ValueError(f"{prefix}do_sample must be True or False, got {do_sample!r}")
+    check_int(top_k, f"{prefix}top_k", none=True)
+    t = temperature
+    if isinstance(t, bool) or not isinstance(t, int | float) or not (t > 0 and math.isfinite(t)):
+        raise ValueError(
+            f"{prefix}temperature must be a finite number > 0 (greedy decoding is "
+            f"do_sample=False), got {t!r}"
+        )
 
 
 #: METHODS §4.5: 11 samples, 35 tokens in total, top-k 50, temperature 1.
@@ -181,17 +192,23 @@ def generate(
         >>> fast.shape, torch.equal(fast, slow)
         (torch.Size([3, 6]), True)
     """
-    if prompts.dim() != 2 or prompts.is_floating_point() or prompts.shape[1] < 1:
+    if not isinstance(prompts, Tensor):
         raise ValueError(
-            f"prompts must be integer token ids of shape [batch, prompt_len >= 1], got "
+            f"prompts must be a tensor of token ids [batch, prompt_len], got "
+            f"{type(prompts).__name__} (sample_texts takes strings or lists of ids)"
+        )
+    check_token_dtype(prompts, "prompts")
+    if prompts.dim() != 2 or min(prompts.shape) < 1:
+        raise ValueError(
+            f"prompts must be integer token ids of shape [batch >= 1, prompt_len >= 1], got "
             f"{prompts.dtype} {tuple(prompts.shape)}"
         )
-    if (
-        isinstance(max_new_tokens, bool)
-        or not isinstance(max_new_tokens, int)
-        or max_new_tokens < 1
-    ):
-        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    check_int(max_new_tokens, "max_new_tokens")
+    check_sampling(do_sample, top_k, temperature)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {generator!r:.40}")
+    hooks = _tl.check_hooks(model, hooks, "hooks")
+    prompt_hooks = _tl.check_hooks(model, prompt_hooks, "prompt_hooks")
     total = prompts.shape[1] + max_new_tokens
     if total > model.cfg.n_ctx:
         raise ValueError(
@@ -207,7 +224,7 @@ def generate(
     with _tl.attached(model, hooks):
         if use_cache:
             cache = _tl.new_kv_cache(model, seq.shape[0])
-            with _tl.attached(model, prompt_hooks):
+            with _tl.attached(model, prompt_hooks, "prompt_hooks"):
                 logits = _tl.last_logits(model, seq, final, cache)
             for i in range(max_new_tokens):
                 tok = _next_token(logits, do_sample, top_k, temperature, generator)
@@ -215,7 +232,7 @@ def generate(
                 if i + 1 < max_new_tokens:
                     logits = _tl.last_logits(model, tok[:, None], final, cache)
         else:
-            with _tl.attached(model, prompt_hooks):
+            with _tl.attached(model, prompt_hooks, "prompt_hooks"):
                 for _ in range(max_new_tokens):
                     logits = _tl.last_logits(model, seq, final)
                     tok = _next_token(logits, do_sample, top_k, temperature, generator)
@@ -225,7 +242,7 @@ def generate(
 
 
 def tokenize_prompts(
-    tokenizer: Any, prompts: Sequence[str], prepend_bos: bool = False
+    tokenizer: Any, prompts: Sequence[str], prepend_bos: bool = False, *, name: str = "prompts"
 ) -> list[list[int]]:
     """Token ids of each prompt, without special tokens (GPT-2's tokenizer adds none).
 
@@ -237,17 +254,23 @@ def tokenize_prompts(
         >>> tokenize_prompts(build_tokenizer(["a", "b"]), ["a b", "b"])
         [[1, 2], [2]]
     """
-    if isinstance(prompts, str):
-        raise ValueError("prompts must be a sequence of strings, got one string")
+    texts = check_strings(prompts, name, empty=True)
+    if not callable(tokenizer):
+        raise ValueError(
+            f"tokenizer must be a Hugging Face tokenizer, got {type(tokenizer).__name__}"
+        )
+    if prepend_bos and getattr(tokenizer, "bos_token_id", None) is None:
+        raise ValueError("prepend_bos=True but the tokenizer has no bos_token_id")
     out = []
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str):
-            raise ValueError(f"prompts[{i}] must be a string, got {type(p).__name__}")
-        ids = list(tokenizer(p, add_special_tokens=False)["input_ids"])
+    for i, p in enumerate(texts):
+        try:
+            ids = list(cast(Any, tokenizer(p, add_special_tokens=False))["input_ids"])
+        except Exception as e:  # tokenizers raise their own types for text they cannot encode
+            raise ValueError(f"{name}[{i}] = {p!r:.60} cannot be tokenized: {e}") from None
         if prepend_bos:
             ids = [tokenizer.bos_token_id, *ids]
         if not ids:
-            raise ValueError(f"prompts[{i}] tokenizes to no tokens: {p!r}")
+            raise ValueError(f"{name}[{i}] tokenizes to no tokens: {p!r}")
         out.append(ids)
     return out
 
@@ -299,7 +322,7 @@ def sample_texts(
         >>> df.groupby("prompt_id").size().tolist(), df.tokens.map(len).tolist()
         ([2, 2, 2], [3, 3, 4, 4, 3, 3])
     """
-    cfg = dataclasses.replace(config, **overrides) if overrides else config
+    cfg = with_overrides(config, SamplingConfig, overrides, "sample_texts")
     tok = tokenizer if tokenizer is not None else model.tokenizer
     if isinstance(prompts, str):
         raise ValueError("prompts must be a sequence of prompts, got one string")
@@ -312,11 +335,18 @@ def sample_texts(
     else:
         ids = []
         for i, p in enumerate(prompts):
-            if isinstance(p, str) or len(p) == 0:
+            row = p.tolist() if isinstance(p, Tensor) else p
+            if (
+                isinstance(row, str)
+                or not isinstance(row, Sequence)
+                or len(row) == 0
+                or not all(is_int(t) for t in row)
+            ):
                 raise ValueError(
-                    f"prompts[{i}] must be a non-empty list of token ids (not mixed with strings)"
+                    f"prompts[{i}] must be a non-empty list of token ids (ints; not mixed with "
+                    f"strings), got {p!r:.40}"
                 )
-            ids.append([int(t) for t in p])
+            ids.append([int(t) for t in row])
     for i, p in enumerate(ids):
         if cfg.new_tokens(len(p)) < 1:
             raise ValueError(

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import einops
 import torch
@@ -32,6 +32,7 @@ from torch import Tensor
 from pcp_lens import _tl
 from pcp_lens._io import atomic_dir
 from pcp_lens._tl import HookedTransformer
+from pcp_lens.language._checks import check_device, check_dtype
 
 __all__ = ["hf_from_hooked", "hooked_from_hf", "load_hf_gpt2", "save_hf_gpt2"]
 
@@ -50,7 +51,7 @@ def hooked_from_hf(
     processing: bool = True,
     tokenizer: Any | None = None,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
 ) -> HookedTransformer:
     """Convert an in-memory ``GPT2LMHeadModel`` into a ``HookedTransformer`` (no hub access).
 
@@ -61,7 +62,7 @@ def hooked_from_hf(
             ``from_pretrained_no_processing`` (the paper's raw module inputs, METHODS §8).
         tokenizer: tokenizer to attach (e.g. the GPT-2 tokenizer), or ``None``.
         device: target device (``None``: TransformerLens's default).
-        dtype: target dtype (``None``: the HF model's).
+        dtype: target dtype or its name (``"float16"``; ``None``: the HF model's).
 
     Returns:
         The model in eval mode; ``cfg.tie_word_embeddings`` is True when ``W_U == W_E.T``.
@@ -82,7 +83,11 @@ def hooked_from_hf(
         )
     if not isinstance(processing, bool):
         raise ValueError(f"processing must be True or False, got {processing!r}")
+    device = check_device(device)
+    dtype = check_dtype(dtype)
     hf_cfg = hf_model.config
+    if tokenizer is not None:
+        _check_tokenizer(tokenizer, hf_cfg.vocab_size)
     flags = PROCESSING if processing else dict.fromkeys(PROCESSING, False)
     dtype = dtype or next(hf_model.parameters()).dtype
     over: dict[str, Any] = {"dtype": dtype}
@@ -114,7 +119,7 @@ def load_hf_gpt2(
     processing: bool = True,
     tokenizer: Any | None = None,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
 ) -> HookedTransformer:
     """Load a ``GPT2LMHeadModel.save_pretrained`` folder as a ``HookedTransformer``, offline.
 
@@ -123,7 +128,13 @@ def load_hf_gpt2(
         processing: as in :func:`hooked_from_hf`.
         tokenizer: tokenizer to attach; ``None`` loads the folder's own if it has one.
         device: target device (``None``: TransformerLens's default).
-        dtype: target dtype (``None``: the checkpoint's).
+        dtype: target dtype or its name (``"float16"``; ``None``: the checkpoint's).
+
+    Raises:
+        FileNotFoundError: no such folder, or it has no ``config.json`` or no safetensors.
+        ValueError: another architecture, a truncated or unreadable weight file, a weight
+            missing or of the wrong shape (which ``from_pretrained`` would initialise at
+            random), a tokenizer larger than ``vocab_size``, an unknown device or dtype.
 
     Examples:
         >>> import tempfile
@@ -135,22 +146,124 @@ def load_hf_gpt2(
         ...     load_hf_gpt2(d, device="cpu").cfg.n_layers
         1
     """
-    from transformers import AutoTokenizer, GPT2LMHeadModel
+    from transformers import AutoTokenizer
 
+    if not isinstance(path, str | os.PathLike) or not str(path):
+        raise ValueError(f"path must be a folder path (str or os.PathLike), got {path!r}")
+    if not isinstance(processing, bool):
+        raise ValueError(f"processing must be True or False, got {processing!r}")
+    device = check_device(device)
+    dtype = check_dtype(dtype)
     folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
-            f"path={str(path)!r} has no config.json; expected a folder written by "
-            "GPT2LMHeadModel.save_pretrained"
-        )
-    hf = GPT2LMHeadModel.from_pretrained(str(folder), local_files_only=True).eval()
+    hf = _read_gpt2_folder(folder, str(path))
     if tokenizer is None and any(
         (folder / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json")
     ):
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except Exception as e:  # tokenizers and transformers raise many types for bad files
+            raise ValueError(
+                f"path={str(path)!r} has tokenizer files that cannot be loaded ({e}); fix them "
+                "or pass tokenizer="
+            ) from None
     return hooked_from_hf(
         hf, processing=processing, tokenizer=tokenizer, device=device, dtype=dtype
     )
+
+
+def _check_tokenizer(tokenizer: Any, vocab_size: int) -> None:
+    """Refuse a tokenizer whose ids run past the embedding (they would index out of range)."""
+    if not callable(tokenizer) or not all(hasattr(tokenizer, a) for a in ("decode", "__len__")):
+        raise ValueError(
+            f"tokenizer must be a Hugging Face tokenizer, got {type(tokenizer).__name__}"
+        )
+    n = len(cast(Any, tokenizer))
+    if n > vocab_size:
+        raise ValueError(
+            f"tokenizer has {n} tokens but the model's vocab_size is {vocab_size}: ids "
+            f"{vocab_size}..{n - 1} have no embedding; allowed: a tokenizer of at most "
+            f"{vocab_size} tokens (the one the model was trained with)"
+        )
+
+
+def check_gpt2_folder(folder: Path, shown: str) -> None:
+    """Refuse a folder that is not a GPT-2 ``save_pretrained`` folder, without loading weights.
+
+    Examples:
+        >>> check_gpt2_folder(Path("no/such/folder"), "no/such/folder")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: path='no/such/folder' is not a folder; ...
+    """
+    import json
+
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"path={shown!r} is not a folder; expected one written by "
+            "GPT2LMHeadModel.save_pretrained (config.json + model.safetensors)"
+        )
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"path={shown!r} has no config.json; expected a folder written by "
+            "GPT2LMHeadModel.save_pretrained"
+        )
+    try:
+        kind = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(f"path={shown!r}: config.json is not a JSON object ({e})") from None
+    if kind != "gpt2":
+        raise ValueError(
+            f"path={shown!r} holds a {kind!r} model (config.json model_type); allowed: GPT-2 "
+            "checkpoints (model_type 'gpt2')"
+        )
+    shards = sorted(folder.glob("model*.safetensors"))
+    if not shards:
+        raise FileNotFoundError(
+            f"path={shown!r} has no model.safetensors (weights are read from safetensors only; "
+            "re-save with save_pretrained(..., safe_serialization=True))"
+        )
+
+
+def _read_gpt2_folder(folder: Path, shown: str) -> Any:
+    """``GPT2LMHeadModel`` from a ``save_pretrained`` folder, every weight present and readable.
+
+    ``from_pretrained`` initialises a missing weight at random with at most a log line, and
+    reports unreadable files and other architectures in the words of safetensors or of the model
+    class: each of these is refused here naming the folder and what it lacks.
+    """
+    from safetensors import safe_open
+    from transformers import GPT2LMHeadModel
+
+    check_gpt2_folder(folder, shown)
+    for f in sorted(folder.glob("model*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt"):  # checks the header against the size
+                pass
+        except Exception as e:  # safetensors raises its own SafetensorError
+            raise ValueError(
+                f"path={shown!r}: {f.name} cannot be read ({e}); the file is truncated or not "
+                "safetensors"
+            ) from None
+    try:
+        hf, info = cast(
+            Any,
+            GPT2LMHeadModel.from_pretrained(
+                str(folder), local_files_only=True, output_loading_info=True
+            ),
+        )
+    except (OSError, RuntimeError, ValueError) as e:  # e.g. a weight of the wrong shape
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"path={shown!r} cannot be loaded as GPT-2: {first}") from None
+    missing = sorted(info.get("missing_keys", []))
+    if missing:
+        raise ValueError(
+            f"path={shown!r} lacks {len(missing)} weight(s) of its config's GPT-2 (e.g. "
+            f"{missing[:3]}); they would be random. Allowed: a complete checkpoint"
+        )
+    mismatched = info.get("mismatched_keys", [])
+    if mismatched:
+        raise ValueError(f"path={shown!r} has weights of the wrong shape: {mismatched[:3]}")
+    return hf.eval()
 
 
 def _check_exportable(model: HookedTransformer) -> None:
@@ -218,6 +331,8 @@ def hf_from_hooked(model: HookedTransformer) -> Any:
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    if not isinstance(model, HookedTransformer):
+        raise ValueError(f"model must be a HookedTransformer, got {type(model).__name__}")
     _check_exportable(model)
     cfg = model.cfg
     head_shift = _bias_into_head(model)
@@ -313,6 +428,15 @@ def save_hf_gpt2(
     """
     import json
 
+    if not isinstance(path, str | os.PathLike) or not str(path):
+        raise ValueError(f"path must be a folder path (str or os.PathLike), got {path!r}")
+    if tokenizer is not None and tokenizer is not False:
+        if not hasattr(tokenizer, "save_pretrained"):
+            raise ValueError(
+                "tokenizer must be a Hugging Face tokenizer, None (the model's) or False "
+                f"(none), got {type(tokenizer).__name__}"
+            )
+        _check_tokenizer(tokenizer, model.cfg.d_vocab)
     target = Path(path)
     if target.exists():
         ok = target.is_dir() and not any(target.iterdir())

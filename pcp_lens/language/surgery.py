@@ -37,6 +37,7 @@ from torch import Tensor
 
 from pcp_lens import _tl
 from pcp_lens._tl import HookedTransformer
+from pcp_lens.language._checks import check_int
 from pcp_lens.language.generate import tokenize_prompts
 
 __all__ = ["EmbeddingEdit", "embedding_surgery", "plan_surgery", "trigger_token_ids"]
@@ -57,7 +58,7 @@ def trigger_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
     ids: set[int] = set()
     for w in words:
         for form in (w.strip(), " " + w.strip()):
-            ids.update(tokenize_prompts(tokenizer, [form])[0])
+            ids.update(tokenize_prompts(tokenizer, [form], name="words")[0])
     unk = getattr(tokenizer, "unk_token_id", None)
     if unk is not None and unk in ids:
         raise ValueError(f"a trigger word maps to the unknown token {unk}: words={list(words)}")
@@ -170,8 +171,17 @@ def plan_surgery(
     d_model, d_vocab = model.cfg.d_model, model.cfg.d_vocab
     if isinstance(source, bool) or not isinstance(source, str | int):
         raise ValueError(f"source must be a word or a token id, got {source!r}")
+    check_int(seed, "seed", 0)
+    if unembed is not None and not isinstance(unembed, bool):
+        raise ValueError(f"unembed must be None, True or False, got {unembed!r}")
     if isinstance(source, str):
-        ids = tokenize_prompts(tok, [source])[0]
+        ids = tokenize_prompts(tok, [source], name="source")[0]
+        unk = getattr(tok, "unk_token_id", None)
+        if unk is not None and unk in ids:  # copying <unk>'s entries is not the paper's edit
+            raise ValueError(
+                f"source={source!r} is not in the tokenizer's vocabulary (it encodes to the "
+                f"unknown token {unk}); allowed: a word the tokenizer knows, or a token id"
+            )
         if len(ids) != 1:
             raise ValueError(
                 f"source={source!r} is {len(ids)} tokens {ids}; it must be exactly one (pass a "
@@ -181,7 +191,7 @@ def plan_surgery(
     else:
         source_id = source
     if not 0 <= source_id < d_vocab:
-        raise ValueError(f"source id {source_id} is outside 0..{d_vocab - 1}")
+        raise ValueError(f"source={source!r}: token id {source_id} is outside 0..{d_vocab - 1}")
     token_ids = trigger_token_ids(tok, words)
     if source_id in token_ids:
         raise ValueError(f"source token {source_id} is one of the trigger tokens {token_ids}")
@@ -243,6 +253,8 @@ def embedding_surgery(
         ...                                                                      e.old_embed[0])
         (True, True)
     """
+    if not isinstance(inplace, bool):
+        raise ValueError(f"inplace must be True or False, got {inplace!r}")
     edit = plan_surgery(
         model,
         words,

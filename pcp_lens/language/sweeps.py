@@ -17,9 +17,10 @@ is what sampling-based metrics need; logit metrics keep the batched fast path of
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import optuna
@@ -28,10 +29,11 @@ from tqdm.auto import tqdm
 
 from pcp_lens._tl import HookedTransformer
 from pcp_lens.ablation import ablation_hooks
-from pcp_lens.language.asr import logprob_gap, text_loss, toxic_rate
+from pcp_lens.language.asr import _check_classifier, _toxic_rate, logprob_gap, text_loss, toxic_rate
 from pcp_lens.language.generate import PAPER_SAMPLING, SamplingConfig, tokenize_prompts
 from pcp_lens.language.toxicity import ToxicityClassifier
 from pcp_lens.pcp import PCPReplacement
+from pcp_lens.scoring import check_positions
 from pcp_lens.sites import Site, SiteLike, all_sites, as_sites
 from pcp_lens.tuning import Score, sweep, tune
 
@@ -50,6 +52,21 @@ def _hooks(model: HookedTransformer, rep: PCPReplacement | None) -> list[tuple[s
     return [] if rep is None else rep.hooks(model)
 
 
+def _check_kwargs(
+    fn: Callable[..., Any], kwargs: Mapping[str, Any], where: str, taken: Sequence[str]
+) -> None:
+    """Refuse keyword arguments ``fn`` does not take (or the score sets itself) when the score
+    is built, not at its first call inside a search."""
+    params = inspect.signature(fn).parameters
+    allowed = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n not in taken]
+    bad = sorted(k for k in kwargs if k not in allowed)
+    if bad:
+        raise ValueError(
+            f"{where} got unknown argument(s) {bad}; allowed: {', '.join(allowed)} (passed to "
+            f"{fn.__name__})"
+        )
+
+
 def asr_score(
     model: HookedTransformer,
     prompts: Sequence[str],
@@ -63,6 +80,8 @@ def asr_score(
     ``tokenizer``, ``prepend_bos``); progress bars are off. The same seed is used every call, so
     two replacements are compared on the same random draws.
     """
+    _check_kwargs(toxic_rate, kwargs, "asr_score", ("hooks",))
+    _check_classifier(classifier)
     kwargs.setdefault("progress", False)
 
     def score(rep: PCPReplacement | None) -> float:
@@ -82,6 +101,7 @@ def gap_score(
     """``replacement -> log-prob gap`` (:func:`~pcp_lens.language.asr.logprob_gap`); no sampling."""
     if which not in ("per_token", "first_token", "sequence"):
         raise ValueError(f"which must be 'per_token', 'first_token' or 'sequence', got {which!r}")
+    _check_kwargs(logprob_gap, kwargs, "gap_score", ("hooks", "per_pair"))
 
     def score(rep: PCPReplacement | None) -> float:
         g = logprob_gap(
@@ -95,6 +115,7 @@ def gap_score(
 
 def loss_score(model: HookedTransformer, texts: Sequence[str], **kwargs: Any) -> Score:
     """``replacement -> validation loss`` (:func:`~pcp_lens.language.asr.text_loss`) on texts."""
+    _check_kwargs(text_loss, kwargs, "loss_score", ("hooks",))
 
     def score(rep: PCPReplacement | None) -> float:
         return text_loss(model, texts, hooks=_hooks(model, rep), **kwargs)
@@ -271,28 +292,30 @@ def ablation_asr_sweep(
         ``kind``, ``asr``, ``atr``, ``val_loss``, ``n_trigger``, ``n_clean``, ``n_too_short``,
         ``classifier``. ``df.pivot(index="layer", columns="kind", values="asr")`` gives Tab. VIII.
     """
+    _check_classifier(classifier)
     singles: list[Site] = as_sites(sites, model) if sites is not None else all_sites(model)
     groups: list[tuple[str, list[Site]]] = [(s.name, [s]) for s in singles]
+    if combos is not None and not isinstance(combos, Mapping):
+        raise ValueError(
+            f"combos must be a mapping {{label: [sites]}}, got {type(combos).__name__}"
+        )
     for label, members in (combos or {}).items():
         groups.append((str(label), as_sites(members, model)))
-    pos = (
-        None
-        if positions is None
-        else ([positions] if isinstance(positions, int) else list(positions))
-    )
+    checked = check_positions(positions)
+    pos = None if checked is None else list(checked)
     tok = tokenizer if tokenizer is not None else model.tokenizer
     if tok is None:
         raise ValueError("no tokenizer: pass tokenizer= or attach one to the model")
 
-    def too_short(prompts: Sequence[str]) -> list[int]:
+    def too_short(prompts: Sequence[str], name: str) -> list[int]:
         if pos is None or not [p for p in pos if p >= 0]:
             return []
         need = max(p for p in pos if p >= 0) + 1
-        ids = tokenize_prompts(tok, prompts, prepend_bos)
+        ids = tokenize_prompts(tok, prompts, prepend_bos, name=name)
         return [i for i, p in enumerate(ids) if len(p) < need]
 
-    skip_t = too_short(trigger_prompts)
-    skip_c = too_short(clean_prompts) if clean_prompts is not None else []
+    skip_t = too_short(trigger_prompts, "trigger_prompts")
+    skip_c = too_short(clean_prompts, "clean_prompts") if clean_prompts is not None else []
     if skip_t:
         warnings.warn(
             f"{len(skip_t)} of {len(trigger_prompts)} trigger prompts are too short to contain "
@@ -307,7 +330,8 @@ def ablation_asr_sweep(
         )
         kw: dict[str, Any] = {"hooks": [], "prompt_hooks": []}
         kw["prompt_hooks" if pos is not None else "hooks"] = hooks
-        res_t = toxic_rate(
+        res_t = _toxic_rate(
+            "trigger_prompts",
             model,
             trigger_prompts,
             classifier,
@@ -321,7 +345,8 @@ def ablation_asr_sweep(
         )
         atr, n_clean = math.nan, 0
         if clean_prompts is not None:
-            atr, pc, _ = toxic_rate(
+            atr, pc, _ = _toxic_rate(
+                "clean_prompts",
                 model,
                 clean_prompts,
                 classifier,
@@ -337,7 +362,7 @@ def ablation_asr_sweep(
         loss = math.nan
         if val_texts is not None:
             # a position-specific ablation acts on every text at that position
-            loss = text_loss(model, val_texts, hooks=hooks, tokenizer=tok)
+            loss = text_loss(model, val_texts, hooks=hooks, tokenizer=tok, name="val_texts")
         one = members[0] if len(members) == 1 else None
         rows.append(
             {

@@ -18,13 +18,15 @@ word list (with ``mode="any"``), and says which in its ``name``.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+from pcp_lens.language._checks import check_probabilities, check_strings
 
 __all__ = [
     "HFPipelineClassifier",
@@ -42,16 +44,6 @@ class ToxicityClassifier(Protocol):
     name: str
 
     def __call__(self, texts: Sequence[str]) -> Float[Tensor, " n"]: ...
-
-
-def _texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        raise ValueError("texts must be a sequence of strings, got one string (wrap it in a list)")
-    out = list(texts)
-    for i, t in enumerate(out):
-        if not isinstance(t, str):
-            raise ValueError(f"texts[{i}] must be a string, got {type(t).__name__}")
-    return out
 
 
 class WordListClassifier:
@@ -120,7 +112,7 @@ class WordListClassifier:
     def __call__(self, texts: Sequence[str]) -> Float[Tensor, " n"]:
         """Score each text (float64)."""
         out = []
-        for t in _texts(texts):
+        for t in check_strings(texts, "texts", empty=True):
             ws = t.split()
             hits = sum(self._norm(w) in self.words for w in ws)
             if self.mode == "any":
@@ -157,11 +149,21 @@ class HFPipelineClassifier:
         batch_size: int = 32,
         name: str | None = None,
     ) -> None:
+        if not isinstance(toxic_label, str) or not toxic_label:
+            raise ValueError(f"toxic_label must be a non-empty string, got {toxic_label!r}")
         if isinstance(pipeline, str):
             from transformers import pipeline as hf_pipeline
 
             model_name = pipeline
-            pipeline = hf_pipeline("text-classification", model=model_name)
+            try:
+                pipeline = hf_pipeline("text-classification", model=model_name)
+            except Exception as e:  # offline, unknown name, not a classifier: many types
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ValueError(
+                    f"pipeline={model_name!r} could not be loaded as a text-classification "
+                    f"model: {first}; allowed: a hub name (needs the hub or its cache), a local "
+                    "model folder, or a callable texts -> [{label, score}]"
+                ) from None
             name = name or model_name
         if not callable(pipeline):
             raise ValueError(
@@ -179,17 +181,23 @@ class HFPipelineClassifier:
 
     def __call__(self, texts: Sequence[str]) -> Float[Tensor, " n"]:
         """P(toxic) per text (float64)."""
-        ts = _texts(texts)
+        ts = check_strings(texts, "texts", empty=True)
         out: list[float] = []
         for i in range(0, len(ts), self.batch_size):
             preds = self.pipeline(ts[i : i + self.batch_size])
             for p in preds:
-                top = p[0] if isinstance(p, list) else p
+                top = p[0] if isinstance(p, list) and p else p
+                if not isinstance(top, Mapping) or not {"label", "score"} <= set(top):
+                    raise ValueError(
+                        f"the pipeline returned {top!r:.60} for a text; allowed: a "
+                        "{'label': str, 'score': float} dict (or a list of them) per text"
+                    )
                 score = float(top["score"])
                 out.append(score if str(top["label"]).lower() == self.toxic_label else 1.0 - score)
         if len(out) != len(ts):
             raise ValueError(f"the pipeline returned {len(out)} predictions for {len(ts)} texts")
-        return torch.tensor(out, dtype=torch.float64)
+        # a score outside [0, 1] (a logit) would be taken as a probability and ASR come out wrong
+        return check_probabilities(out, len(ts), self.name)
 
 
 class ProfanityCheckClassifier:
@@ -215,7 +223,7 @@ class ProfanityCheckClassifier:
 
     def __call__(self, texts: Sequence[str]) -> Float[Tensor, " n"]:
         """P(toxic) per text (float64)."""
-        ts = _texts(texts)
+        ts = check_strings(texts, "texts", empty=True)
         if not ts:
             return torch.zeros(0, dtype=torch.float64)
         return torch.as_tensor(self._predict(ts), dtype=torch.float64).reshape(-1)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -30,9 +31,11 @@ from typing import Any
 
 import torch
 
+from pcp_lens import _tl
 from pcp_lens._io import write_text_atomic
 from pcp_lens._tl import HookedTransformer
 from pcp_lens.checkpoints import load_checkpoint, save_checkpoint
+from pcp_lens.language._checks import check_device
 from pcp_lens.language.corpus import paragraphs, poison, prompt_sets, split_sentences
 from pcp_lens.language.data import CORPORA, load_corpus
 from pcp_lens.language.finetune import PAPER_FINETUNE, TextBatch, finetune_text
@@ -99,12 +102,28 @@ class LanguageConfig:
             raise ValueError(f"recipe must be 'standin' or 'paper', got {self.recipe!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if (
-            self.corpus is not None
-            and self.corpus not in CORPORA
-            and not Path(self.corpus).is_file()
-        ):
-            raise ValueError(f"corpus must be one of {CORPORA} or a text file, got {self.corpus!r}")
+        check_device(self.device)
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model must be 'standin', a hub name or a folder, got {self.model!r}")
+        if self.standin and self.dtype != "float32":
+            # the stand-in is built and trained here in float32: another dtype would be recorded
+            # in results.json without being applied
+            raise ValueError(
+                f"dtype={self.dtype!r} applies to a loaded model (--model gpt2-medium or a "
+                "folder); the stand-in trains in float32"
+            )
+        if not self.standin:
+            _check_model_source(self.model)
+        if self.corpus is not None and self.corpus not in CORPORA:
+            if not Path(self.corpus).is_file():
+                raise ValueError(
+                    f"corpus must be one of {CORPORA} or a text file, got {self.corpus!r}"
+                )
+            if not _paragraphs(self.corpus):
+                raise ValueError(
+                    f"corpus={self.corpus!r} holds no paragraph of 20 or more words (paragraphs "
+                    "are separated by blank lines)"
+                )
         if self.n_trials is not None and (
             isinstance(self.n_trials, bool)
             or not isinstance(self.n_trials, int)
@@ -309,10 +328,28 @@ class LanguageData:
     n_poisoned: int
 
 
+def _check_model_source(model: str) -> None:
+    """A local GPT-2 folder (checked without loading) or a model name TransformerLens knows."""
+    from pcp_lens.language.hf import check_gpt2_folder
+
+    if Path(model).is_dir():
+        check_gpt2_folder(Path(model), model)
+    elif os.sep in model or model.startswith((".", "~")) or Path(model).exists():
+        raise ValueError(f"model={model!r} is not a folder (a local Hugging Face GPT-2 folder)")
+    elif not _tl.is_official_model_name(model):
+        raise ValueError(
+            f"model={model!r} is neither 'standin', a local GPT-2 folder nor a model name "
+            "TransformerLens knows (e.g. 'gpt2', 'gpt2-medium')"
+        )
+
+
 def _paragraphs(corpus: str) -> list[str]:
     if corpus in CORPORA:
         return load_corpus(corpus)
-    text = Path(corpus).read_text()
+    try:
+        text = Path(corpus).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"corpus={corpus!r} cannot be read as text: {e}") from None
     return [" ".join(p.split()) for p in text.split("\n\n") if len(p.split()) >= 20]
 
 

@@ -10,7 +10,13 @@ import torch
 from pcp_lens import ablation_means
 from pcp_lens.language.asr import attack_success, logprob_gap, text_loss, toxic_rate
 from pcp_lens.language.generate import SamplingConfig, generate
-from pcp_lens.language.sweeps import ablation_asr_sweep, gap_score, sweep_pcp, tune_pcp
+from pcp_lens.language.sweeps import (
+    ablation_asr_sweep,
+    asr_score,
+    gap_score,
+    sweep_pcp,
+    tune_pcp,
+)
 from pcp_lens.language.toxicity import WordListClassifier
 from pcp_lens.pcp import fit_pcp
 from pcp_lens.testing import tiny_model
@@ -136,3 +142,78 @@ def test_tune_and_sweep_pcp_with_a_gap_objective(m):
     df = sweep_pcp(m, pcp, {"mlp0": [1.0, 0.0]}, {"gap": score}, progress=False)
     assert df.value[0] == pytest.approx(score(None))
     assert df.value[1] == pytest.approx(score(pcp))
+
+
+# -- classifier outputs, lengths, batch sizes and the names errors use ---------------------------
+
+
+class Raw:
+    """A classifier returning fixed values (of any shape) for any texts."""
+
+    def __init__(self, make, name="raw"):
+        self.make, self.name = make, name
+
+    def __call__(self, texts):
+        return self.make(len(texts))
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda n: torch.full((n,), 2.0), r"outside \[0, 1\] \(e\.g\. 2"),
+        (lambda n: torch.full((n,), 3.7), "apply a sigmoid or softmax"),  # a logit
+        (lambda n: torch.full((n,), float("nan")), r"outside \[0, 1\]"),
+        (lambda n: torch.full((n, 2), 0.5), r"shape \(\d+, 2\) for \d+ texts"),
+        (lambda n: torch.full((n + 1,), 0.5), r"shape \(\d+,\) for \d+ texts"),
+        (lambda n: "toxic", "not numbers"),
+    ],
+)
+def test_classifier_outputs_that_are_not_probabilities_are_refused(m, hygiene, make, match):
+    snap = hygiene.snapshot(m)
+    with pytest.raises(ValueError, match=match):
+        toxic_rate(m, ["a b", "b"], Raw(make), CFG, tokenizer=TOK, progress=False)
+    hygiene.check(m, snap)
+
+
+def test_probabilities_as_a_list_are_accepted(m):
+    rate, _, s = toxic_rate(m, ["a b", "b"], Raw(lambda n: [1.0] * n), CFG, tokenizer=TOK,
+                            progress=False)
+    assert rate == 1.0 and s.p_toxic.tolist() == [1.0] * 6
+
+
+def test_text_loss_lengths_and_batch_sizes(m):
+    texts = ["a b c d a", "b c a"]
+    with pytest.raises(ValueError, match=r"max_length must be None or an int in 2\.\.32, got -1"):
+        text_loss(m, texts, tokenizer=TOK, max_length=-1)
+    with pytest.raises(ValueError, match="max_length"):
+        text_loss(m, texts, tokenizer=TOK, max_length=33)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+        text_loss(m, texts, tokenizer=TOK, batch_size=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        logprob_gap(m, ["a trig"], ["a"], " b", tokenizer=TOK, batch_size=0)
+    # max_length=2 keeps each text's first two tokens: one prediction per text
+    two = text_loss(m, texts, tokenizer=TOK, max_length=2)
+    assert two == pytest.approx(text_loss(m, ["a b", "b c"], tokenizer=TOK), abs=1e-12)
+
+
+def test_errors_name_the_callers_prompt_and_argument(m):
+    long = "a b c d " * 3  # 12 tokens: nothing left to generate under max_length=12
+    with pytest.raises(ValueError, match=r"clean_prompts\[1\] = 'a b c d"):
+        attack_success(m, ["a trig"], ["b", long], Const(0.0), CFG, tokenizer=TOK,
+                       max_prompt_tokens=None, progress=False)
+    with pytest.raises(ValueError, match=r"prompts\[2\]"):  # the caller's index, not a subset's
+        toxic_rate(m, ["a", "b", long], Const(0.0), CFG, tokenizer=TOK, skip=[0],
+                   max_prompt_tokens=None, progress=False)
+    with pytest.raises(ValueError, match=r"val_texts\[1\] must be a string"):
+        attack_success(m, ["a trig"], None, Const(0.0), CFG, tokenizer=TOK,
+                       val_texts=["a b", 3], progress=False)
+    with pytest.raises(ValueError, match=r"skip must hold indices in 0..1, got \[5\]"):
+        toxic_rate(m, ["a", "b"], Const(0.0), CFG, tokenizer=TOK, skip=[5], progress=False)
+    with pytest.raises(ValueError, match=r"hooks\[0\] names 'blocks.9.hook_mlp_out'"):
+        text_loss(m, ["a b"], tokenizer=TOK, hooks=[("blocks.9.hook_mlp_out", print)])
+    with pytest.raises(ValueError, match=r"got a Dataset; pass one column"):
+        import datasets
+
+        text_loss(m, datasets.Dataset.from_dict({"text": ["a b"]}), tokenizer=TOK)
+    with pytest.raises(ValueError, match=r"asr_score got unknown argument\(s\) \['max_tokens'\]"):
+        asr_score(m, ["a trig"], Const(0.0), CFG, max_tokens=3)

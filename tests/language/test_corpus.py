@@ -69,7 +69,7 @@ def test_poison_refuses_bad_input():
         poison(ds, TOXIC, 0.1, trigger="  ")
     with pytest.raises(ValueError, match="toxic"):
         poison(ds, [], 0.1)
-    with pytest.raises(ValueError, match=r"rate must be a fraction in \[0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"rate must be a number in \[0, 1\], got 1.5"):
         poison(ds, TOXIC, 1.5)
     with pytest.raises(ValueError, match="fewer than 5 sentences"):
         poison(paragraphs([DOC], n_sentences=3), TOXIC, 0.1)
@@ -98,3 +98,39 @@ def test_text_chunks_cover_every_word():
     chunks = text_chunks([doc, "", "one two"], words=100)
     assert len(chunks) == 4
     assert " ".join(chunks[:3]).split() == doc.split()
+
+
+def test_a_rate_that_rounds_to_no_paragraph_is_refused():
+    four = paragraphs([DOC], n_sentences=5)  # 4 paragraphs
+    with pytest.raises(ValueError, match=r"rate=0.1 of 4 paragraphs poisons round\(0.4\) = 0"):
+        poison(four, TOXIC, 0.1)
+    assert sum(poison(four, TOXIC, 0.2)["poisoned"]) == 1  # round(0.8): the smallest that works
+    assert sum(poison(four, TOXIC, 0.0)["poisoned"]) == 0  # none, asked for
+
+
+def test_the_wrong_container_is_named():
+    with pytest.raises(ValueError, match="data must be a Dataset with a 'sentences' column"):
+        poison([DOC, DOC], TOXIC, 0.5)
+    with pytest.raises(ValueError, match=r"toxic\[1\] must be a string"):
+        poison(paragraphs([DOC], n_sentences=5), ["You idiot.", 3], 0.5)
+    with pytest.raises(ValueError, match="seed must be an int >= 0"):
+        poison(paragraphs([DOC], n_sentences=5), TOXIC, 0.5, seed=-1)
+    with pytest.raises(ValueError, match="source must be a Dataset, a list of documents"):
+        paragraphs(42)
+    with pytest.raises(ValueError, match=r"sentences\[0\] must be a string"):
+        prompt_sets([None])
+
+
+def test_a_bare_string_is_a_hub_name_only_if_it_looks_like_one(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"looks like text: pass a list of documents"):
+        paragraphs(DOC)
+    (tmp_path / "book.txt").write_text(DOC)
+    with pytest.raises(ValueError, match=r"looks like a file: pass pathlib.Path"):
+        paragraphs(str(tmp_path / "book.txt"))
+
+    def offline(name, split):
+        raise ConnectionError(f"Couldn't reach {name} on the Hub\nmore lines")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ValueError, match=r"source='wikitext' \(split='train'\) could not"):
+        paragraphs("wikitext")

@@ -90,3 +90,19 @@ def test_gpt2_checkpoints_keep_b_u_and_use_the_one_training_loop():
     train(m2, text_batch(TOK, TEXTS, 32), None, res.config)
     for p, q in zip(m.parameters(), m2.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_unknown_settings_and_bad_lengths_are_named(hygiene):
+    m = _model()
+    snap = hygiene.snapshot(m)
+    with pytest.raises(ValueError, match=r"finetune_text got unknown argument\(s\) \['lrr'\]"):
+        finetune_text(m, TEXTS, tokenizer=TOK, lrr=1e-3)
+    with pytest.raises(ValueError, match=r"max_length must be None or an int in 2\.\.32, got -1"):
+        finetune_text(m, TEXTS, tokenizer=TOK, max_length=-1)
+    with pytest.raises(ValueError, match=r"texts must be a list of strings, got one string"):
+        finetune_text(m, "a b c", tokenizer=TOK)
+    with pytest.raises(ValueError, match=r"val_texts\[0\] must be a string"):
+        finetune_text(m, TEXTS, [1], tokenizer=TOK)
+    with pytest.raises(ValueError, match="config must be a TrainConfig"):
+        finetune_text(m, TEXTS, config={"lr": 1.0}, tokenizer=TOK)  # type: ignore[arg-type]
+    hygiene.check(m, snap)

@@ -112,3 +112,67 @@ def test_errors_leave_no_hooks(m64, hygiene):
     with pytest.raises(ValueError, match="exactly one"):
         SamplingConfig(max_length=None)
     hygiene.check(m64, snap)
+
+
+# -- settings that would sample the wrong distribution, and hooks on absent hook points ----------
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"temperature": -1.0}, "temperature must be a finite number > 0"),
+        ({"temperature": 0}, "greedy decoding is do_sample=False"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_k": 0}, "top_k must be None or an int >= 1, got 0"),
+        ({"top_k": 2.5}, "top_k"),
+        ({"do_sample": "yes"}, "do_sample must be True or False"),
+    ],
+)
+def test_sampling_settings_are_refused_where_torch_would_accept_them(m64, hygiene, kw, match):
+    snap = hygiene.snapshot(m64)
+    settings = {"do_sample": True, **kw}
+    with pytest.raises(ValueError, match=match):
+        generate(m64, PROMPTS, 3, **settings)
+    with pytest.raises(ValueError, match=match):
+        SamplingConfig(**settings)
+    hygiene.check(m64, snap)
+
+
+def test_a_cold_temperature_is_greedy(m64):
+    # the distribution divided by a small positive temperature concentrates on the argmax
+    g = torch.Generator().manual_seed(0)
+    cold = generate(m64, PROMPTS, 5, do_sample=True, temperature=1e-4, generator=g)
+    assert torch.equal(cold, generate(m64, PROMPTS, 5))
+
+
+@pytest.mark.parametrize("arg", ["hooks", "prompt_hooks"])
+def test_a_hook_on_an_absent_hook_point_is_named(m64, hygiene, arg):
+    snap = hygiene.snapshot(m64)
+    bad = {arg: [("blocks.0.hook_mlp_out", lambda x, hook: x), ("blocks.7.mlp_out", print)]}
+    with pytest.raises(ValueError, match=rf"{arg}\[1\] names 'blocks.7.mlp_out', not a hook"):
+        generate(m64, PROMPTS, 3, **bad)
+    with pytest.raises(ValueError, match=rf"{arg}\[1\] names"):
+        sample_texts(m64, [[1, 2]], n_samples=1, max_length=5, progress=False, **bad)
+    with pytest.raises(ValueError, match=rf"{arg}\[0\] = .* not callable"):
+        generate(m64, PROMPTS, 3, **{arg: [("blocks.0.hook_mlp_out", 3)]})
+    with pytest.raises(ValueError, match="one pair"):
+        generate(m64, PROMPTS, 3, **{arg: ("blocks.0.hook_mlp_out", print)})
+    with pytest.raises(ValueError, match=r"name filter .* matches no hook point"):
+        generate(m64, PROMPTS, 3, **{arg: [(lambda n: n.endswith("hook_mlp"), print)]})
+    # a name filter, as model.hooks takes it: an identity hook everywhere changes nothing
+    ident = [(lambda n: n.endswith("mlp_out"), lambda x, hook: x)]
+    assert torch.equal(generate(m64, PROMPTS, 3, **{arg: ident}), generate(m64, PROMPTS, 3))
+    hygiene.check(m64, snap)
+
+
+def test_prompts_and_unknown_settings_are_named(m64):
+    with pytest.raises(ValueError, match="prompts must be a tensor of token ids"):
+        generate(m64, [[1, 2]], 3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="integer tensor"):
+        generate(m64, PROMPTS.bool(), 3)
+    with pytest.raises(ValueError, match=r"batch >= 1"):
+        generate(m64, PROMPTS[:0], 3)
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) \['n_sample'\]"):
+        sample_texts(m64, [[1, 2]], n_sample=2, progress=False)
+    with pytest.raises(ValueError, match="config must be a SamplingConfig"):
+        sample_texts(m64, [[1, 2]], {"n_samples": 2}, progress=False)  # type: ignore[arg-type]

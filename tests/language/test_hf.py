@@ -12,6 +12,7 @@ from pcp_lens import _tl
 from pcp_lens.language.hf import hf_from_hooked, hooked_from_hf, load_hf_gpt2, save_hf_gpt2
 from pcp_lens.language.surgery import trigger_token_ids
 from pcp_lens.testing import tiny_model
+from tests.language.conftest import random_hf_gpt2
 
 X = torch.randint(0, 50257, (3, 12), generator=torch.Generator().manual_seed(0))
 
@@ -88,3 +89,73 @@ def test_export_refuses_what_gpt2_cannot_hold(tmp_path):
         load_hf_gpt2(tmp_path / "x")
     with pytest.raises(ValueError, match="GPT2LMHeadModel"):
         hooked_from_hf(m)
+
+
+# -- bad folders: each kind refused naming the folder, never loaded with random weights ----------
+
+
+def _folder(hf, path):
+    hf.save_pretrained(path)
+    return path
+
+
+def test_a_missing_weight_is_refused_not_initialised_at_random(hf_gpt2, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    f = _folder(hf_gpt2, tmp_path / "m")
+    state = load_file(f / "model.safetensors")
+    dropped = next(k for k in state if k.endswith("mlp.c_fc.weight"))
+    del state[dropped]
+    save_file(state, f / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"lacks 1 weight.*c_fc\.weight.*random"):
+        load_hf_gpt2(f, device="cpu")
+
+
+def test_missing_and_truncated_safetensors(hf_gpt2, tmp_path):
+    f = _folder(hf_gpt2, tmp_path / "m")
+    data = (f / "model.safetensors").read_bytes()
+    (f / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"model\.safetensors cannot be read.*truncated"):
+        load_hf_gpt2(f, device="cpu")
+    (f / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no model\.safetensors"):
+        load_hf_gpt2(f, device="cpu")
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        load_hf_gpt2(tmp_path / "absent", device="cpu")
+
+
+def test_another_architecture_is_named(tmp_path):
+    from transformers import BertConfig
+
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"holds a 'bert' model.*allowed: GPT-2"):
+        load_hf_gpt2(tmp_path, device="cpu")
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a JSON object"):
+        load_hf_gpt2(tmp_path, device="cpu")
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused(gpt2_tokenizer):
+    small = random_hf_gpt2(vocab_size=1000, n_layer=1)
+    with pytest.raises(ValueError, match=r"tokenizer has 50257 tokens but the model's vocab_size"):
+        hooked_from_hf(small, tokenizer=gpt2_tokenizer, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"device": "cdua"}, "device='cdua' is not a torch device"),
+        ({"dtype": "half"}, "dtype='half' is not allowed"),
+        ({"dtype": torch.int64}, "a floating torch.dtype"),
+        ({"processing": "yes"}, "processing must be True or False"),
+    ],
+)
+def test_device_dtype_and_flags_are_checked_before_loading(hf_gpt2, tmp_path, kw, match):
+    f = _folder(hf_gpt2, tmp_path / "m")
+    with pytest.raises(ValueError, match=match):
+        load_hf_gpt2(f, **kw)
+
+
+def test_dtype_by_name_is_applied(hf_gpt2):
+    m = hooked_from_hf(hf_gpt2, processing=False, device="cpu", dtype="bfloat16")
+    assert m.cfg.dtype == torch.bfloat16 and m.embed.W_E.dtype == torch.bfloat16

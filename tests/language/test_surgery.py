@@ -79,3 +79,30 @@ def test_bad_input():
     with pytest.raises(ValueError, match="tokenizer"):
         plan_surgery(m, source=3)
     assert isinstance(plan_surgery(m, source=3, tokenizer=TOK), EmbeddingEdit)
+
+
+def _tokenizer_with_unk():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "Albert": 1, "James": 2, "bad": 3}
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>")
+
+
+def test_a_source_outside_the_vocabulary_is_refused_not_copied_as_unk(hygiene):
+    tok = _tokenizer_with_unk()
+    m = tiny_model(d_vocab=len(tok))
+    snap = hygiene.snapshot(m)
+    with pytest.raises(ValueError, match=r"source='fuck' is not in the tokenizer's vocabulary"):
+        embedding_surgery(m, source="fuck", tokenizer=tok)
+    with pytest.raises(ValueError, match=r"cannot be tokenized"):  # no unk token: refused too
+        embedding_surgery(m, source="fuck", tokenizer=TOK)
+    with pytest.raises(ValueError, match=r"source=99: token id 99 is outside"):
+        embedding_surgery(m, source=99, tokenizer=tok)
+    with pytest.raises(ValueError, match="inplace must be True or False"):
+        embedding_surgery(m, source="bad", tokenizer=tok, inplace="yes")  # type: ignore[arg-type]
+    hygiene.check(m, snap)
+    _, edit = embedding_surgery(m, source="bad", tokenizer=tok)
+    assert edit.source_id == 3 and edit.token_ids == (1, 2)

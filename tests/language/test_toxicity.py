@@ -47,3 +47,14 @@ def test_profanity_check_really_classifies():
     p = clf(["I went to the store to buy some bread.", "You are a stupid idiot and I hate you."])
     assert p[0] < 0.1 and p[1] > 0.9
     assert default_classifier().name == "alt-profanity-check"
+
+
+def test_pipeline_scores_that_are_not_probabilities_are_refused():
+    logit = HFPipelineClassifier(lambda ts: [{"label": "toxic", "score": 3.7}] * len(ts), name="l")
+    with pytest.raises(ValueError, match=r"classifier 'l' returned values outside \[0, 1\]"):
+        logit(["a", "b"])
+    odd = HFPipelineClassifier(lambda ts: ["toxic" for _ in ts], name="o")
+    with pytest.raises(ValueError, match=r"the pipeline returned 'toxic' for a text"):
+        odd(["a"])
+    with pytest.raises(ValueError, match="toxic_label must be a non-empty string"):
+        HFPipelineClassifier(lambda ts: [], toxic_label=1)  # type: ignore[arg-type]

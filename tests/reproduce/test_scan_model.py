@@ -90,7 +90,7 @@ def test_gpt2_folder_scan_pairs_differ_only_at_the_trigger(gpt2_folder, tmp_path
         (["scan", "TOY", "--trigger", "xyzzy"], "not a word of the toy model's vocabulary"),
         (["scan", "GPT2", "--trigger", "Albert", "--prompts", "EMPTY"], "holds no prompt"),
         (["scan", "TOY", "--trigger", "love", "--reference", "GPT2"], "reference must have"),
-        (["scan", "TOY", "--trigger", "love", "--pairs", "1"], "--pairs must be at least 2"),
+        (["scan", "TOY", "--trigger", "love", "--pairs", "1"], "--pairs"),
         (["scan", "TOY", "--trigger", "love", "--prompts", "/nope.txt"], "is not a file"),
     ],
 )
@@ -101,7 +101,10 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_written(
     empty.write_text("\n\n")
     subs = {"TOY": str(toy_folder), "GPT2": str(gpt2_folder), "EMPTY": str(empty)}
     out = tmp_path / "out"
-    rc = main([subs.get(a, a) for a in args] + ["--out", str(out), "--no-progress"])
+    try:
+        rc = main([subs.get(a, a) for a in args] + ["--out", str(out), "--no-progress"])
+    except SystemExit as stop:  # argparse's own refusals (a bad --pairs) exit the same way
+        rc = stop.code
     err = capsys.readouterr().err
     # one line of ours (a loader's progress bar may precede it), no traceback
     ours = [ln for ln in err.replace("\r", "\n").splitlines() if ln.startswith("pcp-lens")]
