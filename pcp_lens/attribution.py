@@ -195,7 +195,8 @@ def _per_prompt_total(value: Any, b: int) -> Tensor:
     if not isinstance(value, Tensor) or not value.requires_grad:
         raise ValueError(
             "metric must be differentiable in the logits for attribution patching (a torch "
-            f"expression of them); it returned {type(value).__name__} without a gradient"
+            f"expression of them); it returned {type(value).__name__} without a gradient (a "
+            "count such as GroupMetric's top-k share has none; stat='prob' has)"
         )
     return value.reshape(()) * b if value.numel() == 1 else value.reshape(b, -1).mean(1).sum()
 

@@ -276,3 +276,14 @@ def test_se_is_nan_for_one_pair(model):
     clean, corrupted = tokens(b=1)
     df = attribution_patching(model, clean, corrupted, logit_diff, sites=["mlp0"], progress=False)
     assert df["se"].isna().all() and not math.isnan(df["estimate"].iloc[0])
+
+
+def test_plot_patching_draws_the_estimates(model):
+    from pcp_lens.plots import plot_patching
+
+    df = attribution_patching(model, *tokens(), logit_diff, verify=2, progress=False)
+    fig = plot_patching(df, "estimate")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_label() == "panel"]
+    assert titles == [f"{k}, clean → corrupted" for k in ("attn", "heads", "mlp")]
+    with pytest.raises(ValueError, match=re.escape("value must be one of ['effect', 'value'")):
+        plot_patching(df.drop(columns="estimate"), "estimate")
