@@ -94,8 +94,9 @@ def attribution_patching(
         verify: exact ``causal_patching`` of the ``verify`` units with the largest ``|estimate|``.
         graddrop: with ``method="atp*"``, GradDrop (one more backward per layer).
         per_pair: add a ``pairs`` column: a tuple of the per-pair estimates, in pair order.
-        max_batch_tokens: memory budget of the exact parts (``atp*`` and ``verify``), as in
-            ``causal_patching``.
+        max_batch_tokens: memory budget, as in ``causal_patching``: the gradient passes take
+            at most this many tokens (pairs × positions) at a time, the exact parts (``atp*``'s
+            patterns, ``verify``) at most this many residual vectors per forward.
         progress: show a tqdm bar.
 
     Returns:
@@ -140,12 +141,20 @@ def attribution_patching(
         _tl.check_resumable(model)
     if method == "relp":
         _tl.check_relp(model)
-    units = _units(site_list, positions, cb.tokens.shape[1])
-    pairs, baseline = _estimate(
-        model, cb.tokens, xb.tokens, metric, units, method, graddrop, max_batch_tokens, progress
-    )
+    b, n = cb.tokens.shape
+    units = _units(site_list, positions, n)
+    # pairs are independent: the gradient passes take at most max_batch_tokens tokens at a time
+    step = max(1, max_batch_tokens // n)
+    parts, baseline = [], 0.0
+    for i in range(0, b, step):
+        part, base = _estimate(
+            model, cb.tokens[i : i + step], xb.tokens[i : i + step], metric, units, method,
+            graddrop, max_batch_tokens, progress,
+        )
+        parts.append(part)
+        baseline += base * part.shape[1] / b
+    pairs = torch.cat(parts, dim=1)
     est = pairs.mean(1)
-    b = pairs.shape[1]
     se = pairs.std(1) / b**0.5 if b > 1 else torch.full_like(est, float("nan"))
     exact: dict[int, float] = {}
     if verify:
@@ -347,13 +356,13 @@ def _window_sums(
     for nm, idx in by_hook.items():
         per_pos = part[nm]  # [b, n] or [b, n, heads]
         cum = torch.cat([torch.zeros_like(per_pos[:, :1]), per_pos.cumsum(1)], dim=1)
-        p0 = torch.tensor([units[i].p0 for i in idx])
-        p1 = torch.tensor([units[i].p1 for i in idx])
+        p0 = torch.tensor([units[i].p0 for i in idx], device=out.device)
+        p1 = torch.tensor([units[i].p1 for i in idx], device=out.device)
         sums = cum[:, p1] - cum[:, p0]  # [b, k] or [b, k, heads]
         if sums.dim() == 3:
-            heads = torch.tensor([units[i].site.head for i in idx])
-            sums = sums[:, torch.arange(len(idx)), heads]
-        out[idx] = sums.T
+            heads = torch.tensor([units[i].site.head for i in idx], device=out.device)
+            sums = sums[:, torch.arange(len(idx), device=out.device), heads]
+        out[torch.tensor(idx, device=out.device)] = sums.T
     return out
 
 

@@ -143,6 +143,14 @@ def test_per_pair_estimates_are_each_pairs_own(model):
         torch.testing.assert_close(torch.tensor(df["estimate"].to_numpy()), pairs.mean(1))
         se = pairs.std(1) / 2
         torch.testing.assert_close(torch.tensor(df["se"].to_numpy()), se)
+        small = attribution_patching(
+            model, clean, corrupted, logit_diff, method=method, per_pair=True,
+            max_batch_tokens=13, progress=False,  # two pairs per gradient pass
+        )
+        torch.testing.assert_close(
+            torch.tensor(small["pairs"].tolist(), dtype=pairs.dtype), pairs, atol=1e-6, rtol=0
+        )
+        assert small["baseline"].iloc[0] == pytest.approx(df["baseline"].iloc[0], abs=1e-6)
         for i in (0, 3):
             alone = attribution_patching(
                 model, clean[i : i + 1], corrupted[i : i + 1], logit_diff, method=method,
