@@ -9,9 +9,11 @@ units and per site kind (mlp, attn, head, resid_pre). Three cases:
 * ``gpt2``: a random GPT-2-small-shaped model, 8 × 16 random tokens, a logit difference at the
   last position (``--quick``: 4 layers, d_model 256);
 * ``saturated``: a random 4-layer model whose W_Q and W_K are scaled by 1, 4 and 16 (attention
-  logits × 1, 16, 256: ever more saturated softmaxes).
+  logits × 1, 16, 256: ever more saturated softmaxes);
+* ``fixed``: :func:`pcp_lens.testing.fixed_value_model` (a patch acts through one attention
+  pattern only, where ``atp*`` is exact), its W_Q and W_K scaled by 1, 10 and 100.
 
-    python benchmarks/bench_attribution_accuracy.py [--cases toy,gpt2,saturated] [--quick]
+    python benchmarks/bench_attribution_accuracy.py [--cases toy,gpt2,saturated,fixed] [--quick]
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pcp_lens.attribution import METHODS, attribution_patching
 from pcp_lens.groups import GroupMetric, PositionMetric
 from pcp_lens.patching import causal_patching
 from pcp_lens.sites import all_sites
-from pcp_lens.testing import gpt2_small_shaped, tiny_model
+from pcp_lens.testing import fixed_value_model, gpt2_small_shaped, tiny_model
 
 KINDS = ("mlp", "attn", "head", "resid_pre")
 
@@ -124,6 +126,13 @@ def main() -> None:
             clean, corrupted = torch.randint(0, 500, (2, 16, 12), generator=g)
             sites = all_sites(model, kinds=("resid_pre", "attn", "mlp"), heads=True)
             out.append(study(model, clean, corrupted, logit_diff, sites, f"saturated x{scale:g}"))
+    if "fixed" in cases:
+        for scale in (1.0, 10.0, 100.0):
+            model = fixed_value_model(saturate=scale)
+            clean, corrupted = torch.randint(0, 40, (2, 16, 7), generator=g)
+            sites = ["resid_pre1", "attn0", *(f"attn0.h{h}" for h in range(4))]
+            label = f"fixed-values x{scale:g}"
+            out.append(study(model, clean, corrupted, logit_diff, sites, label))
     table = pd.concat(out, ignore_index=True)
     print("| " + " | ".join(table.columns) + " |")
     print("|" + "---|" * len(table.columns))

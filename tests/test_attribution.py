@@ -13,7 +13,7 @@ from pcp_lens.attribution import attribution_patching
 from pcp_lens.groups import PositionMetric
 from pcp_lens.patching import causal_patching, patching_grid
 from pcp_lens.sites import all_sites
-from pcp_lens.testing import tiny_model
+from pcp_lens.testing import fixed_value_model, tiny_model
 
 V = 40
 
@@ -46,28 +46,6 @@ def both(model, clean, corrupted, metric, sites, method, positions="each", **kw)
 @pytest.fixture(scope="module")
 def model():
     return tiny_model(n_layers=3, d_model=16, n_heads=4, d_vocab=V, seed=5)
-
-
-def fixed_value_model(saturate=10.0, seed=0):
-    """Attention-only, no LayerNorm; tokens write dims 0-7, positions dims 8-15; values read
-    dims 8-15 only and layer 0 writes dims 0-7 only, so layer 1's values depend on the position
-    alone and no patch of layer 0 or of resid_pre1 changes them."""
-    cfg = _tl.HookedTransformerConfig(
-        n_layers=2, d_model=16, n_ctx=16, d_head=4, n_heads=4, d_vocab=V,
-        attn_only=True, normalization_type=None, seed=seed, dtype=torch.float64,
-    )
-    m = _tl.new_model(cfg)
-    with torch.no_grad():
-        m.embed.W_E[:, 8:] = 0
-        m.pos_embed.W_pos[:, :8] = 0
-        m.blocks[0].attn.W_O[..., 8:] = 0
-        m.blocks[0].attn.b_O.zero_()
-        m.unembed.W_U.mul_(30)  # effects of order 1
-        for blk in m.blocks:
-            blk.attn.W_V[:, :8] = 0
-            blk.attn.W_Q.mul_(saturate)
-            blk.attn.W_K.mul_(saturate)
-    return m.eval()
 
 
 @pytest.mark.parametrize("method", ["atp", "atp*", "relp"])
