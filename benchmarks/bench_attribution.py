@@ -3,7 +3,9 @@
 Every attn_out and mlp_out site (24) and every attention head (144) × every position of a
 GPT-2-small-shaped random model (12 layers, d_model 768, d_vocab 50257), 8 prompts × 16 tokens,
 a logit difference read at the last position. Prints the seconds of each method, the speed-up
-over exact patching, and Pearson r of each estimate against the exact effects.
+over exact patching, then (untimed) the accuracy table of ``bench_attribution_accuracy.py`` for
+these units and every resid_pre site: Pearson r, Spearman rho and recall of the exact top-10 in
+the estimate's top-20, per site kind.
 
     python benchmarks/bench_attribution.py [--quick] [--repeats N]
 """
@@ -13,7 +15,9 @@ from __future__ import annotations
 import argparse
 import time
 
+import pandas as pd
 import torch
+from bench_attribution_accuracy import KINDS, scores
 
 from pcp_lens.attribution import attribution_patching
 from pcp_lens.groups import PositionMetric
@@ -65,8 +69,29 @@ def main() -> None:
         r = torch.corrcoef(torch.stack([est, ref]))[0, 1].item()
         print(
             f"| attribution_patching {method} | {best[method]:.2f} | "
-            f"{best['exact'] / best[method]:.1f}x | {r:.3f} |"
+            f"{best['exact'] / best[method]:.1f}x | {r:.3f} |",
+            flush=True,
         )
+    # accuracy per kind, with the resid_pre sites added (untimed)
+    pre = all_sites(model, kinds=("resid_pre",))
+    exact = pd.concat(
+        [exact, causal_patching(model, clean, corrupted, metric, sites=pre, progress=False)],
+        ignore_index=True,
+    )
+    kind = exact["kind"].where(exact["head"].isna(), "head")
+    print("| method | kind | n | pearson | spearman | recall |\n|---|---|---|---|---|---|")
+    for method, df in results.items():
+        more = attribution_patching(
+            model, clean, corrupted, metric, sites=pre, method=method, progress=False
+        )
+        est = pd.concat([df, more], ignore_index=True)["estimate"]
+        for k in ("all", *KINDS):
+            sel = kind.notna() if k == "all" else kind == k
+            sc = scores(est[sel], exact.loc[sel, "effect"])
+            print(
+                f"| {method} | {k} | {sc['n']} | {sc['pearson']:.3f} | {sc['spearman']:.3f} "
+                f"| {sc['recall']:.2f} |"
+            )
 
 
 if __name__ == "__main__":
