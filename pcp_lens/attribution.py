@@ -244,17 +244,19 @@ def _estimate(
         u.site.hook_name: _first_pattern(u.site.kind, u.site.layer or 0, n_layers) for u in units
     }
     qk_layers = sorted({ly for ly in first.values() if ly is not None}) if qk else []
-    tgt_names = [_tl.block_input_name(ly) for ly in range(n_layers)]
-    tgt_names += [_tl.hook_name("resid_post", ly) for ly in range(n_layers)]
-    tgt_names += [nm for ly in range(n_layers) for nm in _tl.kv_hook_names(ly)]
-    tgt_names += [_tl.pattern_name(ly) for ly in qk_layers]
+    tgt_names: list[str] = []  # what atp*'s exact pattern runs read from the corrupted run
+    if qk:
+        tgt_names += [_tl.block_input_name(ly) for ly in range(n_layers)]
+        tgt_names += [_tl.hook_name("resid_post", ly) for ly in range(n_layers)]
+        tgt_names += [nm for ly in range(n_layers) for nm in _tl.kv_hook_names(ly)]
+        tgt_names += [_tl.pattern_name(ly) for ly in qk_layers]
     drops: list[int | None] = [None, *range(n_layers)] if graddrop else [None]
     bar = tqdm(
         total=2 + len(drops), desc=f"attribution ({method})", disable=not progress, leave=False
     )
 
     with torch.no_grad():
-        _, src = _tl.run_with_cache(model, source, names)
+        _, src = _tl.run_with_cache(model, source, names, stop_at_layer=n_layers)  # no logits
     src_cache = {k: src[k] for k in names}
     bar.update(1)
 
