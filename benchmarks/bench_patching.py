@@ -4,7 +4,7 @@ Patches every attn_out and mlp_out site at every position of a GPT-2-small-shape
 (12 layers, d_model 768, d_vocab 50257; 8 prompts x 16 tokens; metric read at the last position)
 and prints the time of each, their ratio and the largest difference of results.
 
-    python benchmarks/bench_patching.py [--quick] [--repeats N]
+    python benchmarks/bench_patching.py [--quick] [--plain] [--repeats N]
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="4-layer d_model 256 model instead")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument(
+        "--plain", action="store_true", help="a plain callable metric (logits at every position)"
+    )
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=16)
     args = ap.parse_args()
@@ -39,11 +42,15 @@ def main() -> None:
     g = torch.Generator().manual_seed(1)
     clean = torch.randint(0, model.cfg.d_vocab, (args.batch, args.seq), generator=g)
     corrupted = torch.randint(0, model.cfg.d_vocab, (args.batch, args.seq), generator=g)
-    metric = PositionMetric(lambda lg: (lg[:, -1, 11] - lg[:, -1, 12]).mean(), positions=(-1,))
+    def diff(lg: torch.Tensor) -> torch.Tensor:
+        return (lg[:, -1, 11] - lg[:, -1, 12]).mean()
+
+    metric = diff if args.plain else PositionMetric(diff, positions=(-1,))
     print(
         f"model: {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, "
         f"d_vocab {model.cfg.d_vocab}; {args.batch} prompts x {args.seq} tokens; "
-        f"torch threads {torch.get_num_threads()}"
+        f"torch threads {torch.get_num_threads()}; "
+        f"{'plain callable' if args.plain else 'positioned'} metric"
     )
 
     t_tl, t_ours = [], []

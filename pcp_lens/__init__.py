@@ -14,6 +14,7 @@ from pcp_lens.ablation import (
     resample_ablation,
     zero_ablation,
 )
+from pcp_lens.attribution import attribution_patching
 from pcp_lens.groups import (
     GroupMetric,
     PositionMetric,
@@ -81,6 +82,7 @@ __all__ = [
     "all_sites",
     "as_sites",
     "as_tokens",
+    "attribution_patching",
     "causal_patching",
     "collect_stats",
     "evaluate_loss",

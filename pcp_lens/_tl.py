@@ -290,8 +290,11 @@ class FinalLogits:
         self.w_t = model.unembed.W_U.T.contiguous()
 
     def __call__(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
-        """Final LayerNorm (its own scale, with affine), then the unembedding."""
-        return self.raw(self.model.ln_final(resid.to(self.model.cfg.dtype)))
+        """Final LayerNorm (its own scale, with affine; none without normalisation), then the
+        unembedding."""
+        x = resid.to(self.model.cfg.dtype)
+        ln = getattr(self.model, "ln_final", None)  # absent when normalization_type=None
+        return self.raw(ln(x) if ln is not None else x)
 
     def raw(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
         """The unembedding alone (``x @ W_U + b_U``), no final LayerNorm."""
@@ -625,3 +628,90 @@ def is_official_model_name(name: str) -> bool:
     known = {n.lower() for n in names}
     known |= {a.lower() for v in (aliases or {}).values() for a in v}
     return name.lower() in known
+
+# -- added for attribution.py (gradients, RelP's rules, attention patterns) ----------------------
+
+
+def pattern_name(layer: int) -> str:
+    """The hook of block ``layer``'s attention pattern ``[batch, head, query_pos, key_pos]``."""
+    return get_act_name("pattern", layer)
+
+
+def check_relp(model: HookedTransformer) -> None:
+    """Refuse MLPs whose activation is not one elementwise function of one pre-activation."""
+    cfg = model.cfg
+    problems = []
+    if getattr(cfg, "gated_mlp", False):
+        problems.append("gated_mlp=True")
+    if cfg.act_fn is not None and cfg.act_fn.endswith("_ln"):
+        problems.append(f"act_fn={cfg.act_fn!r} (a LayerNorm inside the MLP)")
+    if getattr(cfg, "num_experts", None):
+        problems.append("mixture-of-experts MLPs")
+    if getattr(cfg, "attn_only", False):
+        return
+    if problems:
+        raise ValueError(
+            "method='relp' holds each MLP activation at its output/input ratio, which is not "
+            f"defined for this model: {', '.join(problems)}"
+        )
+
+
+def relp_hooks(model: HookedTransformer) -> Hooks:
+    """RelP's propagation rules as forward hooks that leave every forward value unchanged.
+
+    Every LayerNorm scale (``hook_scale``) and attention pattern is detached, so gradients treat
+    them as constants; each MLP activation keeps its value but passes gradient by the ratio
+    ``post / pre`` (``act(x) / x``, the derivative at 0 where ``x = 0``), as if it were the
+    linear map ``x -> x * act(x) / x`` at this input.
+    """
+    detach: HookFn = lambda act, hook: act.detach()  # noqa: E731
+    hooks: Hooks = [(n, detach) for n in model.hook_dict if n.endswith("hook_scale")]
+    for layer in range(model.cfg.n_layers):
+        hooks.append((pattern_name(layer), detach))
+        if getattr(model.cfg, "attn_only", False):
+            continue
+        pre: dict[str, Tensor] = {}
+
+        def keep(act: Tensor, hook: HookPoint, pre: dict[str, Tensor] = pre) -> None:
+            pre["x"] = act
+
+        def ratio(act: Tensor, hook: HookPoint, pre: dict[str, Tensor] = pre) -> Tensor:
+            x = pre.pop("x")
+            small = x.abs() < 1e-6
+            slope = torch.where(small, torch.full_like(x, 0.5), act / torch.where(small, 1.0, x))
+            lin = x * slope.detach()
+            # the value stays ``act`` bit for bit; the gradient is that of ``lin``
+            return act.detach() + (lin - lin.detach())
+
+        hooks += [(f"blocks.{layer}.mlp.hook_pre", keep), (f"blocks.{layer}.mlp.hook_post", ratio)]
+    return hooks
+
+
+class _PatternReached(Exception):
+    """Raised by :func:`attention_patterns` once it has the pattern, to skip the block's rest."""
+
+
+def attention_patterns(
+    model: HookedTransformer,
+    layer: int,
+    resid: Float[Tensor, "batch pos d_model"],
+    past_kv: tuple[Tensor, Tensor] | None = None,
+) -> Float[Tensor, "batch head pos key_pos"]:
+    """Block ``layer``'s attention pattern on a residual stream, by TransformerLens's own block.
+
+    ``past_kv`` as in :func:`run_blocks` (the query positions then continue after the cached
+    ones, and the pattern has ``prefix + pos`` key positions). The block stops once the pattern
+    is computed: its value and MLP parts are not needed.
+    """
+    got: list[Tensor] = []
+
+    def grab(pattern: Tensor, hook: HookPoint) -> None:
+        got.append(pattern)
+        raise _PatternReached
+
+    try:
+        with model.hooks(fwd_hooks=[(pattern_name(layer), grab)]):
+            run_blocks(model, resid, layer, layer + 1, [past_kv])
+    except _PatternReached:
+        pass
+    return got[0]

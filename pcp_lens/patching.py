@@ -24,7 +24,7 @@ whatever hooks are attached when this function is called.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -54,6 +54,10 @@ __all__ = ["PATCHABLE", "causal_patching", "patching_grid"]
 
 Direction = Literal["clean_to_corrupted", "corrupted_to_clean", "both"]
 PATCHABLE = ("attn", "mlp", "resid_pre", "resid_mid", "resid_post")
+
+
+#: cached activations by hook name (a TransformerLens cache or a plain dict)
+_Cache = Mapping[str, Tensor] | _tl.ActivationCache
 
 
 @dataclass(frozen=True)
@@ -335,8 +339,8 @@ def _with_prefix(
 
 def _run_chunk(
     model: HookedTransformer,
-    src_cache: _tl.ActivationCache,
-    tgt_cache: _tl.ActivationCache,
+    src_cache: _Cache,
+    tgt_cache: _Cache,
     units: list[_Unit],
     p0: int,
     p1: int,
@@ -384,8 +388,8 @@ def _run_chunk(
 
 def _patched_block(
     model: HookedTransformer,
-    src_cache: _tl.ActivationCache,
-    tgt_cache: _tl.ActivationCache,
+    src_cache: _Cache,
+    tgt_cache: _Cache,
     units: list[_Unit],
     layer: int,
     p0: int,

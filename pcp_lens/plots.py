@@ -220,7 +220,8 @@ def plot_patching(
     Args:
         df: the tidy table of :func:`~pcp_lens.patching.causal_patching` (one or both
             directions).
-        value: the column to draw: ``"effect"`` (indirect effect) or ``"value"`` (the metric).
+        value: the column to draw: ``"effect"`` (indirect effect) or ``"value"`` (the metric);
+            for an :func:`~pcp_lens.attribution.attribution_patching` table also ``"estimate"``.
         kinds: the kinds to draw, in order (default: every kind in the table; ``"heads"`` for
             the attention heads).
         cmap: colormap (default ``"RdBu_r"`` for effects, ``"viridis"`` otherwise).
@@ -245,9 +246,10 @@ def plot_patching(
     """
     cols = ("direction", "site", "layer", "kind", "head", "position", "value", "effect")
     df = _check_table(df, cols, "df", "causal_patching")
-    if value not in ("effect", "value", "baseline"):
-        raise ValueError(f"value must be 'effect', 'value' or 'baseline', got {value!r}")
-    diverging = value == "effect"
+    allowed = ("effect", "value", "baseline") + (("estimate",) if "estimate" in df.columns else ())
+    if value not in allowed:
+        raise ValueError(f"value must be one of {list(allowed)}, got {value!r}")
+    diverging = value in ("effect", "estimate")  # an attribution_patching estimate is an effect
     cmap = cmap or ("RdBu_r" if diverging else "viridis")
     d = df.assign(_kind=np.where(df["head"].notna(), "heads", df["kind"]))
     present = list(dict.fromkeys(d["_kind"]))

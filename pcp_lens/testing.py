@@ -201,3 +201,44 @@ def plant_trigger(
             p["W_O"][head, 0] = (size / (float(r1.mean()) - seen) * w).to(p["W_O"].dtype)
     planted.eval()
     return planted
+
+def fixed_value_model(
+    saturate: float = 10.0, seed: int = 0, d_vocab: int = 40
+) -> HookedTransformer:
+    """A 2-layer attention-only model (no LayerNorm, float64) whose layer-1 values cannot change.
+
+    Tokens write dimensions 0-7 of the residual and positions dimensions 8-15; every ``W_V``
+    reads dimensions 8-15 only and layer 0 writes dimensions 0-7 only. A patch of
+    ``resid_pre1`` or of any output of layer 0 then reaches the logits through layer 1's
+    attention *pattern* and linear paths only, the case where ``attribution_patching``'s
+    ``"atp*"`` is exact; ``saturate`` scales ``W_Q`` and ``W_K`` (sharper patterns).
+
+    Examples:
+        >>> fixed_value_model().cfg.attn_only
+        True
+    """
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=16,
+        n_ctx=16,
+        d_head=4,
+        n_heads=4,
+        d_vocab=d_vocab,
+        attn_only=True,
+        normalization_type=None,
+        seed=seed,
+        dtype=torch.float64,
+    )
+    model = new_model(cfg)
+    with torch.no_grad():
+        model.embed.W_E[:, 8:] = 0
+        model.pos_embed.W_pos[:, :8] = 0
+        model.blocks[0].attn.W_O[..., 8:] = 0
+        model.blocks[0].attn.b_O.zero_()
+        model.unembed.W_U.mul_(30)  # effects of order 1
+        for blk in model.blocks:
+            blk.attn.W_V[:, :8] = 0
+            blk.attn.W_Q.mul_(saturate)
+            blk.attn.W_K.mul_(saturate)
+    model.eval()
+    return model
