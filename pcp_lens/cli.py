@@ -59,14 +59,11 @@ def _reproduce_language(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             n_trials=args.trials,
             progress=not args.no_progress,
+            **({} if args.threads is None else {"threads": args.threads}),
         )
     except ValueError as err:
         print(f"pcp-lens reproduce language: {err}", file=sys.stderr)
         return 2
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
     out = args.out or "runs/language"
     t0 = time.perf_counter()
     try:
@@ -242,7 +239,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     lang.add_argument(
         "--dtype", choices=["float32", "bfloat16", "float16"], default="float32"
     )
-    lang.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    lang.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default 1: the same seed gives the same tables; more is faster "
+        "but not bit-reproducible)",
+    )
     rep.add_argument("--no-progress", action="store_true")
     rep.set_defaults(fn=_reproduce)
     data = sub.add_parser("data", help="fetch and cache a corpus (Jane Austen's novels)")
@@ -254,7 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     data.set_defaults(fn=_data)
     args = ap.parse_args(argv)
-    return int(args.fn(args))
+    try:
+        return int(args.fn(args))
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM during a study (pcp_lens._interrupt)
+        what = " ".join(filter(None, [args.command, getattr(args, "study", None)]))
+        print(f"pcp-lens {what}: {err or 'interrupted'}; the same command resumes", file=sys.stderr)
+        return int(getattr(err, "exit_code", 130))
 
 
 if __name__ == "__main__":
