@@ -7,7 +7,8 @@ signals into :class:`Interrupted` in the main thread instead; the study drivers 
 their workers and re-raise, and the command line exits with ``128 + signal``. Workers started
 with :func:`worker_init` leave SIGINT to their parent (a terminal's Ctrl-C reaches the whole
 process group), unwind on SIGTERM, and end themselves within a second when their parent has
-died, even by SIGKILL.
+died, even by SIGKILL (a worker still importing its modules, once that is done: the check starts
+in the initializer).
 """
 
 from __future__ import annotations
