@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -74,9 +73,9 @@ def test_same_seed_same_tables_on_default_settings(quick_run, tmp_path):
 
 @pytest.mark.skipif(not interrupting.HAS_PROC, reason="reads /proc to find orphaned processes")
 def test_interrupted_runs_leave_no_process_or_temp_file_and_resume(quick_run, tmp_path):
-    """SIGTERM once the benign model is saved, SIGKILL once the poisoned one is, Ctrl-C while
-    the tables are computed: no process is left, a stale temporary file is removed by the next
-    start, and the rerun's results equal an uninterrupted run's."""
+    """SIGTERM once the benign model is saved, SIGKILL once the poisoned one is, Ctrl-C once the
+    first frozen fine-tune is: no process is left, a stale temporary file is removed by the next
+    start, and the rerun (reusing every saved model) equals an uninterrupted run."""
     out = tmp_path / "c"
     argv = ["reproduce", "language", "--quick", "--out", str(out), "--no-progress"]
     models = out / "models"
@@ -88,9 +87,9 @@ def test_interrupted_runs_leave_no_process_or_temp_file_and_resume(quick_run, tm
     p = interrupting.start(argv)
     interrupting.wait_for((models / "poisoned" / "stamp.json").exists, p, timeout=600)
     interrupting.interrupt(p, signal.SIGKILL, whole_group=False, timeout=60)
+    # Ctrl-C once the first frozen fine-tune of Tab. XI is saved (benign, poisoned and it: 3)
     p = interrupting.start(argv)
-    interrupting.wait_for((models / "poisoned" / "stamp.json").exists, p, timeout=600)
-    time.sleep(5)  # into the tables
+    interrupting.wait_for(lambda: len(list(models.glob("*/stamp.json"))) >= 3, p, timeout=900)
     err = interrupting.interrupt(p, signal.SIGINT, whole_group=True, timeout=60)
     assert p.returncode == 130 and "interrupted by SIGINT" in err
     # what a SIGKILL during a checkpoint write leaves (its writer's pid is gone)
@@ -103,7 +102,7 @@ def test_interrupted_runs_leave_no_process_or_temp_file_and_resume(quick_run, tm
     a = json.loads((quick_run / "results.json").read_text())
     b = json.loads((out / "results.json").read_text())
     assert b["training"]["pretrain_reused"] and b["training"]["poison_reused"]
-    drop = ("_reused",)
+    drop = ("reused",)  # pretrain_reused, poison_reused and each frozen run's reused
     assert interrupting.without_timings(b, drop) == interrupting.without_timings(a, drop)
 
 
