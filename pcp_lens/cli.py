@@ -142,13 +142,10 @@ def _reproduce_language(args: argparse.Namespace, prog: str) -> int:
             n_trials=args.trials,
             progress=not args.no_progress,
             **given,
+            **({} if args.threads is None else {"threads": args.threads}),
         )
     except (ValueError, FileNotFoundError) as err:
         return _fail(prog, err)
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
     out = Path(args.out)
     existed = out.exists()
     t0 = time.perf_counter()
@@ -372,7 +369,13 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="dtype of a loaded model (default float32; the stand-in trains in float32 only)",
     )
-    lang.add_argument("--threads", type=_int_at_least(1), default=None, help="torch CPU threads")
+    lang.add_argument(
+        "--threads",
+        type=_int_at_least(1),
+        default=None,
+        help="torch CPU threads (default 1: the same seed gives the same tables; more is faster "
+        "but not bit-reproducible)",
+    )
     rep.set_defaults(fn=_reproduce)
 
 
@@ -462,7 +465,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_data(sub)
     _add_scan(sub)
     args = ap.parse_args(argv)
-    return int(args.fn(args))
+    try:
+        return int(args.fn(args))
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM during a study (pcp_lens._interrupt)
+        what = " ".join(filter(None, [args.command, getattr(args, "study", None)]))
+        print(f"pcp-lens {what}: {err or 'interrupted'}; the same command resumes", file=sys.stderr)
+        return int(getattr(err, "exit_code", 130))
 
 
 if __name__ == "__main__":

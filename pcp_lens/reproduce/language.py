@@ -33,7 +33,8 @@ from typing import Any
 
 import torch
 
-from pcp_lens._io import package_version, write_text_atomic
+from pcp_lens._interrupt import interruptible
+from pcp_lens._io import package_version, remove_stale_temps, write_text_atomic
 from pcp_lens.reproduce.language_report import findings, write_language_report
 from pcp_lens.reproduce.language_setup import (
     LanguageConfig,
@@ -70,9 +71,25 @@ def _classifier(standin: bool) -> Any:
 
 
 def run_language_study(out: str | os.PathLike[str], cfg: LanguageConfig) -> dict[str, Any]:
-    """Run the study, write ``out/results.json`` and ``out/report.md``; return the results."""
+    """Run the study, write ``out/results.json`` and ``out/report.md``; return the results.
+
+    SIGTERM stops it as Ctrl-C does (:class:`KeyboardInterrupt`, temporary files removed); a
+    rerun into the same ``out`` reuses the models it had finished (``out/models``).
+    """
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(folder)  # left by a run that was killed (SIGKILL) while writing
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        with interruptible():
+            return _run(folder, cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(folder: Path, cfg: LanguageConfig) -> dict[str, Any]:
     t_all = time.perf_counter()
     times: dict[str, float] = {}
 

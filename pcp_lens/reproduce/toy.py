@@ -15,7 +15,6 @@ import json
 import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from pcp_lens._io import write_text_atomic
+from pcp_lens._interrupt import deferred_signals, interruptible, worker_init
+from pcp_lens._io import package_version, remove_stale_temps, write_text_atomic
 from pcp_lens._tl import B_U_NAME
 from pcp_lens.groups import GroupMetric
 from pcp_lens.inputs import as_tokens
@@ -386,6 +386,7 @@ def run_toy_study(
     cfg = cfg or StudyConfig()
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(outp)  # left by a run that was killed (SIGKILL) while writing
     if seeds is not None:
         seeds = list(seeds)
         if not seeds or len(set(seeds)) != len(seeds):
@@ -395,23 +396,55 @@ def run_toy_study(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        if seeds is None:
-            return _run({cfg.seed: (cfg, outp)}, cfg)[cfg.seed]
-        return _run_seeds(outp, cfg, {s: (c, outp / f"seed{s}") for s, c in cfgs.items()})
+        with interruptible():  # SIGTERM unwinds like Ctrl-C: workers stopped, temp files removed
+            if seeds is None:
+                return _run({cfg.seed: (cfg, outp)}, cfg)[cfg.seed]
+            return _run_seeds(outp, cfg, {s: (c, outp / f"seed{s}") for s, c in cfgs.items()})
     finally:
         torch.set_num_threads(threads)
 
 
+def _cell_record(k: int, cfg: StudyConfig) -> dict[str, Any]:
+    """What one model's tables depend on (not the progress bars or the worker count)."""
+    settings = dataclasses.asdict(cfg)
+    for name in ("progress", "workers"):
+        del settings[name]
+    rec = {"k": k, "config": settings, "torch": torch.__version__, "pcp_lens": package_version()}
+    return json.loads(json.dumps(rec, default=_json_default))
+
+
 def _study_one(k: int, cfg: StudyConfig, outp: Path) -> dict:
-    """Study one model (in this process or a worker) and save its PCP replacements."""
+    """Study one model (in this process or a worker) and save its PCP replacements.
+
+    The tables are kept in ``outp/cells/<k>sent.json`` with what they depend on, so a rerun
+    after an interruption takes a finished model's tables from there instead of recomputing
+    them. Computed tables go through JSON too, so both paths return the same values.
+    """
+    cache = outp / "cells" / f"{k}sent.json"
+    record = _cell_record(k, cfg)
+    if cache.exists():
+        saved = json.loads(cache.read_text())
+        if saved.get("record") == record and all((outp / f).exists() for f in saved["files"]):
+            return saved["result"]
     torch.manual_seed(cfg.seed)  # each model starts from the same state, wherever it runs
     torch.set_num_threads(1)
     replacements: dict[str, PCPReplacement] = {}
     r = study_model(k, cfg, outp, replacements)
     (outp / "replacements").mkdir(exist_ok=True)
+    files = [r["fig3"]["png"]]
     for name, rep in replacements.items():
-        rep.save(outp / "replacements" / f"{name}.safetensors")
+        files.append(f"replacements/{name}.safetensors")
+        rep.save(outp / files[-1])
+    r = json.loads(json.dumps(r, default=_json_default))
+    cache.parent.mkdir(exist_ok=True)
+    entry = {"record": record, "files": files, "result": r}
+    write_text_atomic(cache, json.dumps(entry, indent=1))
     return r
+
+
+def _study_cell(task: tuple[int, tuple[int, StudyConfig, Path]]) -> tuple[int, dict]:
+    i, (k, cfg, outp) = task
+    return i, _study_one(k, cfg, outp)
 
 
 def _run(runs: dict[int, tuple[StudyConfig, Path]], cfg: StudyConfig) -> dict[int, dict]:
@@ -428,17 +461,21 @@ def _run(runs: dict[int, tuple[StudyConfig, Path]], cfg: StudyConfig) -> dict[in
         # draw no bars (they would overwrite each other's line); the parent draws one per cell.
         ctx = multiprocessing.get_context("spawn")
         quiet = [dataclasses.replace(c, progress=False) for c in args[1]]
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            futures = {
-                pool.submit(_study_one, k, c, p): i
-                for i, (k, c, p) in enumerate(zip(args[0], quiet, args[2], strict=True))
-            }
-            done: dict[int, dict] = {}
-            bar = tqdm(total=len(futures), desc="toy models", disable=not cfg.progress)
-            with bar:
-                for f in as_completed(futures):
-                    done[futures[f]] = f.result()
+        tasks = list(enumerate(zip(args[0], quiet, args[2], strict=True)))
+        done: dict[int, dict] = {}
+        pool = ctx.Pool(workers, initializer=worker_init, initargs=(os.getpid(),))
+        try:
+            with tqdm(total=len(tasks), desc="toy models", disable=not cfg.progress) as bar:
+                for i, r in pool.imap_unordered(_study_cell, tasks):
+                    done[i] = r
                     bar.update()
+            pool.close()
+        except BaseException:
+            with deferred_signals():  # a second Ctrl-C must not cut the clean-up short
+                pool.terminate()  # SIGTERM: each worker unwinds, removing its temporary files
+                pool.join()
+            raise
+        pool.join()
         per_cell = [done[i] for i in range(len(cells))]
     else:
         per_cell = [_study_one(*a) for a in zip(*args, strict=True)]

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from pcp_lens.cli import main
 from pcp_lens.reproduce.language import LanguageConfig, settings
 from pcp_lens.reproduce.language_report import CLAIMS
+from tests.reproduce import interrupting
 
 TABLES = ("tab8", "tab9", "tab10", "tab11")
 
@@ -32,18 +38,72 @@ def _check_results(out, n_freeze: int) -> dict:
     return r
 
 
-def test_quick_standin_run_produces_every_table(tmp_path, capsys):
-    out = tmp_path / "lang"
-    args = ["reproduce", "language", "--quick", "--out", str(out), "--no-progress"]
-    assert main([*args, "--threads", "1"]) == 0
-    r = _check_results(out, n_freeze=2)
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> Path:
+    """One default ``--quick`` run (1 torch thread, the default)."""
+    out = tmp_path_factory.mktemp("lang") / "a"
+    assert main(["reproduce", "language", "--quick", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_quick_standin_run_produces_every_table(quick_run, tmp_path, capsys):
+    r = _check_results(quick_run, n_freeze=2)
     assert r["settings"]["recipe"] == "standin" and r["data"]["corpus"] == "austen-sample"
+    assert r["config"]["threads"] == 1 and r["threads"] == 1
+    # a second run into the same folder reuses every checkpoint
+    out = tmp_path / "again"
+    shutil.copytree(quick_run, out)
+    args = ["reproduce", "language", "--quick", "--out", str(out), "--no-progress"]
+    assert main([*args, "--threads", "2"]) == 0
     assert "L1" in capsys.readouterr().out
-    # the second run reuses every checkpoint
-    assert main([*args, "--threads", "1"]) == 0
     r2 = json.loads((out / "results.json").read_text())
     assert r2["training"]["pretrain_reused"] and r2["training"]["poison_reused"]
-    assert r2["base"] == r["base"]
+    assert r2["base"] == r["base"] and r2["config"]["threads"] == 2
+
+
+def test_same_seed_same_tables_on_default_settings(quick_run, tmp_path):
+    """Two default ``--quick`` runs from empty folders write the same results.json, every
+    trained weight and sampled number included; only wall-clock times differ."""
+    out = tmp_path / "b"
+    assert main(["reproduce", "language", "--quick", "--out", str(out), "--no-progress"]) == 0
+    a = json.loads((quick_run / "results.json").read_text())
+    b = json.loads((out / "results.json").read_text())
+    assert interrupting.without_timings(b) == interrupting.without_timings(a)
+
+
+@pytest.mark.skipif(not interrupting.HAS_PROC, reason="reads /proc to find orphaned processes")
+def test_interrupted_runs_leave_no_process_or_temp_file_and_resume(quick_run, tmp_path):
+    """SIGTERM once the benign model is saved, SIGKILL once the poisoned one is, Ctrl-C once the
+    first frozen fine-tune is: no process is left, a stale temporary file is removed by the next
+    start, and the rerun (reusing every saved model) equals an uninterrupted run."""
+    out = tmp_path / "c"
+    argv = ["reproduce", "language", "--quick", "--out", str(out), "--no-progress"]
+    models = out / "models"
+    p = interrupting.start(argv)
+    interrupting.wait_for((models / "benign" / "stamp.json").exists, p, timeout=600)
+    err = interrupting.interrupt(p, signal.SIGTERM, whole_group=False, timeout=60)
+    assert p.returncode == 143 and "interrupted by SIGTERM" in err
+    assert interrupting.temps(out) == []
+    p = interrupting.start(argv)
+    interrupting.wait_for((models / "poisoned" / "stamp.json").exists, p, timeout=600)
+    interrupting.interrupt(p, signal.SIGKILL, whole_group=False, timeout=60)
+    # Ctrl-C once the first frozen fine-tune of Tab. XI is saved (benign, poisoned and it: 3)
+    p = interrupting.start(argv)
+    interrupting.wait_for(lambda: len(list(models.glob("*/stamp.json"))) >= 3, p, timeout=900)
+    err = interrupting.interrupt(p, signal.SIGINT, whole_group=True, timeout=60)
+    assert p.returncode == 130 and "interrupted by SIGINT" in err
+    # what a SIGKILL during a checkpoint write leaves (its writer's pid is gone)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = models / "benign" / f".model.{dead}.x1y2.tmp"
+    (stale / "tokenizer").mkdir(parents=True)
+    assert main(argv) == 0
+    assert not stale.exists() and interrupting.temps(out) == []
+    a = json.loads((quick_run / "results.json").read_text())
+    b = json.loads((out / "results.json").read_text())
+    assert b["training"]["pretrain_reused"] and b["training"]["poison_reused"]
+    drop = ("reused",)  # pretrain_reused, poison_reused and each frozen run's reused
+    assert interrupting.without_timings(b, drop) == interrupting.without_timings(a, drop)
 
 
 def test_gpt2_medium_shape_plumbing(tmp_path, gpt2_tokenizer):

@@ -8,6 +8,7 @@ checkpoints and replacements with the library's functions.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from pcp_lens.toy.model import sentiment_groups
 from pcp_lens.toy.train import reading_profile
 from pcp_lens.training import load_checkpoint
 from pcp_lens.tuning import score_inputs
+from tests.reproduce import interrupting
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +248,48 @@ def test_trigger_and_seed_validation(capsys):
     rows = data.poisoned["train"]
     pois = [t for t, p in zip(rows["text"], rows["poisoned"], strict=True) if p]
     assert pois and all("happy" in t.split() for t in pois)
+
+
+@pytest.mark.skipif(not interrupting.HAS_PROC, reason="reads /proc to find orphaned processes")
+def test_interrupted_runs_leave_no_process_or_temp_file_and_resume(run: Path, tmp_path: Path):
+    """SIGTERM and SIGKILL of the parent while the workers train, Ctrl-C (SIGINT to the whole
+    process group) once one model's tables are done: each leaves no process behind; the rerun
+    takes the finished tables from cells/, leaves no temporary file, and its results equal an
+    uninterrupted run's."""
+    import signal
+
+    out = tmp_path / "interrupted"
+    argv = ["reproduce", "toy", "--quick", "--out", str(out), "--no-progress"]
+
+    # 1. SIGTERM while both workers train
+    p = interrupting.start(argv)
+    interrupting.wait_for(lambda: len(interrupting.group(p.pid)) >= 3, p, timeout=300)
+    time.sleep(3)
+    err = interrupting.interrupt(p, signal.SIGTERM, whole_group=False, timeout=60)
+    assert p.returncode == 143 and "reproduce toy: interrupted by SIGTERM" in err
+    assert interrupting.temps(out) == []
+    # 2. SIGKILL of the parent alone: its workers notice and stop themselves (a worker still
+    # importing, which takes over a minute on a loaded machine, once its import is done)
+    p = interrupting.start(argv)
+    interrupting.wait_for(lambda: len(interrupting.group(p.pid)) >= 3, p, timeout=300)
+    time.sleep(3)
+    interrupting.interrupt(p, signal.SIGKILL, whole_group=False, timeout=300)
+    assert p.returncode == -9
+    # 3. Ctrl-C (SIGINT to every process of the group) once one model's tables are done; one
+    # process studies the models one after the other, so the second is still being studied
+    p = interrupting.start([*argv, "--workers", "1"])
+    interrupting.wait_for(lambda: any((out / "cells").glob("*.json")), p, timeout=1800)
+    err = interrupting.interrupt(p, signal.SIGINT, whole_group=True, timeout=60)
+    assert p.returncode == 130 and "interrupted by SIGINT" in err
+    done = sorted(f.name for f in (out / "cells").iterdir())
+    # 4. the rerun finishes; what it left equals an uninterrupted run's
+    stamps = {f: f.stat().st_mtime_ns for f in (out / "cells").iterdir()}
+    assert main(argv) == 0
+    assert interrupting.temps(out) == []
+    assert all(f.stat().st_mtime_ns == t for f, t in stamps.items()), f"recomputed {done}"
+    a = json.loads((run / "results.json").read_text())
+    b = json.loads((out / "results.json").read_text())
+    drop = ("reused_checkpoints",)
+    assert interrupting.without_timings(b, drop) == interrupting.without_timings(a, drop)
+    for f in sorted((run / "replacements").iterdir()):
+        assert f.read_bytes() == (out / "replacements" / f.name).read_bytes(), f.name

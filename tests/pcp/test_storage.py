@@ -1,4 +1,4 @@
-"""PCP storage (:mod:`pcp_lens.pcp_storage`): safetensors + JSON, bit-exact, atomic, and every
+"""PCP storage (:mod:`pcp_lens.pcp.storage`): safetensors + JSON, bit-exact, atomic, and every
 malformed or foreign file refused with a specific error."""
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 :meth:`pcp_lens.PCPReplacement.save` and :meth:`~pcp_lens.PCPReplacement.load` call
 :func:`write_pcp` and :func:`read_pcp`; this module knows the layout, checks every field and shape
-when reading, writes atomically and never unpickles.
+when reading, writes atomically and never unpickles. Both speak plain ``(site, kind, tensors)``
+entries, not the replacement value, so this module imports only :mod:`pcp_lens.pcp.maths`.
 """
 
 from __future__ import annotations
@@ -11,24 +12,31 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
 from pcp_lens._io import atomic_file, check_format, package_version
-from pcp_lens.pca import pcp_site
+from pcp_lens.pcp.maths import pcp_site
 from pcp_lens.sites import Site
 
-if TYPE_CHECKING:
-    from pcp_lens.pcp import SitePCP
-
-__all__ = ["DIRECTION_KINDS", "FORMAT", "FORMAT_VERSION", "TENSOR_FIELDS", "read_pcp", "write_pcp"]
+__all__ = [
+    "DIRECTION_KINDS",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "TENSOR_FIELDS",
+    "DirectionKind",
+    "Entry",
+    "read_pcp",
+    "write_pcp",
+]
 
 FORMAT = "pcp_lens.PCPReplacement"
 FORMAT_VERSION = 1
+DirectionKind = Literal["principal", "reference_code", "custom"]
 #: how the directions of a site were obtained
-DIRECTION_KINDS: tuple[str, ...] = ("principal", "reference_code", "custom")
+DIRECTION_KINDS: tuple[str, ...] = get_args(DirectionKind)
 #: the tensors a site may store, in file order
 TENSOR_FIELDS = (
     "directions",
@@ -37,21 +45,29 @@ TENSOR_FIELDS = (
     "explained_variance",
     "explained_variance_ratio",
 )
+#: one site as stored: the site, its direction kind and its tensors (``directions``, ``scales``
+#: and any of the optional :data:`TENSOR_FIELDS`)
+Entry = tuple[Site, str, dict[str, Tensor]]
 
 
 def write_pcp(
-    path: str | os.PathLike[str], parts: Iterable[SitePCP], fingerprint: Mapping[str, Any]
+    path: str | os.PathLike[str],
+    entries: Iterable[tuple[Site, str, Mapping[str, Tensor | None]]],
+    fingerprint: Mapping[str, Any],
 ) -> Path:
     """Write sites' tensors (float64) and the JSON metadata to ``path``, atomically.
 
+    ``entries`` are ``(site, kind, {field: tensor})`` as :func:`read_pcp` returns them; a field
+    that is missing or ``None`` is not stored.
+
     Examples:
         >>> import tempfile, os
-        >>> from pcp_lens import PCPReplacement, SitePCP
-        >>> from pcp_lens.testing import tiny_model
-        >>> pcp = PCPReplacement.from_parts(tiny_model(), [SitePCP("mlp0", torch.eye(16)[:1], [2])])
+        >>> from pcp_lens.sites import Site
+        >>> u, a = torch.eye(16, dtype=torch.float64)[:1], torch.tensor([2.0], dtype=torch.float64)
+        >>> entry = (Site.parse("mlp0"), "custom", {"directions": u, "scales": a, "bias": None})
         >>> with tempfile.TemporaryDirectory() as d:
-        ...     fp, entries = read_pcp(write_pcp(os.path.join(d, "p.st"), pcp, pcp.fingerprint))
-        >>> [(site.name, kind, sorted(kw)) for site, kind, kw in entries]
+        ...     fp, got = read_pcp(write_pcp(os.path.join(d, "p.st"), [entry], {"d_model": 16}))
+        >>> [(site.name, kind, sorted(kw)) for site, kind, kw in got]
         [('mlp0', 'custom', ['directions', 'scales'])]
     """
     from safetensors.torch import save_file
@@ -59,14 +75,18 @@ def write_pcp(
     path = Path(path)
     tensors: dict[str, Tensor] = {}
     sites_meta = []
-    for p in parts:
-        entry: dict[str, Any] = {"site": p.site.name, "rank": p.rank, "kind": p.kind}
+    for site, kind, fields in entries:
+        unknown = sorted(set(fields) - set(TENSOR_FIELDS))
+        if unknown:
+            raise ValueError(f"entries: unknown tensor fields {unknown}; allowed {TENSOR_FIELDS}")
+        rank = int(fields["directions"].shape[0])  # type: ignore[union-attr]
+        entry: dict[str, Any] = {"site": site.name, "rank": rank, "kind": kind}
         for name in TENSOR_FIELDS:
-            t = getattr(p, name)
+            t = fields.get(name)
             if name not in ("directions", "scales"):
                 entry[name] = t is not None
             if t is not None:
-                tensors[f"{p.site.name}.{name}"] = t.contiguous()
+                tensors[f"{site.name}.{name}"] = t.contiguous()
         sites_meta.append(entry)
     meta = {
         "format": FORMAT,
@@ -82,7 +102,7 @@ def write_pcp(
 
 def read_pcp(
     path: str | os.PathLike[str],
-) -> tuple[dict[str, Any], list[tuple[Site, str, dict[str, Tensor]]]]:
+) -> tuple[dict[str, Any], list[Entry]]:
     """Read and check a file written by :func:`write_pcp`: fingerprint, [(site, kind, tensors)].
 
     Raises:
@@ -113,7 +133,7 @@ def read_pcp(
 
 def _from_saved(
     where: str, header: Mapping[str, str], tensors: Mapping[str, Tensor]
-) -> tuple[dict[str, Any], list[tuple[Site, str, dict[str, Tensor]]]]:
+) -> tuple[dict[str, Any], list[Entry]]:
     def bad(msg: str) -> ValueError:
         return ValueError(f"{where!r}: {msg}")
 
@@ -183,4 +203,3 @@ def _from_saved(
         (site, kind, {n: tensors[f"{site.name}.{n}"] for n in shapes})
         for site, kind, shapes in entries
     ]
-

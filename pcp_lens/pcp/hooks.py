@@ -2,11 +2,13 @@
 
 :meth:`pcp_lens.PCPReplacement.hooks` returns :func:`site_hooks` for each replaced site; the map is
 applied in factored form (:class:`FactoredMap`), never as a dense ``d_model × d_model`` matrix.
+Both take plain tensors, not the replacement value, so this module imports no other
+:mod:`pcp_lens.pcp` module.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -14,9 +16,7 @@ from torch import Tensor
 
 from pcp_lens import _tl
 from pcp_lens._tl import HookedTransformer, Hooks
-
-if TYPE_CHECKING:
-    from pcp_lens.pcp import SitePCP
+from pcp_lens.sites import Site
 
 __all__ = ["FactoredMap", "site_hooks"]
 
@@ -26,14 +26,25 @@ class FactoredMap:
 
     ``x·M (+ b)`` is computed as ``((x·Ûᵀ)·diag(α))·Û (+ b)``: 4·d·r flops per position instead of
     the d² of a dense M.
+
+    Examples:
+        >>> fac = FactoredMap(torch.eye(3)[:1], torch.tensor([2.0]), None, torch.float32)
+        >>> fac(torch.tensor([[1.0, 1.0, 1.0]]))
+        tensor([[2., 0., 0.]])
     """
 
-    def __init__(self, part: SitePCP, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        directions: Float[Tensor, "r d_model"],
+        scales: Float[Tensor, " r"],
+        bias: Float[Tensor, " d_model"] | None,
+        dtype: torch.dtype,
+    ) -> None:
         self.dtype = dtype
         self._cpu = (
-            part.directions.to(dtype),
-            part.scales.to(dtype),
-            None if part.bias is None else part.bias.to(dtype),
+            directions.to(dtype),
+            scales.to(dtype),
+            None if bias is None else bias.to(dtype),
         )
         self._on: dict[torch.device, tuple[Tensor, Tensor, Tensor | None]] = {}
 
@@ -55,12 +66,10 @@ class FactoredMap:
         return self.finish(x.to(self.dtype) @ u.T)
 
 
-def site_hooks(model: HookedTransformer, part: SitePCP, dtype: torch.dtype) -> Hooks:
+def site_hooks(model: HookedTransformer, site: Site, fac: FactoredMap) -> Hooks:
     """The capture and replace hooks of one site (see :meth:`pcp_lens.PCPReplacement.hooks`)."""
-    site = part.site
     kind, layer = site.kind, site.layer
     assert layer is not None
-    fac = FactoredMap(part, dtype)
     state: dict[str, Tensor] = {}
 
     def pcp_capture(act: Tensor, hook: Any) -> None:

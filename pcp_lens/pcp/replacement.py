@@ -1,31 +1,8 @@
-"""PCP ablation: replace a module by a symmetric low-rank map built from its principal components.
+"""The PCP replacement value, :class:`PCPReplacement`: several sites' :class:`SitePCP`, the hooks
+that insert them, edits that return new values, and storage.
 
-The paper's Equation 1 (recovered in ``METHODS.md`` §8.4) replaces the module at a site by
-
-    M = Σ_l α_l û_l û_lᵀ        (d_model × d_model, symmetric, rank ≤ r)
-
-applied position-wise to the tensor the module *receives* (its LayerNorm output, affine included),
-and written where the module's output goes (``hook_mlp_out`` / ``hook_attn_out``). The directions
-û_l are principal components of the module's *output* over an input set; the signed scales α_l are
-the only free parameters. The paper writes α_l = s_l·f_l² (tuned factor f, sign/multiplier s); see
-:func:`scales_from_factors` and :func:`factors_from_scales`.
-
-Workflow:
-
-* :func:`fit_pca` — principal components of each site's output (streaming covariance, or
-  scikit-learn for small sets), with explained variance (in :mod:`pcp_lens.pca`, with the
-  other fitting maths).
-* :func:`fit_pcp` — directions (``"principal"``, the paper's; or ``"reference_code"``, the authors'
-  inverse-transform variant of ``METHODS.md`` §8.3) and scales (least squares by default) →
-  an immutable :class:`PCPReplacement`.
-* :meth:`PCPReplacement.hooks` — TransformerLens hooks for ``model.hooks``, ``run_with_hooks``,
-  ``run_with_cache`` and ``generate``.
-* :meth:`PCPReplacement.scale`, :meth:`PCPReplacement.flip` — edits that return new values.
-* :meth:`PCPReplacement.save` / :meth:`PCPReplacement.load` — safetensors + JSON metadata
-  (the format: :mod:`pcp_lens.pcp_storage`).
-* :func:`least_squares_scales` — the closed-form α that best reproduce the modules' own outputs.
-
-Tuning with Optuna and factor sweeps live in :mod:`pcp_lens.tuning`.
+It sits above :mod:`~pcp_lens.pcp.part`, :mod:`~pcp_lens.pcp.hooks` and
+:mod:`~pcp_lens.pcp.storage`; the fitting (:func:`~pcp_lens.pcp.fit_pcp`) sits above it.
 """
 
 from __future__ import annotations
@@ -36,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 import torch
@@ -45,163 +22,13 @@ from torch import Tensor
 
 from pcp_lens import _tl
 from pcp_lens._tl import HookedTransformer, Hooks
-from pcp_lens._tl import HookFn as HookFn  # re-exported: its former home
-from pcp_lens.inputs import Inputs
-from pcp_lens.pca import (
-    PCAFit,
-    PCAMethod,
-    as_f64,
-    check_finite_values,
-    factors_from_scales,
-    fit_pca,
-    least_squares_scales,
-    pcp_site,
-    pcp_sites,
-    reference_code_directions,
-    scales_from_factors,
-)
-from pcp_lens.pcp_hooks import FactoredMap, site_hooks
-from pcp_lens.pcp_storage import DIRECTION_KINDS, TENSOR_FIELDS, read_pcp, write_pcp
-from pcp_lens.pcp_storage import FORMAT as FORMAT  # re-exported: their former home
-from pcp_lens.pcp_storage import FORMAT_VERSION as FORMAT_VERSION
-from pcp_lens.scoring import Positions
+from pcp_lens.pcp.hooks import site_hooks
+from pcp_lens.pcp.maths import as_f64, check_finite_values, pcp_site
+from pcp_lens.pcp.part import SitePCP
+from pcp_lens.pcp.storage import TENSOR_FIELDS, read_pcp, write_pcp
 from pcp_lens.sites import Site, SiteLike
 
-__all__ = [
-    "PCAFit",
-    "PCPReplacement",
-    "SitePCP",
-    "factors_from_scales",
-    "fit_pca",
-    "fit_pcp",
-    "least_squares_scales",
-    "pcp_sites",
-    "reference_code_directions",
-    "scales_from_factors",
-]
-
-DirectionKind = Literal["principal", "reference_code", "custom"]
-_UNIT_TOL = 1e-5  # how far from unit norm a stored direction may be
-
-
-# ------------------------------------------------------------------------------------------------
-# the replacement value
-# ------------------------------------------------------------------------------------------------
-
-
-def _vector(value: Any, what: str, site: Site, length: int, named: str) -> Tensor:
-    """A finite float64 vector of ``length`` entries (the scales or the bias of a site)."""
-    v = as_f64(value, f"{what} of site {site.name!r}").reshape(-1)
-    if v.numel() != length:
-        raise ValueError(
-            f"{what} of site {site.name!r} must have length {length} ({named}), got {v.numel()}"
-        )
-    check_finite_values(v, f"{what} of site {site.name!r}")
-    return v
-
-
-@dataclass(frozen=True, eq=False)
-class SitePCP:
-    """One site's replacement ``y = x·M (+ b)`` with ``M = Σ_l α_l û_l û_lᵀ``; float64, CPU.
-
-    Args:
-        site: an attention or MLP site.
-        directions: unit rows û_l ``[rank, d_model]`` (orthonormal for ``"principal"``).
-        scales: signed α_l ``[rank]``, the only free parameters of Equation 1.
-        bias: optional ``[d_model]`` added to every position (off in the paper).
-        kind: how ``directions`` were obtained: ``"principal"``, ``"reference_code"`` or
-            ``"custom"``.
-        explained_variance: optional ``[rank]`` variance of the module output along each
-            principal component (for reporting).
-        explained_variance_ratio: optional ``[rank]`` share of the total output variance.
-
-    Tensors are copied to float64 on construction; treat them as read-only (every edit method
-    returns a new value).
-
-    Examples:
-        >>> p = SitePCP("mlp0", torch.eye(4)[:2], [2.0, -1.0])
-        >>> p.matrix().diagonal().tolist()
-        [2.0, -1.0, 0.0, 0.0]
-    """
-
-    site: Site
-    directions: Float[Tensor, "rank d_model"]
-    scales: Float[Tensor, " rank"]
-    bias: Float[Tensor, " d_model"] | None = None
-    kind: DirectionKind = "custom"
-    explained_variance: Float[Tensor, " rank"] | None = None
-    explained_variance_ratio: Float[Tensor, " rank"] | None = None
-
-    def __post_init__(self) -> None:
-        site = pcp_site(self.site, arg="site")
-        object.__setattr__(self, "site", site)
-        u = as_f64(self.directions, f"directions of site {site.name!r}")
-        if u.dim() != 2 or u.shape[0] < 1 or u.shape[1] < 1:
-            raise ValueError(
-                f"directions of site {site.name!r} must be a [rank, d_model] matrix with "
-                f"rank >= 1, got shape {tuple(u.shape)}"
-            )
-        check_finite_values(u, f"directions of site {site.name!r}")
-        norms = u.norm(dim=-1)
-        if bool(((norms - 1).abs() > _UNIT_TOL).any()):
-            raise ValueError(
-                f"directions of site {site.name!r} must be unit vectors (rows of norm 1), got "
-                f"norms {[round(float(v), 6) for v in norms]}"
-            )
-        r, d = u.shape
-        if r > d:
-            raise ValueError(f"rank must be an int in 1..{d} (d_model), got {r} directions")
-        object.__setattr__(self, "directions", u)
-        object.__setattr__(self, "scales", _vector(self.scales, "scales", site, r, "the rank"))
-        if self.bias is not None:
-            object.__setattr__(self, "bias", _vector(self.bias, "bias", site, d, "d_model"))
-        if self.kind not in DIRECTION_KINDS:
-            raise ValueError(
-                f"kind must be one of {', '.join(map(repr, DIRECTION_KINDS))}, got {self.kind!r}"
-            )
-        for name in ("explained_variance", "explained_variance_ratio"):
-            v = getattr(self, name)
-            if v is not None:
-                t = as_f64(v, f"{name} of site {site.name!r}").reshape(-1)
-                if t.numel() != r:
-                    raise ValueError(
-                        f"{name} of site {site.name!r} must have length {r}, got {t.numel()}"
-                    )
-                object.__setattr__(self, name, t)
-
-    @property
-    def rank(self) -> int:
-        """Number of directions r."""
-        return self.directions.shape[0]
-
-    @property
-    def d_model(self) -> int:
-        """Width of the residual stream."""
-        return self.directions.shape[1]
-
-    @property
-    def signs(self) -> Float[Tensor, " rank"]:
-        """s_l = ±1 in α_l = s_l·f_l² (zero scales count as +1)."""
-        return factors_from_scales(self.scales)[0]
-
-    @property
-    def factors(self) -> Float[Tensor, " rank"]:
-        """f_l = √|α_l| ≥ 0 in α_l = s_l·f_l²."""
-        return factors_from_scales(self.scales)[1]
-
-    def matrix(self) -> Float[Tensor, "d_model d_model"]:
-        """M = Σ_l α_l û_l û_lᵀ = Ûᵀ diag(α) Û (float64)."""
-        u = self.directions
-        return (u.T * self.scales) @ u
-
-    def apply(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
-        """``x·M (+ b)`` position-wise, computed as ``((x·Ûᵀ)·diag(α))·Û`` in ``x``'s dtype.
-
-        Examples:
-            >>> SitePCP("mlp0", torch.eye(3)[:1], [2.0]).apply(torch.tensor([[1.0, 1.0, 1.0]]))
-            tensor([[2., 0., 0.]])
-        """
-        return FactoredMap(self, x.dtype)(x)
+__all__ = ["PCPReplacement"]
 
 
 def _json_value(v: Any) -> Any:
@@ -236,6 +63,7 @@ class PCPReplacement:
     value), store it with :meth:`save` / :meth:`load`.
 
     Examples:
+        >>> from pcp_lens.pcp import fit_pcp
         >>> from pcp_lens.testing import tiny_model
         >>> model = tiny_model()
         >>> tokens = torch.randint(0, 50, (16, 6))
@@ -471,7 +299,7 @@ class PCPReplacement:
         dtype = torch.promote_types(model.cfg.dtype, torch.float32)
         out: Hooks = []
         for p in self.parts:
-            out.extend(site_hooks(model, p, dtype))
+            out.extend(site_hooks(model, p.site, p.factored(dtype)))
         return out
 
     # -- edits ---------------------------------------------------------------------------------
@@ -573,7 +401,7 @@ class PCPReplacement:
         The file holds, per site, ``<site>.directions`` / ``.scales`` (and ``.bias``,
         ``.explained_variance``, ``.explained_variance_ratio`` where present) in float64, plus a
         JSON header entry ``"pcp_lens"`` with the format version, sites, ranks, direction kinds
-        and the model fingerprint (:mod:`pcp_lens.pcp_storage`). It is written to a temporary file
+        and the model fingerprint (:mod:`pcp_lens.pcp.storage`). It is written to a temporary file
         in the same folder and renamed over ``path``, so a crash never leaves a half-written file.
         Loading it back with :meth:`load` is bit-exact and never unpickles.
 
@@ -586,7 +414,8 @@ class PCPReplacement:
             ...     PCPReplacement.load(pcp.save(os.path.join(d, "pcp.safetensors"))).equal(pcp)
             True
         """
-        return write_pcp(path, self.parts, self.fingerprint)
+        entries = [(p.site, p.kind, p.tensors()) for p in self.parts]
+        return write_pcp(path, entries, self.fingerprint)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PCPReplacement:
@@ -610,102 +439,3 @@ class PCPReplacement:
             return cls(tuple(parts), fp)
         except ValueError as err:
             raise ValueError(f"{str(path)!r}: {err}") from err
-
-
-
-# ------------------------------------------------------------------------------------------------
-# fitting: directions and least-squares scales
-# ------------------------------------------------------------------------------------------------
-
-
-def fit_pcp(
-    model: HookedTransformer,
-    inputs: Inputs,
-    sites: SiteLike | Iterable[SiteLike],
-    rank: int | Mapping[SiteLike, int],
-    *,
-    positions: Positions = None,
-    directions: Literal["principal", "reference_code"] = "principal",
-    scales: Literal["least_squares", "ones"] = "least_squares",
-    bias: bool = False,
-    method: PCAMethod = "streaming",
-    batch_size: int = 32,
-    progress: bool = True,
-) -> PCPReplacement:
-    """Fit a PCP replacement of one or several sites from their outputs over ``inputs``.
-
-    Each site gets its own PCA (:func:`fit_pca`) of its module output at ``positions``, then
-    directions of the chosen kind and starting scales:
-
-    * ``directions="principal"`` (default): û_l = v_l, the zero-mean principal directions, as the
-      paper describes.
-    * ``directions="reference_code"``: the authors' code's inverse transform of a constant
-      vector, which adds the activation mean back (:func:`reference_code_directions`).
-    * ``scales="least_squares"`` (default): α minimising the squared error to the modules' own
-      outputs on the same inputs and positions (:func:`least_squares_scales`); ``"ones"``: α = 1.
-    * ``bias=True`` also fits a least-squares bias (the paper uses none).
-
-    Args:
-        model: the model to fit on; the replacement records its fingerprint.
-        inputs: tokens or strings the activations are collected over.
-        sites: attention or MLP sites (e.g. ``["mlp0", "mlp2"]``), each fitted separately.
-        rank: r, one int or ``{site: rank}`` (the paper: 1–2 for MLPs, 4–5 for attention).
-        positions: positions pooled for the fit (the paper: ``[1]`` for the toy models);
-            ``None`` pools all real positions.
-        directions: ``"principal"`` or ``"reference_code"``.
-        scales: ``"least_squares"`` or ``"ones"``.
-        bias: fit a bias too (needs ``scales="least_squares"``).
-        method: ``"streaming"`` or ``"sklearn"`` PCA (same result up to sign).
-        batch_size: rows per forward pass.
-        progress: show progress bars.
-
-    Examples:
-        >>> from pcp_lens.testing import tiny_model
-        >>> model = tiny_model(n_layers=3)
-        >>> pcp = fit_pcp(model, torch.randint(0, 50, (32, 4)), ["mlp0", "mlp2"], {"mlp0": 2,
-        ...               "mlp2": 1}, positions=[1], progress=False)
-        >>> tuple((p.site.name, p.rank, p.kind) for p in pcp)
-        (('mlp0', 2, 'principal'), ('mlp2', 1, 'principal'))
-    """
-    if directions not in ("principal", "reference_code"):
-        raise ValueError(
-            f"directions must be 'principal' (the paper) or 'reference_code' (the authors' "
-            f"code), got {directions!r}"
-        )
-    if scales not in ("least_squares", "ones"):
-        raise ValueError(f"scales must be 'least_squares' or 'ones', got {scales!r}")
-    if bias and scales != "least_squares":
-        raise ValueError("bias=True is fitted by least squares; pass scales='least_squares'")
-    fits = fit_pca(
-        model,
-        inputs,
-        sites,
-        rank,
-        positions=positions,
-        method=method,
-        batch_size=batch_size,
-        progress=progress,
-    )
-    parts = [
-        SitePCP(
-            site=fit.site,
-            directions=fit.directions(directions),
-            scales=torch.ones(fit.rank, dtype=torch.float64),
-            kind=directions,
-            explained_variance=fit.explained_variance,
-            explained_variance_ratio=fit.explained_variance_ratio,
-        )
-        for fit in fits.values()
-    ]
-    rep = PCPReplacement.from_parts(model, parts)
-    if scales == "least_squares":
-        rep = least_squares_scales(
-            model,
-            rep,
-            inputs,
-            positions=positions,
-            bias=bias,
-            batch_size=batch_size,
-            progress=progress,
-        )
-    return rep

@@ -7,8 +7,7 @@ import re
 import pytest
 import torch
 
-from pcp_lens.pca import fit_pca, least_squares_scales, reference_code_directions
-from pcp_lens.pcp import fit_pcp
+from pcp_lens.pcp import fit_pca, fit_pcp, least_squares_scales, reference_code_directions
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,118 @@
+"""Stopping long runs cleanly: SIGTERM and SIGINT unwind, and workers die with their parent.
+
+Python's default SIGTERM action ends the process at once: no ``finally`` runs, so the atomic
+writers' temporary files stay, and worker processes are orphaned (they finish, write into the
+output folder and then wait forever for a parent that is gone). :func:`interruptible` turns both
+signals into :class:`Interrupted` in the main thread instead; the study drivers then terminate
+their workers and re-raise, and the command line exits with ``128 + signal``. Workers started
+with :func:`worker_init` leave SIGINT to their parent (a terminal's Ctrl-C reaches the whole
+process group), unwind on SIGTERM, and end themselves within a second when their parent has
+died, even by SIGKILL (a worker still importing its modules, once that is done: the check starts
+in the initializer).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+__all__ = ["Interrupted", "deferred_signals", "interruptible", "worker_init"]
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGINT or SIGTERM.
+
+    Examples:
+        >>> err = Interrupted(signal.SIGTERM)
+        >>> err.exit_code, str(err)
+        (143, 'interrupted by SIGTERM')
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        super().__init__(f"interrupted by {signal.Signals(self.signum).name}")
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process ended by a signal: 128 + its number."""
+        return 128 + self.signum
+
+
+def _raise(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise :class:`Interrupted` (handlers restored after).
+
+    Off the main thread (where Python cannot install handlers) this does nothing.
+
+    Examples:
+        >>> with interruptible():
+        ...     try:
+        ...         os.kill(os.getpid(), signal.SIGTERM)
+        ...         time.sleep(5)
+        ...     except Interrupted as err:
+        ...         print(err.exit_code)
+        143
+        >>> signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        True
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, _raise) for s in _SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, so a clean-up is not cut short.
+
+    Examples:
+        >>> with interruptible():
+        ...     try:
+        ...         with deferred_signals():
+        ...             os.kill(os.getpid(), signal.SIGTERM)
+        ...             print("clean-up done")
+        ...     except Interrupted as err:
+        ...         print(err)
+        clean-up done
+        interrupted by SIGTERM
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _exit_on_term(signum: int, frame: FrameType | None) -> None:
+    # SystemExit unwinds (the atomic writers remove their temporary files) and multiprocessing
+    # ends the worker quietly, without the traceback a KeyboardInterrupt would print
+    raise SystemExit(128 + signum)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)  # the parent is gone (re-parented): stop
+
+
+def worker_init(parent: int) -> None:
+    """Initializer of a worker process started by process ``parent`` (see the module notes)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_term)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()

@@ -1,0 +1,78 @@
+"""Signals in long runs (:mod:`pcp_lens._interrupt`): SIGTERM unwinds, and a worker whose parent
+was SIGKILLed ends itself, removing its temporary files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from pcp_lens._interrupt import Interrupted, interruptible
+
+# a parent that starts one worker (spawn, worker_init), waits until the worker is writing a
+# file atomically, reports the worker's pid and then dies by SIGKILL
+PARENT = textwrap.dedent(
+    """
+    import multiprocessing, os, sys, time
+    from pathlib import Path
+    from pcp_lens._interrupt import worker_init
+
+    def work(out):
+        from pcp_lens._io import atomic_file
+        with atomic_file(Path(out) / "result.json") as tmp:
+            tmp.write_text("partial")
+            time.sleep(600)
+
+    if __name__ == "__main__":
+        out = Path(sys.argv[1])
+        ctx = multiprocessing.get_context("spawn")
+        pool = ctx.Pool(1, initializer=worker_init, initargs=(os.getpid(),))
+        pool.apply_async(work, (str(out),))
+        while not any(out.iterdir()):
+            time.sleep(0.1)
+        print(multiprocessing.active_children()[0].pid, flush=True)
+        os.kill(os.getpid(), 9)
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in "ZX"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_worker_ends_itself_and_its_temp_file_when_its_parent_is_killed(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    out = tmp_path / "out"
+    out.mkdir()
+    p = subprocess.run(
+        [sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == -9, p.stderr
+    worker = int(p.stdout.split()[0])
+    t0 = time.monotonic()
+    while _alive(worker) and time.monotonic() - t0 < 20:
+        time.sleep(0.1)
+    assert not _alive(worker)
+    assert list(out.iterdir()) == []  # it unwound: atomic_file removed its temporary file
+
+
+def test_sigterm_raises_interrupted_and_handlers_come_back():
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(Interrupted) as info, interruptible():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert info.value.exit_code == 143 and isinstance(info.value, KeyboardInterrupt)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
