@@ -82,26 +82,8 @@ def hooked_from_hf(
         )
     if not isinstance(processing, bool):
         raise ValueError(f"processing must be True or False, got {processing!r}")
-    hf_cfg = hf_model.config
     flags = PROCESSING if processing else dict.fromkeys(PROCESSING, False)
-    dtype = dtype or next(hf_model.parameters()).dtype
-    over: dict[str, Any] = {"dtype": dtype}
-    if device is not None:
-        over["device"] = str(device)
-    if flags["fold_ln"]:
-        over["normalization_type"] = "LNPre"
-    cfg = _tl.gpt2_config_from_hf(hf_cfg, **over)
-    base = _tl.gpt2_config_from_hf(hf_cfg, device="cpu", dtype=dtype)
-    with torch.no_grad():
-        state = {
-            k: v.detach().to(dtype).clone()
-            for k, v in _tl.gpt2_state_dict_from_hf(hf_model, base).items()
-        }
-    model = _tl.new_model(cfg, move_to_device=False)
-    _tl.load_processed(model, state, **flags)
-    model.to(str(cfg.device), print_details=False)
-    if tokenizer is not None:
-        _tl.attach_tokenizer(model, tokenizer)
+    model = _tl.from_hf(hf_model, flags, device=device, dtype=dtype, tokenizer=tokenizer)
     model.cfg.tie_word_embeddings = bool(
         torch.equal(model.unembed.W_U.detach(), model.embed.W_E.detach().T)
     )
