@@ -399,6 +399,17 @@ def head_dims(model: HookedTransformer) -> tuple[int, int]:
     return model.cfg.n_heads, model.cfg.d_head
 
 
+def run_with_hooks(
+    model: HookedTransformer,
+    tokens: Tensor,
+    fwd_hooks: Sequence[tuple[str, Any]],
+    stop_at_layer: int | None = None,
+) -> Float[Tensor, "batch pos d_out"]:
+    """``model.run_with_hooks`` where ``stop_at_layer`` means what it means in TransformerLens 3:
+    the residual entering that block, with none of its hooks fired."""
+    return _impl.run_with_hooks(model, tokens, list(fwd_hooks), stop_at_layer)
+
+
 def run_with_cache(
     model: HookedTransformer, tokens: Tensor, names: Iterable[str], stop_at_layer: int | None = None
 ) -> tuple[Float[Tensor, "batch pos d_out"], ActivationCache]:

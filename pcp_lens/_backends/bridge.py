@@ -79,8 +79,18 @@ def param_prefix(layer: int, kind: str | None = None) -> str:
 
 
 def named_parameters(model: TransformerBridge) -> dict[str, Any]:
-    """TL-3-named views of the model's parameters (``unembed.b_U`` only where it is one)."""
-    return {n: t for n, t in model.tl_named_parameters() if t.requires_grad}
+    """TL-3-named views of the model's parameters, as TL 3 has them.
+
+    ``unembed.b_U`` only where it is a parameter; after ``fold_ln`` no LayerNorm weights (the
+    bridge keeps them as unit parameters that TL 3's ``LNPre`` does not have, and writing them
+    would silently undo the folding).
+    """
+    folded = model.cfg.normalization_type in ("LNPre", "RMSPre")
+    return {
+        n: t
+        for n, t in model.tl_named_parameters()
+        if t.requires_grad and not (folded and n.rsplit(".", 2)[-2].startswith("ln"))
+    }
 
 
 def hook_points(model: TransformerBridge) -> list[Any]:
@@ -128,6 +138,8 @@ def _gpt2_config(cfg: TransformerBridgeConfig) -> Any:
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
+        # TransformerLens's own default (0.8 / sqrt(d_model)), not GPT-2's 0.02
+        initializer_range=cfg.initializer_range,
         # TransformerLens 3's random models have their own W_U; tying is pcp_lens's choice
         tie_word_embeddings=False,
     )
@@ -182,26 +194,43 @@ def _stop_hook(tensor: Tensor, hook: Any) -> None:
     raise StopAtLayerException(tensor)
 
 
+def _stop_hooks(model: TransformerBridge, stop_at_layer: int | None) -> list[tuple[str, Any]]:
+    """A hook returning the residual entering block ``stop_at_layer`` (or ``ln_final``).
+
+    The bridge returns logits for ``stop_at_layer=n_layers``, and for smaller values it stops
+    only after ``blocks.L.hook_resid_pre`` has fired; TL 3 stops before either.
+    """
+    if stop_at_layer is None:
+        return []
+    n = model.cfg.n_layers
+    layer = stop_at_layer + n if stop_at_layer < 0 else stop_at_layer
+    if not 0 < layer <= n:
+        raise ValueError(f"stop_at_layer must be in 1..{n} or -{n - 1}..-1, got {stop_at_layer}")
+    return [(f"blocks.{layer - 1}.hook_resid_post", _stop_hook)]
+
+
 def forward(model: TransformerBridge, tokens: Tensor, stop_at_layer: int | None = None) -> Tensor:
-    """``model(tokens)``; ``stop_at_layer=n_layers`` stops at the input of ``ln_final``."""
-    if stop_at_layer is not None and stop_at_layer >= model.cfg.n_layers:
-        with model.hooks(fwd_hooks=[("ln_final.hook_in", _stop_hook)]):
-            return model(tokens)
-    return model(tokens, stop_at_layer=stop_at_layer)
+    """``model(tokens)``, or the residual entering block ``stop_at_layer`` (``ln_final``)."""
+    return run_with_hooks(model, tokens, [], stop_at_layer)
+
+
+def run_with_hooks(
+    model: TransformerBridge, tokens: Tensor, hooks: list[Any], stop_at_layer: int | None
+) -> Tensor:
+    """``model.run_with_hooks`` stopping where TransformerLens 3 does."""
+    if stop_at_layer == 0:
+        return model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=0)
+    return model.run_with_hooks(tokens, fwd_hooks=hooks + _stop_hooks(model, stop_at_layer))
 
 
 def run_with_cache(
     model: TransformerBridge, tokens: Tensor, wanted: set[str], stop_at_layer: int | None
 ) -> tuple[Tensor, Any]:
     """``model.run_with_cache`` keeping only ``wanted`` (TL-3 names; canonical twins dropped)."""
-    if stop_at_layer is not None and stop_at_layer >= model.cfg.n_layers:
-        with model.hooks(fwd_hooks=[("ln_final.hook_in", _stop_hook)]):
-            out, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
-    else:
-        out, cache = model.run_with_cache(
-            tokens, names_filter=lambda n: n in wanted, stop_at_layer=stop_at_layer
-        )
-    return out, cache
+    if stop_at_layer == 0:
+        return model.run_with_cache(tokens, names_filter=lambda n: n in wanted, stop_at_layer=0)
+    with model.hooks(fwd_hooks=_stop_hooks(model, stop_at_layer)):
+        return model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
 
 
 def _dynamic_cache(model: TransformerBridge) -> Any:
@@ -270,6 +299,9 @@ def from_hf(
     _tl3_mode(model, **flags)
     for name, value in flags.items():
         setattr(model.cfg, name, value)
+    if flags.get("fold_ln") and model.cfg.normalization_type in ("LN", "RMS"):
+        # the bridge keeps "LN" (and unit LayerNorm weights) after folding; TL 3 says "LNPre"
+        model.cfg.normalization_type += "Pre"
     if tokenizer is not None:
         attach_tokenizer(model, tokenizer)
     return model
@@ -312,7 +344,7 @@ def cached_residual(model: TransformerBridge, tokens: Tensor, kv_cache: _HFCache
     """
     n = tokens.shape[1]
     pos = torch.arange(kv_cache.length, kv_cache.length + n, device=tokens.device)
-    with model.hooks(fwd_hooks=[("ln_final.hook_in", _stop_hook)]):
+    with model.hooks(fwd_hooks=_stop_hooks(model, model.cfg.n_layers)):
         out = model(
             tokens,
             past_key_values=kv_cache.cache,

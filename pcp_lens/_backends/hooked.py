@@ -69,6 +69,13 @@ def forward(model: HookedTransformer, tokens: Tensor, stop_at_layer: int | None 
     return model(tokens, stop_at_layer=stop_at_layer)
 
 
+def run_with_hooks(
+    model: HookedTransformer, tokens: Tensor, hooks: list[Any], stop_at_layer: int | None
+) -> Tensor:
+    """``model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=...)``."""
+    return model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=stop_at_layer)
+
+
 def run_with_cache(
     model: HookedTransformer, tokens: Tensor, wanted: set[str], stop_at_layer: int | None
 ) -> tuple[Tensor, Any]:
