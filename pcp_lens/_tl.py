@@ -443,10 +443,13 @@ def from_hf(
 
 
 def load_named(
-    name: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    name: str,
+    flags: dict[str, bool],
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
 ) -> HookedTransformer:
-    """A model by hub name with no weight processing (needs the hub or its local cache)."""
-    return _impl.load_named(name, None if device is None else str(device), dtype)
+    """A model by hub name, processed as ``flags`` say (needs the hub or its local cache)."""
+    return _impl.load_named(name, flags, None if device is None else str(device), dtype)
 
 
 def check_cached_generation() -> None:

@@ -296,24 +296,31 @@ def from_hf(
         model = build_bridge_from_module(
             hf_model, arch, hf_config=hf_model.config, dtype=dtype, device=device
         )
+    _processed(model, flags)
+    if tokenizer is not None:
+        attach_tokenizer(model, tokenizer)
+    return model
+
+
+def _processed(model: TransformerBridge, flags: dict[str, bool]) -> TransformerBridge:
+    """Compatibility mode with ``flags``' weight processing, recorded on ``cfg`` as TL 3 does."""
     _tl3_mode(model, **flags)
     for name, value in flags.items():
         setattr(model.cfg, name, value)
     if flags.get("fold_ln") and model.cfg.normalization_type in ("LN", "RMS"):
         # the bridge keeps "LN" (and unit LayerNorm weights) after folding; TL 3 says "LNPre"
         model.cfg.normalization_type += "Pre"
-    if tokenizer is not None:
-        attach_tokenizer(model, tokenizer)
     return model
 
 
-def load_named(name: str, device: str | None, dtype: torch.dtype | None) -> TransformerBridge:
-    """``boot_transformers(name)`` without weight processing (needs the hub or its cache)."""
+def load_named(
+    name: str, flags: dict[str, bool], device: str | None, dtype: torch.dtype | None
+) -> TransformerBridge:
+    """``boot_transformers(name)``, processed as ``flags`` say (needs the hub or its cache)."""
     kwargs: dict[str, Any] = {"device": device}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    model = TransformerBridge.boot_transformers(name, **kwargs)
-    return _tl3_mode(model)
+    return _processed(TransformerBridge.boot_transformers(name, **kwargs), flags)
 
 
 def check_cached_generation() -> None:

@@ -251,12 +251,23 @@ def attach_tokenizer(model: HookedTransformer, tokenizer: Any) -> None:
         model.set_tokenizer(local)
 
 
-def load_named(name: str, device: str | None, dtype: torch.dtype | None) -> HookedTransformer:
-    """``HookedTransformer.from_pretrained_no_processing(name)`` (needs the hub or its cache)."""
+def load_named(
+    name: str, flags: dict[str, bool], device: str | None, dtype: torch.dtype | None
+) -> HookedTransformer:
+    """``HookedTransformer.from_pretrained(name, **flags)`` (needs the hub or its cache)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return HookedTransformer.from_pretrained_no_processing(
-            name, device=device, dtype=dtype or torch.float32
+        model = HookedTransformer.from_pretrained(
+            name,
+            device=device,
+            dtype=cast(Any, dtype or torch.float32),
+            fold_ln=flags["fold_ln"],
+            center_writing_weights=flags["center_writing_weights"],
+            center_unembed=flags["center_unembed"],
+            fold_value_biases=flags["fold_value_biases"],
         )
+    for key, value in flags.items():
+        setattr(model.cfg, key, value)
+    return model
 
 
