@@ -161,7 +161,8 @@ def module_input(
     w = getattr(ln, "w", None)
     if w is None:
         return normalized
-    return normalized * w + ln.b
+    b = getattr(ln, "b", None)  # RMSNorm has no bias
+    return normalized * w if b is None else normalized * w + b
 
 
 def processing_fingerprint(model: HookedTransformer) -> dict[str, Any]:

@@ -243,6 +243,31 @@ def _dynamic_cache(model: TransformerBridge) -> Any:
         return DynamicCache()
 
 
+def _rotary(model: TransformerBridge) -> Any:
+    """The Hugging Face model's shared rotary embedding (Llama, GPT-NeoX, ...), if it has one."""
+    hf = getattr(model, "original_model", None)
+    if hf is None:
+        return None
+    for name, module in hf.named_modules():
+        if type(module).__name__.endswith("RotaryEmbedding") and ".layers." not in name:
+            return module
+    return None
+
+
+def _rotate(rotary: Any, k: Float[Tensor, "batch pos n_kv d_head"]) -> Tensor:
+    """Keys as the Hugging Face cache holds them: rotated at their positions (``hook_k`` is the
+    key before the rotary embedding). Llama/GPT-NeoX's rotate-half form, on the first
+    ``cos.shape[-1]`` dimensions (GPT-NeoX rotates only part of each head)."""
+    pos = torch.arange(k.shape[1], device=k.device).expand(k.shape[0], -1)
+    cos, sin = rotary(k, pos)
+    r = cos.shape[-1]
+    cos, sin = cos[:, :, None, :].to(k.dtype), sin[:, :, None, :].to(k.dtype)
+    x, rest = k[..., :r], k[..., r:]
+    x1, x2 = x[..., : r // 2], x[..., r // 2 :]
+    rotated = x * cos + torch.cat([-x2, x1], dim=-1) * sin
+    return torch.cat([rotated, rest], dim=-1)
+
+
 def run_block(
     model: TransformerBridge,
     layer: int,
@@ -258,12 +283,18 @@ def run_block(
     q = resid.shape[1]
     pos = torch.arange(p, p + q, device=resid.device).expand(resid.shape[0], q)
     kwargs: dict[str, Any] = {"position_ids": pos}
+    rotary = _rotary(model)
+    if rotary is not None:
+        # rotary models compute (cos, sin) once at the model level and hand them to each block
+        kwargs["position_embeddings"] = rotary(resid, pos)
     if past is not None:
         _has_kv_cache(model)
         if KV_CACHE_PROBLEM is not None:
             raise RuntimeError(f"resuming a block from cached keys/values: {KV_CACHE_PROBLEM}")
         cache = _dynamic_cache(model)
         k, v = past
+        if rotary is not None:
+            k = _rotate(rotary, k)
         for i in range(layer + 1):
             # layers below ``layer`` only need a length; the block reads its own layer's entry
             cache.update(k.transpose(1, 2), v.transpose(1, 2), i)
