@@ -1,7 +1,10 @@
 """Every TransformerLens touchpoint of pcp_lens, in one place.
 
 Hook names, the tensor a module receives, the final LayerNorm and unembedding, and the differences
-between TransformerLens 2.x and 3.x live here, so a TransformerLens upgrade touches one file.
+between TransformerLens lines live here, so a TransformerLens upgrade touches one file. What differs
+between ``HookedTransformer`` (TransformerLens 2.x/3.x) and ``TransformerBridge`` (4.x) is in
+:mod:`pcp_lens._backends.hooked` and :mod:`pcp_lens._backends.bridge`; this module imports the one
+the installed TransformerLens offers (:data:`BACKEND`) and no other module imports either.
 """
 
 from __future__ import annotations
