@@ -8,17 +8,25 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
+# The TransformerLens line this venv gets (pyproject allows both 3.x and 4.x). `make setup-tl4` makes
+# a second venv on TransformerLens 4.3 with transformers 5.23.0: 5.24.0 breaks TL 4.3's KV cache.
+TL_SPEC ?= transformer-lens>=3.9,<4
+TL4_VENV ?= .venv-tl4
+TL4_SPEC ?= transformer-lens==4.3.* transformers==5.23.0
 
-.PHONY: setup demo reproduce reproduce-language data test lint docs bench notebooks
+.PHONY: setup setup-tl4 test-tl4 demo reproduce reproduce-language data test lint docs bench notebooks
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev]" $(foreach s,$(TL_SPEC),"$(s)")
 	touch $@
 
 setup: $(VENV)/.installed
+
+setup-tl4:
+	$(MAKE) setup VENV=$(TL4_VENV) TL_SPEC="$(TL4_SPEC)"
 
 demo: setup
 	$(BIN)/pcp-lens demo

@@ -27,6 +27,7 @@ from pcp_lens.groups import (
 )
 from pcp_lens.inputs import TokenBatch, as_tokens
 from pcp_lens.lens import group_lens, lens_logits, lens_table
+from pcp_lens.loading import load_model
 from pcp_lens.patching import causal_patching, patching_grid
 from pcp_lens.pcp import (
     PCAFit,
@@ -97,6 +98,7 @@ __all__ = [
     "lens_logits",
     "lens_table",
     "load_checkpoint",
+    "load_model",
     "mean_ablation",
     "mean_logit",
     "mean_reference_code",

@@ -1,38 +1,72 @@
 """Every TransformerLens touchpoint of pcp_lens, in one place.
 
 Hook names, the tensor a module receives, the final LayerNorm and unembedding, and the differences
-between TransformerLens 2.x and 3.x live here, so a TransformerLens upgrade touches one file.
+between TransformerLens lines live here, so a TransformerLens upgrade touches one file. What differs
+between ``HookedTransformer`` (TransformerLens 2.x/3.x) and ``TransformerBridge`` (4.x) is in
+:mod:`pcp_lens._backends.hooked` and :mod:`pcp_lens._backends.bridge`; this module imports the one
+the installed TransformerLens offers (:data:`BACKEND`) and no other module imports either.
 """
 
 from __future__ import annotations
 
-import os
+import importlib
+import importlib.metadata
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+
+def installed_backend() -> str:
+    """``"hooked"`` (TransformerLens 2.x/3.x, ``HookedTransformer``) or ``"bridge"`` (4.x,
+    ``TransformerBridge``): the one the installed TransformerLens offers."""
+    major = int(importlib.metadata.version("transformer-lens").split(".")[0])
+    return "bridge" if major >= 4 else "hooked"
+
+
+#: the backend in use in this process (TransformerLens 3 and 4 cannot be installed together)
+BACKEND = installed_backend()
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    from transformer_lens import ActivationCache, HookedTransformer, HookedTransformerConfig
+    from transformer_lens import ActivationCache
 
-    try:  # TransformerLens 3.x
+    try:  # TransformerLens 3.x and 4.x
         from transformer_lens.utilities import get_act_name
     except ImportError:  # pragma: no cover - TransformerLens 2.x
         from transformer_lens.utils import get_act_name
 
     from transformer_lens.hook_points import HookPoint
 
-    try:  # TransformerLens 3.x
-        from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
-    except ImportError:  # pragma: no cover - TransformerLens 2.x
-        from transformer_lens.past_key_value_caching import (  # type: ignore[no-redef]
-            HookedTransformerKeyValueCacheEntry as TransformerLensKeyValueCacheEntry,
-        )
+# ``pcp_lens._backends.hooked`` or ``.bridge``: the same functions, typed against their own model
+# class; every caller goes through the functions below, which take a :class:`Model`
+_impl: Any = importlib.import_module(f"pcp_lens._backends.{BACKEND}")
+
+
+class Model(Protocol):
+    """What every pcp_lens function takes: a ``HookedTransformer`` or a ``TransformerBridge``.
+
+    Both carry TransformerLens's TL-3 surface: ``cfg``, ``hook_dict``, ``hooks()``,
+    ``run_with_hooks``, ``run_with_cache``, ``blocks[i].attn.W_O``, ``W_U``, ``ln_final``,
+    ``to_tokens``, ``tokenizer``. The functions of this module cover where they differ.
+    """
+
+    cfg: Any
+    hook_dict: Any
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def __getattr__(self, name: str) -> Any: ...
+
+
+#: the former annotation of every model argument, kept importable (it is :class:`Model`)
+HookedTransformer = Model
+#: the config :func:`new_model` takes (``HookedTransformerConfig`` on both backends)
+HookedTransformerConfig = _impl.Config
 
 __all__ = [
     "ActivationCache",
@@ -41,6 +75,7 @@ __all__ = [
     "HookedTransformer",
     "HookedTransformerConfig",
     "Hooks",
+    "Model",
     "block_input_name",
     "hook_name",
     "module_input",
@@ -75,17 +110,23 @@ def hook_name(kind: str, layer: int | None) -> str:
     return get_act_name(_ACT[kind], layer)
 
 
-#: Parameter-name prefixes of the parts outside the blocks (``named_parameters()``).
-GLOBAL_PARAM_PREFIXES = {
-    "embed": ("embed.",),
-    "pos_embed": ("pos_embed.",),
-    "unembed": ("unembed.",),
-    "ln_final": ("ln_final.",),
-}
-#: The token embedding and the unembedding (tied in GPT-2: one matrix).
-W_E_NAME, W_U_NAME = "embed.W_E", "unembed.W_U"
-#: The unembedding bias (TransformerLens has one; GPT-2's LM head has none).
-B_U_NAME = "unembed.b_U"
+#: Parameter-name prefixes of the parts outside the blocks (see :func:`named_parameters`).
+GLOBAL_PARAM_PREFIXES = _impl.GLOBAL_PARAM_PREFIXES
+#: The token embedding and the unembedding (tied in GPT-2: one matrix), and the unembedding bias
+#: (TransformerLens has one; GPT-2's LM head has none).
+W_E_NAME, W_U_NAME, B_U_NAME = _impl.W_E_NAME, _impl.W_U_NAME, _impl.B_U_NAME
+#: Prefix of the parameters of block ``layer`` (or of its ``"attn"``/``"mlp"``).
+param_prefix = _impl.param_prefix
+
+
+def is_model(obj: object) -> bool:
+    """Whether ``obj`` is a model of the installed backend."""
+    return isinstance(obj, _impl.MODEL_CLASS)
+
+
+def named_parameters(model: Model) -> dict[str, torch.nn.Parameter]:
+    """The model's parameters by TransformerLens name (``blocks.0.attn.W_Q``, ``embed.W_E``)."""
+    return _impl.named_parameters(model)
 
 
 def output_projection_names(model: HookedTransformer) -> list[str]:
@@ -95,11 +136,6 @@ def output_projection_names(model: HookedTransformer) -> list[str]:
     return [
         f"{param_prefix(i, k)}{w}" for i in range(n) for k, w in (("attn", "W_O"), ("mlp", "W_out"))
     ]
-
-
-def param_prefix(layer: int, kind: str | None = None) -> str:
-    """Prefix of the ``named_parameters()`` of block ``layer`` (or of its ``"attn"``/``"mlp"``)."""
-    return f"blocks.{layer}." if kind is None else f"blocks.{layer}.{kind}."
 
 
 def block_input_name(layer: int) -> str:
@@ -128,7 +164,8 @@ def module_input(
     w = getattr(ln, "w", None)
     if w is None:
         return normalized
-    return normalized * w + ln.b
+    b = getattr(ln, "b", None)  # RMSNorm has no bias
+    return normalized * w if b is None else normalized * w + b
 
 
 def processing_fingerprint(model: HookedTransformer) -> dict[str, Any]:
@@ -160,16 +197,18 @@ def _flag(model: HookedTransformer, name: str, default: bool) -> bool:
 
 
 def new_model(cfg: HookedTransformerConfig, **kwargs: Any) -> HookedTransformer:
-    """Build a ``HookedTransformer`` without TransformerLens 3.x's deprecation warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return HookedTransformer(cfg, **kwargs)
+    """Build a random model of the installed backend from a ``HookedTransformerConfig``."""
+    return _impl.new_model(cfg, **kwargs)
 
 
 def attached_hook_count(model: HookedTransformer) -> int:
-    """Count the non-permanent hooks attached anywhere on ``model`` (0 after pcp_lens returns)."""
+    """Count the non-permanent hooks attached anywhere on ``model`` (0 after pcp_lens returns).
+
+    Each hook point counts once: on the bridge, TL-3 alias names and canonical names share one
+    hook point, so ``hook_dict.values()`` holds it twice.
+    """
     n = 0
-    for hp in model.hook_dict.values():
+    for hp in _impl.hook_points(model):
         n += sum(not h.is_permanent for h in (*hp.fwd_hooks, *hp.bwd_hooks))
     return n
 
@@ -244,11 +283,8 @@ def run_blocks(
     exactly as in incremental decoding.
     """
     for i, layer in enumerate(range(start, stop)):
-        entry = None
-        if past_kv is not None and past_kv[i] is not None:
-            k, v = past_kv[i]  # type: ignore[misc]
-            entry = TransformerLensKeyValueCacheEntry(past_keys=k, past_values=v, frozen=True)
-        resid = model.blocks[layer](resid, past_kv_cache_entry=entry)
+        past = past_kv[i] if past_kv is not None else None
+        resid = _impl.run_block(model, layer, resid, past)
     return resid
 
 
@@ -356,7 +392,18 @@ def final_residual(model: HookedTransformer, tokens: Tensor) -> Float[Tensor, "b
     No logits are computed, so callers can unembed only the positions they need (``d_vocab`` may be
     50k). Hooks attached to the model fire as in a normal forward pass.
     """
-    return model(tokens, stop_at_layer=model.cfg.n_layers)
+    return forward(model, tokens, stop_at_layer=model.cfg.n_layers)
+
+
+def forward(
+    model: HookedTransformer, tokens: Tensor, stop_at_layer: int | None = None
+) -> Float[Tensor, "batch pos d_out"]:
+    """``model(tokens, stop_at_layer=...)`` with TransformerLens 3's meaning on both backends.
+
+    ``stop_at_layer=n_layers`` is the residual entering the final LayerNorm (the bridge would
+    return logits there); ``None`` gives the logits.
+    """
+    return _impl.forward(model, tokens, stop_at_layer)
 
 
 def final_ln_scale(
@@ -402,6 +449,17 @@ def head_dims(model: HookedTransformer) -> tuple[int, int]:
     return model.cfg.n_heads, model.cfg.d_head
 
 
+def run_with_hooks(
+    model: HookedTransformer,
+    tokens: Tensor,
+    fwd_hooks: Sequence[tuple[str, Any]],
+    stop_at_layer: int | None = None,
+) -> Float[Tensor, "batch pos d_out"]:
+    """``model.run_with_hooks`` where ``stop_at_layer`` means what it means in TransformerLens 3:
+    the residual entering that block, with none of its hooks fired."""
+    return _impl.run_with_hooks(model, tokens, list(fwd_hooks), stop_at_layer)
+
+
 def run_with_cache(
     model: HookedTransformer, tokens: Tensor, names: Iterable[str], stop_at_layer: int | None = None
 ) -> tuple[Float[Tensor, "batch pos d_out"], ActivationCache]:
@@ -410,98 +468,49 @@ def run_with_cache(
     Returns the logits, or with ``stop_at_layer`` the residual entering that block (``n_layers``:
     the residual entering the final LayerNorm, without computing any logits).
     """
-    wanted = set(names)
-    out, cache = model.run_with_cache(
-        tokens, names_filter=lambda name: name in wanted, stop_at_layer=stop_at_layer
-    )
+    out, cache = _impl.run_with_cache(model, tokens, set(names), stop_at_layer)
     return cast(Tensor, out), cache
 
 
 # -- added for pcp_lens.language (HF GPT-2 folders, KV-cached generation) ------------------------
 
 
-def gpt2_config_from_hf(hf_config: Any, **overrides: Any) -> HookedTransformerConfig:
-    """A ``HookedTransformerConfig`` for a Hugging Face ``GPT2Config``, without the hub.
+def from_hf(
+    hf_model: Any,
+    flags: dict[str, bool],
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    tokenizer: Any | None = None,
+) -> HookedTransformer:
+    """A model of the installed backend with a Hugging Face causal LM's weights.
 
-    The fields are those TransformerLens's ``from_pretrained`` derives for GPT-2 checkpoints
-    (``convert_hf_model_config``), computed here from the config object itself so no model name
-    has to be looked up online. ``overrides`` (e.g. ``normalization_type="LNPre"``, ``device``,
-    ``dtype``) are applied last.
+    ``flags`` are ``from_pretrained``'s weight processing (``fold_ln``, ``center_writing_weights``,
+    ``center_unembed``, ``fold_value_biases``); they are recorded on ``model.cfg`` for
+    :func:`processing_fingerprint`. The ``hooked`` backend converts GPT-2 only.
     """
-    n_inner = getattr(hf_config, "n_inner", None)
-    cfg: dict[str, Any] = {
-        "d_model": hf_config.n_embd,
-        "d_head": hf_config.n_embd // hf_config.n_head,
-        "n_heads": hf_config.n_head,
-        "d_mlp": n_inner if n_inner is not None else 4 * hf_config.n_embd,
-        "n_layers": hf_config.n_layer,
-        "n_ctx": hf_config.n_positions,
-        "eps": hf_config.layer_norm_epsilon,
-        "d_vocab": hf_config.vocab_size,
-        "act_fn": hf_config.activation_function,
-        "use_attn_scale": getattr(hf_config, "scale_attn_weights", True),
-        "use_local_attn": False,
-        "scale_attn_by_inverse_layer_idx": bool(
-            getattr(hf_config, "scale_attn_by_inverse_layer_idx", False)
-        ),
-        "normalization_type": "LN",
-        "original_architecture": "GPT2LMHeadModel",
-        "init_weights": False,
-    }
-    cfg.update(overrides)
-    return HookedTransformerConfig(**cfg)
+    dtype = dtype or next(hf_model.parameters()).dtype
+    return _impl.from_hf(hf_model, flags, None if device is None else str(device), dtype, tokenizer)
 
 
-def gpt2_state_dict_from_hf(hf_model: Any, cfg: HookedTransformerConfig) -> dict[str, Tensor]:
-    """TransformerLens's own GPT-2 weight conversion (``convert_gpt2_weights``), offline."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+def load_named(
+    name: str,
+    flags: dict[str, bool],
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> HookedTransformer:
+    """A model by hub name, processed as ``flags`` say (needs the hub or its local cache)."""
+    return _impl.load_named(name, flags, None if device is None else str(device), dtype)
 
-    return convert_gpt2_weights(hf_model, cfg)
 
-
-def load_processed(
-    model: HookedTransformer,
-    state_dict: dict[str, Tensor],
-    *,
-    fold_ln: bool,
-    center_writing_weights: bool,
-    center_unembed: bool,
-    fold_value_biases: bool,
-) -> None:
-    """Load a TransformerLens state dict with ``from_pretrained``'s weight processing.
-
-    The flags are recorded on ``model.cfg`` so :func:`processing_fingerprint` sees them.
-    """
-    model.load_and_process_state_dict(
-        state_dict,
-        fold_ln=fold_ln,
-        center_writing_weights=center_writing_weights,
-        center_unembed=center_unembed,
-        fold_value_biases=fold_value_biases,
-        refactor_factored_attn_matrices=False,
-    )
-    for name, value in (
-        ("fold_ln", fold_ln),
-        ("center_writing_weights", center_writing_weights),
-        ("center_unembed", center_unembed),
-        ("fold_value_biases", fold_value_biases),
-    ):
-        setattr(model.cfg, name, value)
+def check_cached_generation() -> None:
+    """Raise if KV-cached generation would give wrong numbers with the installed packages."""
+    _impl.check_cached_generation()
 
 
 def new_kv_cache(model: HookedTransformer, batch: int) -> Any:
-    """An empty TransformerLens KV cache for ``batch`` rows on the model's device."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:  # TransformerLens 3.x
-            from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache as C
-        except ImportError:  # pragma: no cover - TransformerLens 2.x
-            from transformer_lens.past_key_value_caching import (  # type: ignore[no-redef]
-                HookedTransformerKeyValueCache as C,
-            )
-    return C.init_cache(model.cfg, model.cfg.device, batch)
+    """An empty KV cache for ``batch`` rows on the model's device (see :func:`last_logits`)."""
+    check_cached_generation()
+    return _impl.new_kv_cache(model, batch)
 
 
 def last_logits(
@@ -516,41 +525,18 @@ def last_logits(
     unembedding run on the last position only, through ``final`` (which prepares ``W_U.T`` once:
     TransformerLens's ``Unembed`` copies it on every call, which dominates one decoding step of
     GPT-2). With a cache, only the new tokens are embedded, at positions ``cache length + 0,
-    1, ...`` (TransformerLens offsets learned positions by the cache length). The attention mask
-    is then passed explicitly as all ones: without it TransformerLens derives one from the
-    tokenizer and would treat every generated ``<|endoftext|>`` (GPT-2's pad id) as padding,
-    which a full forward pass does not.
+    1, ...``, and they attend to every cached position (no padding mask).
     """
-    n = model.cfg.n_layers
     if kv_cache is None:
-        resid = model(tokens, stop_at_layer=n)
+        resid = final_residual(model, tokens)
     else:
-        mask = torch.ones(tokens.shape, dtype=torch.long, device=tokens.device)
-        resid = model(tokens, past_kv_cache=kv_cache, attention_mask=mask, stop_at_layer=n)
+        resid = _impl.cached_residual(model, tokens, kv_cache)
     return final(resid[:, -1:])[:, 0]
 
 
 def attach_tokenizer(model: HookedTransformer, tokenizer: Any) -> None:
-    """Attach a Hugging Face tokenizer, offline.
-
-    TransformerLens re-loads the tokenizer by its ``name_or_path`` with ``add_bos_token=True``
-    (from the hub for a name like ``"gpt2"``); a tokenizer built in memory has no such path. It
-    is then saved to a temporary folder and re-loaded from there, so nothing is downloaded.
-    pcp_lens tokenizes prompts with ``add_special_tokens=False``, so the BOS setting does not
-    change its token ids.
-    """
-    import tempfile
-
-    from transformers import AutoTokenizer
-
-    path = tokenizer.init_kwargs.get("name_or_path")
-    if path and os.path.isdir(path):
-        model.set_tokenizer(tokenizer)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save_pretrained(tmp)
-        local = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
-        model.set_tokenizer(local)
+    """Attach a Hugging Face tokenizer, offline (nothing is fetched by its ``name_or_path``)."""
+    _impl.attach_tokenizer(model, tokenizer)
 
 
 _SHAPE_FIELDS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx")
@@ -566,8 +552,8 @@ def check_same_shape_models(model: HookedTransformer, other: Any, name: str) -> 
         ...
         ValueError: reference must have the model's shape; it differs in n_layers: 3 vs 2 ...
     """
-    if not isinstance(other, HookedTransformer):
-        raise ValueError(f"{name} must be a HookedTransformer, got {type(other).__name__}")
+    if not is_model(other):
+        raise ValueError(f"{name} must be a model, got {type(other).__name__}")
     diff = [
         f"{f}: {getattr(other.cfg, f, None)} vs {getattr(model.cfg, f, None)}"
         for f in _SHAPE_FIELDS

@@ -140,9 +140,7 @@ def stream_activations(
             got[hook.name] = act.reshape(act.shape[0], act.shape[1], -1)[rows]  # type: ignore[index]
 
         with torch.no_grad():
-            model.run_with_hooks(
-                tb.tokens, fwd_hooks=[(n, grab) for n in hook_names], stop_at_layer=stop
-            )
+            _tl.run_with_hooks(model, tb.tokens, [(n, grab) for n in hook_names], stop)
         yield got
 
 

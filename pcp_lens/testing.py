@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from pcp_lens._tl import HookedTransformer, HookedTransformerConfig, new_model
+from pcp_lens._tl import HookedTransformer, HookedTransformerConfig, named_parameters, new_model
 
 
 def tiny_model(
@@ -53,7 +53,7 @@ def tiny_model(
     model = new_model(cfg)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for name, p in named_parameters(model).items():
             if name.endswith((".b", ".b_in", ".b_out", ".b_O", ".b_Q", ".b_K", ".b_V", "b_U")):
                 p.copy_(0.1 * torch.randn(p.shape, generator=g).to(p.dtype))
             elif name.endswith(".w"):

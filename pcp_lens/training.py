@@ -62,7 +62,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -464,8 +464,8 @@ def tokenize_texts(
         >>> tb.tokens.tolist(), tb.mask.tolist()
         ([[0, 1, 2], [0, 2, 0]], [[True, True, True], [True, True, False]])
     """
-    if isinstance(tokenizer, HookedTransformer):
-        model = tokenizer
+    if _tl.is_model(tokenizer):
+        model = cast(HookedTransformer, tokenizer)
         if model.tokenizer is None:
             raise ValueError("the model has no tokenizer; pass one")
         tokenizer = model.tokenizer

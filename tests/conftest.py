@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from pcp_lens._tl import HookedTransformer, attached_hook_count
+from pcp_lens._tl import HookedTransformer, attach_tokenizer, attached_hook_count
 from pcp_lens.testing import tiny_model
 
 # Tiny models spend their time in thread hand-offs, not arithmetic: on a loaded 2-core machine a
@@ -88,7 +88,7 @@ def wtok():
 def text_model(wtok) -> HookedTransformer:
     """A 2-layer tiny model with the word-level tokenizer attached (prepends BOS = 0)."""
     m = tiny_model(n_layers=2, seed=2)
-    m.set_tokenizer(wtok)
+    attach_tokenizer(m, wtok)
     return _shared(m)
 
 

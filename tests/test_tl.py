@@ -68,6 +68,7 @@ def test_module_input_is_the_layernorm_output(norm, layer):
         assert not torch.allclose(mlp_in, cache[f"blocks.{layer}.ln2.hook_normalized"], atol=1e-2)
 
 
+@pytest.mark.skipif(_tl.BACKEND == "bridge", reason="process_weights_ is TransformerLens 3's")
 def test_module_input_on_a_folded_model_reproduces_the_original(model, caches):
     """fold_ln moves the LN affine into W_in / W_Q: the normalised vector is then the input."""
     folded = copy.deepcopy(model)
@@ -204,7 +205,7 @@ def test_new_model_does_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         m = _tl.new_model(cfg)
-    assert isinstance(m, _tl.HookedTransformer)
+    assert _tl.is_model(m)
 
 
 def test_processing_fingerprint(model, model_lnpre):

@@ -85,28 +85,10 @@ def hooked_from_hf(
         raise ValueError(f"processing must be True or False, got {processing!r}")
     device = check_device(device)
     dtype = check_dtype(dtype)
-    hf_cfg = hf_model.config
     if tokenizer is not None:
-        _check_tokenizer(tokenizer, hf_cfg.vocab_size)
+        _check_tokenizer(tokenizer, hf_model.config.vocab_size)
     flags = PROCESSING if processing else dict.fromkeys(PROCESSING, False)
-    dtype = dtype or next(hf_model.parameters()).dtype
-    over: dict[str, Any] = {"dtype": dtype}
-    if device is not None:
-        over["device"] = str(device)
-    if flags["fold_ln"]:
-        over["normalization_type"] = "LNPre"
-    cfg = _tl.gpt2_config_from_hf(hf_cfg, **over)
-    base = _tl.gpt2_config_from_hf(hf_cfg, device="cpu", dtype=dtype)
-    with torch.no_grad():
-        state = {
-            k: v.detach().to(dtype).clone()
-            for k, v in _tl.gpt2_state_dict_from_hf(hf_model, base).items()
-        }
-    model = _tl.new_model(cfg, move_to_device=False)
-    _tl.load_processed(model, state, **flags)
-    model.to(str(cfg.device), print_details=False)
-    if tokenizer is not None:
-        _tl.attach_tokenizer(model, tokenizer)
+    model = _tl.from_hf(hf_model, flags, device=device, dtype=dtype, tokenizer=tokenizer)
     model.cfg.tie_word_embeddings = bool(
         torch.equal(model.unembed.W_U.detach(), model.embed.W_E.detach().T)
     )
@@ -331,7 +313,7 @@ def hf_from_hooked(model: HookedTransformer) -> Any:
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    if not isinstance(model, HookedTransformer):
+    if not _tl.is_model(model):
         raise ValueError(f"model must be a HookedTransformer, got {type(model).__name__}")
     _check_exportable(model)
     cfg = model.cfg

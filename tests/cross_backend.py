@@ -1,0 +1,93 @@
+"""Tables of every technique on one Hugging Face folder, as JSON (run under either backend).
+
+``python tests/cross_backend.py FOLDER OUT.json [--processing]`` loads ``FOLDER`` with
+:func:`pcp_lens.load_model` under whichever TransformerLens is installed, and writes the
+ablation, lens, patching, PCP and generation tables. ``tests/test_cross_backend.py`` runs it under
+TransformerLens 3 and 4 and compares the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import torch
+
+
+def save_gpt2(folder: str, seed: int = 0) -> None:
+    """A random GPT-2 (2 layers, d_model 32, vocab 60) with random LayerNorms and biases."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    hf = GPT2LMHeadModel(
+        GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=60, n_positions=16,
+                   initializer_range=0.2)
+    )
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif ".ln_" in name and name.endswith("weight"):
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
+    hf.save_pretrained(folder)
+
+
+def _records(df: Any) -> list[dict[str, Any]]:
+    return json.loads(df.reset_index(drop=True).to_json(orient="records"))
+
+
+def tables(folder: str, processing: bool) -> dict[str, Any]:
+    """Every table, as JSON-able records (numbers and labels only)."""
+    from pcp_lens import (
+        GroupMetric,
+        TokenGroups,
+        _tl,
+        ablation_means,
+        ablation_sweep,
+        causal_patching,
+        fit_pcp,
+        group_lens,
+        load_model,
+    )
+    from pcp_lens.language.generate import generate
+
+    torch.set_num_threads(1)
+    model = load_model(folder, processing=processing, device="cpu")
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 60, (8, 10), generator=g)
+    clean, corrupted = torch.randint(0, 60, (2, 4, 10), generator=g)
+    groups = TokenGroups({"neg": range(10), "pos": range(10, 20)}, d_vocab=60)
+    metric = GroupMetric(groups, "neg", k=10, positions=(-1,))
+    out: dict[str, Any] = {"backend": _tl.BACKEND}
+    sites = ["attn0", "mlp0", "attn1.h2", "mlp1"]
+    means = ablation_means(model, tokens, sites, progress=False)
+    out["ablation"] = _records(
+        ablation_sweep(model, tokens, metric, sites, means=means, progress=False)
+    )
+    out["lens"] = _records(
+        group_lens(model, tokens, groups, [-1, 3], ["attn0.h1", "mlp0", "mlp1"],
+                   progress=False)
+    )
+    out["patching"] = _records(
+        causal_patching(model, clean, corrupted, metric, positions="each", progress=False)
+    )
+    pcp = fit_pcp(model, tokens, ["mlp0", "attn1"], 3, progress=False)
+    with torch.no_grad(), model.hooks(fwd_hooks=pcp.hooks(model)):
+        edited = model(tokens)[:, -1]
+    out["pcp"] = {
+        "directions": {p.site.name: p.directions.abs().tolist() for p in pcp},
+        "scales": {p.site.name: p.scales.tolist() for p in pcp},
+        "logits": edited.tolist(),
+    }
+    prompts = tokens[:3, :4]
+    new = generate(model, prompts, 6, hooks=pcp.hooks(model))
+    plain = generate(model, prompts, 6, use_cache=False)
+    out["generation"] = {"cached_with_pcp": new.tolist(), "uncached": plain.tolist()}
+    return out
+
+
+if __name__ == "__main__":
+    with open(sys.argv[2], "w") as f:
+        json.dump(tables(sys.argv[1], "--processing" in sys.argv), f)

@@ -1,0 +1,101 @@
+"""The backend layer: which TransformerLens line runs, and the bridge's traps (docs/tl4.md)."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+from pcp_lens import _tl, load_model
+from pcp_lens.testing import tiny_model
+
+bridge_only = pytest.mark.skipif(_tl.BACKEND != "bridge", reason="TransformerLens 4 only")
+
+
+def test_backend_is_the_installed_line():
+    major = int(importlib.metadata.version("transformer-lens").split(".")[0])
+    assert ("bridge" if major >= 4 else "hooked") == _tl.BACKEND
+    assert _tl.is_model(tiny_model(n_layers=1))
+    assert not _tl.is_model(torch.nn.Linear(2, 2))
+
+
+def test_load_model_refuses_the_other_backend_and_bad_values(tmp_path):
+    other = {"hooked": "bridge", "bridge": "hooked"}[_tl.BACKEND]
+    with pytest.raises(ValueError, match=f"backend='{other}' needs another TransformerLens"):
+        load_model(tmp_path, backend=other)
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'hooked', 'bridge'\)"):
+        load_model(tmp_path, backend="tl5")
+    with pytest.raises(ValueError, match=r"has no config\.json"):
+        load_model(tmp_path)
+    with pytest.raises(ValueError, match="processing must be True or False, got 'yes'"):
+        load_model(tmp_path, processing="yes")  # type: ignore[arg-type]
+
+
+@bridge_only
+def test_hook_names_are_tl3_names_and_aliases_count_once():
+    m = tiny_model(n_layers=2)
+    for name in ("blocks.1.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.0.hook_mlp_out"):
+        assert m.hook_dict[name].name == name
+    with m.hooks(fwd_hooks=[("blocks.0.hook_mlp_out", lambda t, hook: None)]):
+        assert _tl.attached_hook_count(m) == 1  # shared with blocks.0.mlp.hook_out
+    assert _tl.attached_hook_count(m) == 0
+
+
+@bridge_only
+def test_stop_at_layer_is_the_residual_and_fires_no_later_hook():
+    m = tiny_model(n_layers=2)
+    x = torch.randint(0, 50, (2, 5))
+    fired: list[str] = []
+    hooks = [("blocks.1.hook_resid_pre", lambda t, hook: fired.append("pre1"))]
+    _, cache = _tl.run_with_cache(m, x, ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"])
+    one = _tl.run_with_hooks(m, x, hooks, stop_at_layer=1)
+    assert fired == [] and torch.equal(one, cache["blocks.0.hook_resid_post"])
+    assert torch.equal(_tl.final_residual(m, x), cache["blocks.1.hook_resid_post"])
+
+
+@bridge_only
+def test_broken_transformers_refuses_cached_generation(monkeypatch):
+    from pcp_lens._backends import bridge
+
+    m = tiny_model(n_layers=1)
+    monkeypatch.setattr(bridge, "KV_CACHE_PROBLEM", "transformers 5.24.0 with ...")
+    with pytest.raises(RuntimeError, match=r"KV-cached generation refused: transformers 5\.24\.0"):
+        _tl.new_kv_cache(m, 1)
+    k = torch.zeros(1, 2, 4, 4)
+    with pytest.raises(RuntimeError, match=r"cached keys/values: transformers 5\.24\.0"):
+        _tl.run_blocks(m, torch.zeros(1, 1, 16), 0, 1, [(k, k)])
+
+
+@bridge_only
+def test_installed_transformers_is_judged_right():
+    """The import-time verdict matches what the cache does: cached == full forward."""
+    from pcp_lens._backends import bridge
+
+    m = tiny_model(n_layers=2)
+    x = torch.randint(0, 50, (2, 6))
+    if bridge.KV_CACHE_PROBLEM is not None:
+        pytest.skip(bridge.KV_CACHE_PROBLEM)
+    fl = _tl.FinalLogits(m)
+    with torch.no_grad():
+        full = m(x)
+        cache = _tl.new_kv_cache(m, 2)
+        _tl.last_logits(m, x[:, :4], fl, cache)
+        step = _tl.last_logits(m, x[:, 4:5], fl, cache)
+    assert (step - full[:, 4]).abs().max() < 1e-5
+
+
+@bridge_only
+def test_word_tokenizer_without_a_attaches():
+    from pcp_lens.toy import build_tokenizer
+
+    tok = build_tokenizer(["happy", "sad"])  # no "a", no unk token: the bridge's probe fails
+    with pytest.raises(Exception):  # noqa: B017 - the tokenizers library's own error
+        tok.encode("a")
+    m = tiny_model(n_layers=1)
+    _tl.attach_tokenizer(m, tok)
+    ids = tok.encode("happy")
+    assert m.tokenizer is not None
+    assert m.cfg.tokenizer_prepends_bos == (len(ids) > 1 and ids[0] == tok.bos_token_id)
+    want = tok.encode("happy sad", add_special_tokens=False)
+    assert m.to_tokens("happy sad", prepend_bos=False).tolist() == [want]
