@@ -44,9 +44,9 @@ def test_planted_module_ranks_first_and_is_the_circuit(seed, place, hygiene):
     if place.startswith("mlp"):
         assert scan.circuit == (place,) and scan.verified
     else:
-        # the planted head, alone; its ablation also moves clean inputs (the planted head's
-        # attention leaks a little when the trigger is absent), reported, not hidden
-        assert scan.circuit == (f"{place}.h0",)
+        # the planted head or its layer, alone; its ablation also moves clean inputs (the
+        # planted head's attention leaks a little when the trigger is absent), reported
+        assert scan.circuit in ((f"{place}.h0",), (place,))
         assert scan.verified == (scan.info["circuit_clean"] <= 0.1)
     # nothing was done to the embedding, and the reference evidence agrees
     assert scan.info["embedding"]["changed"] is False
