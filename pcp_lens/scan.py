@@ -86,6 +86,9 @@ EVIDENCE = (
     "act_distance",
 )
 SCAN_KINDS = ("embed", "attn", "mlp", "resid_pre")
+#: the columns the summary table and the report show first
+SHOWN = ("rank", "site", "score", "score_lo", "score_hi", "ablation_drop", "ablation_clean",
+         "restore", "induce", "lens_shift")
 #: a circuit grows by a member only if it brings the joint ablation this much (share of the gap)
 #: closer to the ideal
 MIN_GAIN = 0.02
@@ -176,19 +179,7 @@ class BackdoorScan:
         )
 
     def _repr_html_(self) -> str:
-        cols = [
-            "rank",
-            "site",
-            "score",
-            "score_lo",
-            "score_hi",
-            "ablation_drop",
-            "ablation_clean",
-            "restore",
-            "induce",
-            "lens_shift",
-            "in_circuit",
-        ]
+        cols = [*SHOWN, "in_circuit"]
         top = self.table.sort_values("rank").head(12)[[c for c in cols if c in self.table]]
         summary = self.summary().replace("&", "&amp;").replace("<", "&lt;")
         return f"<pre>{summary}</pre>" + top.to_html(index=False, float_format="%.3f")
@@ -232,20 +223,7 @@ class BackdoorScan:
         """The Markdown report ``save`` writes: summary, figure, the top of the table."""
         from pcp_lens.reproduce.markdown import table as md_table  # a leaf module: no cycle
 
-        cols = [
-            "rank",
-            "site",
-            "score",
-            "score_lo",
-            "score_hi",
-            "ablation_drop",
-            "ablation_clean",
-            "restore",
-            "induce",
-            "lens_shift",
-            "ref_restore",
-            "act_distance",
-        ]
+        cols = [*SHOWN, "ref_restore", "act_distance"]
         top = self.table.sort_values("rank").head(15)
         top = top[[c for c in cols if c in top and bool(top[c].notna().any())]]
         body = md_table(list(top.columns), top.itertuples(index=False))  # type: ignore[arg-type]
