@@ -69,7 +69,13 @@ from pcp_lens.ablation import ablation_means, ablation_sweep
 from pcp_lens.inputs import Inputs, as_tokens, check_same_shape
 from pcp_lens.lens import group_lens
 from pcp_lens.patching import causal_patching
-from pcp_lens.scoring import MetricLike, check_metric, declared_positions, per_prompt
+from pcp_lens.scoring import (
+    MetricLike,
+    check_metric,
+    declared_positions,
+    per_prompt,
+    resolve_positions,
+)
 from pcp_lens.sites import Site, SiteLike, all_sites, as_sites
 
 __all__ = ["BackdoorScan", "ScanEdit", "scan_backdoor"]
@@ -420,17 +426,13 @@ def scan_backdoor(
         if not isinstance(v, (int, float)) or not 0 <= v < 1:
             raise ValueError(f"{arg} must be a number in [0, 1), got {v!r}")
     site_list = _scan_sites(model, sites, heads)
-    read = sorted(p % n for p in readout if -n <= p < n)
-    if len(read) != len(readout):
-        raise ValueError(f"metric.positions {list(readout)} are out of range for {n} tokens")
+    read = sorted(resolve_positions(readout, n, name="metric.positions") or [])
     trig_pos = sorted({int(p) for p in differs.any(0).nonzero().flatten()})
     if positions == "trigger":
         ablate: list[int] | None = sorted(set(trig_pos) | set(read))
     elif positions == "all":
         ablate = None
     else:
-        from pcp_lens.scoring import resolve_positions
-
         ablate = resolve_positions(positions, n, where="triggered and clean")  # type: ignore[arg-type]
     rows_metric = per_prompt(metric)
 
@@ -439,16 +441,15 @@ def scan_backdoor(
     ev: dict[str, dict[str, Tensor]] = {}  # column -> site -> per-pair values (metric units)
 
     bar.set_postfix_str("ablation")
-    ablatable = [s for s in site_list]
     means = ablation_means(
-        model, C, ablatable, positions=ablate, batch_size=batch_size, progress=False
+        model, C, site_list, positions=ablate, batch_size=batch_size, progress=False
     )
     sets = {"triggered": T, "clean": C}
     df = ablation_sweep(
         model,
         sets,
         rows_metric,
-        sites=ablatable,
+        sites=site_list,
         method="mean",
         means=means,
         positions=ablate,
@@ -676,8 +677,13 @@ def _bootstrap(
     boot = values[idx].mean(1)
     if gap is not None:
         boot = boot / gap[idx].mean(1)
+    return (float(point), *_interval(boot))
+
+
+def _interval(boot: Tensor) -> tuple[float, float]:
+    """The 95 % percentile interval of bootstrap means."""
     lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=boot.dtype))
-    return float(point), float(lo), float(hi)
+    return float(lo), float(hi)
 
 
 def _table(
@@ -703,19 +709,11 @@ def _table(
             row[col], row[f"{col}_lo"], row[f"{col}_hi"] = _bootstrap(
                 ev[col][s.name], gap if share else None, n_boot, idx
             )
-        score = ev["ablation_drop"][s.name] - ev["ablation_clean"][s.name].abs()
         # the score's own interval: |mean clean change| per resample, not the mean of |change|
         drop, clean = ev["ablation_drop"][s.name], ev["ablation_clean"][s.name]
         point = float((drop.mean() - clean.mean().abs()) / gap.mean())
-        if n_boot:
-            boot = (drop[idx].mean(1) - clean[idx].mean(1).abs()) / gap[idx].mean(1)
-            lo, hi = (
-                float(q)
-                for q in torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=boot.dtype))
-            )
-        else:
-            lo = hi = math.nan
-        del score
+        boot = (drop[idx].mean(1) - clean[idx].mean(1).abs()) / gap[idx].mean(1)
+        lo, hi = _interval(boot) if n_boot else (math.nan, math.nan)
         row.update(score=point, score_lo=lo, score_hi=hi)
         records.append(row)
     table = pd.DataFrame(records)
