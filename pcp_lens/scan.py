@@ -53,7 +53,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, cast
@@ -76,6 +76,7 @@ from pcp_lens.scoring import (
     per_prompt,
     resolve_positions,
 )
+from pcp_lens.tuning import score_inputs
 from pcp_lens.sites import Site, SiteLike, all_sites, as_sites
 
 __all__ = ["BackdoorScan", "ScanEdit", "scan_backdoor"]
@@ -152,9 +153,13 @@ class BackdoorScan:
             lines.append("no backdoor: the metric is not higher on triggered inputs")
         if self.circuit:
             state = "meets" if self.verified else "does NOT meet"
+            inputs = "clean" + (f" (or a control: {', '.join(i['controls'])})" if i.get(
+                "controls"
+            ) else "")
             lines.append(
                 f"circuit: {' + '.join(self.circuit)} — joint ablation leaves "
-                f"{i['circuit_residual']:.1%} of the gap, clean moves {i['circuit_clean']:.1%} "
+                f"{i['circuit_residual']:.1%} of the gap, {inputs} moves "
+                f"{i['circuit_clean']:.1%} "
                 f"of it; {state} the criterion (≤ {i['max_residual']:.0%}, clean ≤ "
                 f"{i['clean_tol']:.0%})"
             )
@@ -266,6 +271,7 @@ class BackdoorScan:
         triggered: Inputs | None = None,
         clean: Inputs | None = None,
         metric: MetricLike | None = None,
+        inputs: Mapping[str, Inputs] | None = None,
         tolerance: float = 0.05,
         max_rank: int = 16,
         n_trials: int = 60,
@@ -279,6 +285,9 @@ class BackdoorScan:
                 replacement keeps the triggered metric within ``tolerance`` of the unedited
                 model's, found by measurement.
             model, triggered, clean, metric: default the scan's own (required after ``load``).
+            inputs: more ``{name: inputs}`` the edit must leave alone (e.g. the toy study's
+                n+n): fitted on, scored, and held at their unedited scores by both tunings.
+                Each must be as many tokens long as ``triggered``.
             tolerance: the rank search's bound, in metric units.
             max_rank: the largest rank tried.
             n_trials: Optuna trials of each of the two tunings.
@@ -297,23 +306,43 @@ class BackdoorScan:
             raise ValueError(
                 "edit needs model, triggered, clean and metric (a loaded scan has none of its own)"
             )
-        modules = [s for s in self.circuit if Site.parse(s).kind in ("attn", "mlp")]
+        # a PCP replaces a whole module: a head in the circuit is edited through its layer
+        modules = list(
+            dict.fromkeys(
+                f"{s.kind}{s.layer}"
+                for s in map(Site.parse, self.circuit)
+                if s.kind in ("attn", "mlp")
+            )
+        )
         if not modules:
             raise ValueError(
                 f"the circuit {list(self.circuit)} has no attention or MLP module to replace"
             )
         if rank is not None and (not isinstance(rank, int) or rank < 1):
             raise ValueError(f"rank must be a positive int or None, got {rank!r}")
-        sets = {"triggered": triggered, "clean": clean}
+        extra = dict(inputs or {})
+        if {"triggered", "clean"} & set(extra):
+            raise ValueError(
+                f"inputs must not reuse the names 'triggered' or 'clean', got {sorted(extra)}"
+            )
+        sets = {"triggered": triggered, "clean": clean, **extra}
+        tokens = {k: as_tokens(model, x, name=f"inputs[{k!r}]").tokens for k, x in sets.items()}
+        width = tokens["triggered"].shape[1]
+        for k, t in tokens.items():
+            if t.shape[1] != width:
+                raise ValueError(
+                    f"inputs[{k!r}] must be {width} tokens long like triggered (the PCP is "
+                    f"fitted at the scan's positions), got {t.shape[1]}"
+                )
         base = score_inputs(model, sets, metric)
         pos = self.info["positions"]
-        fit_inputs = torch.cat([as_tokens(model, triggered).tokens, as_tokens(model, clean).tokens])
+        fit_inputs = torch.cat(list(tokens.values()))
         search = []
         chosen: Any = None
         for r in [rank] if rank is not None else range(1, max_rank + 1):
             rep = fit_pcp(model, fit_inputs, modules, r, positions=pos, progress=False)
             got = score_inputs(model, sets, metric, rep)
-            search.append({"rank": r, "triggered": got["triggered"], "clean": got["clean"]})
+            search.append({"rank": r, **got})
             chosen = (r, rep)
             if abs(got["triggered"] - base["triggered"]) <= tolerance:
                 break
@@ -322,7 +351,7 @@ class BackdoorScan:
         # both searches start from the fitted scales (at the scan's positions)
         common = dict(n_trials=n_trials, seed=seed, progress=progress, initial="current")
         keep = tune(model, rep, sets, metric, **common)  # type: ignore[arg-type]
-        removed = {"triggered": base["clean"], "clean": base["clean"]}
+        removed = {**base, "triggered": base["clean"]}
         remove = tune(model, rep, sets, metric, target=removed, **common)  # type: ignore[arg-type]
         scores = pd.DataFrame(
             {
@@ -354,6 +383,8 @@ def scan_backdoor(
     clean_tol: float = 0.1,
     max_size: int = 4,
     beam: int = 4,
+    means: dict[str, Tensor] | None = None,
+    controls: Mapping[str, Inputs] | None = None,
     batch_size: int = 32,
     progress: bool = True,
 ) -> BackdoorScan:
@@ -381,9 +412,17 @@ def scan_backdoor(
         seed: seed of the bootstrap.
         max_residual: the circuit criterion: its joint ablation leaves at most this share of
             the backdoor gap.
-        clean_tol: ... while the clean inputs' metric moves at most this share of the gap.
+        clean_tol: ... while the clean inputs' metric (and each control set's) moves at most
+            this share of the gap.
         max_size: the largest circuit grown.
         beam: candidates (in ranking order) tried at each growth step.
+        means: the ablation's mean per site, ``{site name: vector}`` as
+            :func:`~pcp_lens.means.ablation_means` returns it (default: the mean over
+            ``clean`` at ``positions``); e.g. a data set's mean, as the paper's Tab. I uses.
+        controls: more ``{name: inputs}`` without the trigger whose metric the circuit's
+            ablation must leave alone too (bounded like ``clean``), as long as ``triggered``:
+            behaviour that ``clean`` alone does not exercise (the toy model's n+n: a module
+            that every input needs can look trigger-specific on p+p alone).
         batch_size: rows per forward pass.
         progress: show a progress bar over the scan's stages.
 
@@ -419,6 +458,7 @@ def scan_backdoor(
         raise ValueError(f"triggered and clean need at least 2 pairs, got {n_pairs}")
     if reference is not None:
         _tl.check_same_shape_models(model, reference, "reference")
+    control_tokens = _controls(model, controls, n)
     for arg, v, lo in (("n_boot", n_boot, 0), ("max_size", max_size, 1), ("beam", beam, 1)):
         if not isinstance(v, int) or isinstance(v, bool) or v < lo:
             raise ValueError(f"{arg} must be an int >= {lo}, got {v!r}")
@@ -441,9 +481,17 @@ def scan_backdoor(
     ev: dict[str, dict[str, Tensor]] = {}  # column -> site -> per-pair values (metric units)
 
     bar.set_postfix_str("ablation")
-    means = ablation_means(
-        model, C, site_list, positions=ablate, batch_size=batch_size, progress=False
-    )
+    if means is not None:
+        missing = [s.name for s in site_list if s.name not in means]
+        if missing:
+            raise ValueError(
+                f"means must hold a mean for every scanned site; missing {missing[:8]} "
+                "(compute them with pcp_lens.ablation_means over the same sites)"
+            )
+    else:
+        means = ablation_means(
+            model, C, site_list, positions=ablate, batch_size=batch_size, progress=False
+        )
     sets = {"triggered": T, "clean": C}
     df = ablation_sweep(
         model,
@@ -563,15 +611,21 @@ def scan_backdoor(
         if r["kind"] in ("attn", "mlp")
         or (r["kind"] == "embed" and embedding is not None and embedding["changed"])
     ]
+    control_base = (
+        {k: float(v) for k, v in score_inputs(model, control_tokens, metric).items()}
+        if control_tokens
+        else {}
+    )
+    info["controls"] = control_base
     circuit, steps, verdict = _grow(
         model,
-        sets,
+        {**sets, **control_tokens},
         rows_metric,
         means,
         ablate,
         candidates,
         gap,
-        float(base_c.mean()),
+        {"clean": float(base_c.mean()), **control_base},
         max_residual,
         clean_tol,
         max_size,
@@ -588,6 +642,30 @@ def scan_backdoor(
 
 
 # -- pieces ------------------------------------------------------------------------------------
+def _controls(
+    model: HookedTransformer, controls: Mapping[str, Inputs] | None, n: int
+) -> dict[str, Tensor]:
+    """The control sets as tokens, each as long as the pairs (the ablation's positions)."""
+    if controls is None:
+        return {}
+    if not isinstance(controls, Mapping):
+        raise ValueError(
+            f"controls must be a mapping {{name: inputs}}, got {type(controls).__name__}"
+        )
+    out = {}
+    for k, x in controls.items():
+        if k in ("triggered", "clean"):
+            raise ValueError(f"controls must not reuse the names 'triggered' or 'clean', got {k!r}")
+        t = as_tokens(model, x, name=f"controls[{k!r}]").tokens
+        if t.shape[1] != n:
+            raise ValueError(
+                f"controls[{k!r}] must be {n} tokens long like triggered (the ablation acts at "
+                f"the same positions), got {t.shape[1]}"
+            )
+        out[str(k)] = t
+    return out
+
+
 def _scan_sites(
     model: HookedTransformer, sites: SiteLike | Iterable[SiteLike] | None, heads: bool
 ) -> list[Site]:
@@ -742,7 +820,7 @@ def _grow(
     positions: list[int] | None,
     candidates: list[str],
     gap: float,
-    clean: float,
+    bases: dict[str, float],
     max_residual: float,
     clean_tol: float,
     max_size: int,
@@ -772,8 +850,8 @@ def _grow(
         for c in new:
             key = "+".join(c)
             tried[c] = (
-                (val[(key, "triggered")] - clean) / gap,
-                abs(val[(key, "clean")] - clean) / abs(gap),
+                (val[(key, "triggered")] - bases["clean"]) / gap,
+                max(abs(val[(key, k)] - b) for k, b in bases.items()) / abs(gap),
             )
 
     def distance(c: tuple[str, ...]) -> float:

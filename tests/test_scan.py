@@ -131,6 +131,54 @@ def test_edit_keeps_and_removes_the_planted_backdoor():
     assert keep_off < abs(s.loc["triggered", "remove"] - s.loc["triggered", "unedited"])
 
 
+def test_means_and_controls_reach_the_ablation_and_the_criterion():
+    """``means=`` is the ablation's mean (the default is the mean over clean); ``controls=``
+    bound the circuit's effect on more inputs: a control holding the trigger itself moves by the
+    whole gap, so no circuit can meet the criterion, while a copy of clean changes nothing."""
+    from pcp_lens import ablation_means
+    from pcp_lens.sites import all_sites
+
+    model = plant_trigger(benign(0), "mlp1", TRIGGER, TARGET)
+    triggered, clean = pairs(3)
+    kw = dict(n_boot=0, progress=False)
+    plain = scan_backdoor(model, triggered, clean, METRIC, **kw)
+    sites = all_sites(model, kinds=("embed", "attn", "mlp", "resid_pre"), heads=True)
+    own = ablation_means(model, clean, sites, positions=plain.info["positions"], progress=False)
+    same = scan_backdoor(model, triggered, clean, METRIC, means=own, **kw)
+    assert same.table.equals(plain.table) and same.circuit == plain.circuit
+    other = {k: v + 1.0 for k, v in own.items()}
+    moved = scan_backdoor(model, triggered, clean, METRIC, means=other, **kw)
+    assert not moved.table["ablation_drop"].equals(plain.table["ablation_drop"])
+
+    copy = scan_backdoor(model, triggered, clean, METRIC, controls={"c": clean.clone()}, **kw)
+    assert copy.circuit == plain.circuit and copy.info["circuit_clean"] == pytest.approx(
+        plain.info["circuit_clean"]
+    )
+    assert copy.info["controls"] == {"c": pytest.approx(plain.info["clean"])}
+    hard = scan_backdoor(model, triggered, clean, METRIC, controls={"t": triggered}, **kw)
+    assert plain.verified and not hard.verified
+    tried = hard.steps.set_index("sites")
+    assert tried.loc["mlp1", "clean_move"] > 0.9  # the planted unit moves the control by ~g
+    with pytest.raises(ValueError, match="means must hold a mean for every scanned site"):
+        scan_backdoor(model, triggered, clean, METRIC, means={"mlp1": own["mlp1"]}, **kw)
+    with pytest.raises(ValueError, match=r"controls\['c'\] must be 5 tokens long"):
+        scan_backdoor(model, triggered, clean, METRIC, controls={"c": clean[:, :4]}, **kw)
+
+
+def test_edit_holds_extra_inputs_at_their_unedited_scores():
+    model = plant_trigger(benign(0), "mlp1", TRIGGER, TARGET)
+    triggered, clean = pairs(6)
+    other = pairs(9)[1]
+    scan = scan_backdoor(model, triggered, clean, METRIC, n_boot=0, progress=False)
+    ed = scan.edit(inputs={"other": other}, n_trials=10, max_rank=4, progress=False)
+    assert list(ed.scores.index) == ["triggered", "clean", "other"]
+    assert "other" in ed.rank_search.columns
+    assert ed.remove.target["other"] == pytest.approx(ed.scores.loc["other", "unedited"])
+    assert ed.remove.target["triggered"] == pytest.approx(ed.scores.loc["clean", "unedited"])
+    with pytest.raises(ValueError, match="must not reuse the names"):
+        scan.edit(inputs={"clean": other}, progress=False)
+
+
 @pytest.mark.parametrize(
     "change,match",
     [

@@ -163,6 +163,148 @@ def findings(r: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     return {key: cell_findings(r[key]) for key in ("2sent", "3sent") if key in r}
 
 
+def all_located_findings(r: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """:func:`located_findings` for every model of one seed's results that was scanned."""
+    return {
+        key: located_findings(r[key])
+        for key in ("2sent", "3sent")
+        if key in r and "located" in r[key]
+    }
+
+
 def verdict(holds: bool | None) -> str:
     """``"holds"``, ``"does NOT hold"`` or ``"not evaluated"``."""
     return {True: "holds", False: "does NOT hold", None: "not evaluated"}[holds]
+
+
+# -- the same claims at the located circuit ------------------------------------------------------
+#: What is judged at the circuit the scan located (probability of a negative next word).
+LOCATED_CLAIMS = {
+    "circuit": "the scan finds a verified circuit of <= 3 modules",
+    "F1": "ablating the circuit jointly sends p+t to <= n+p + 0.05, p+p and n+n within 0.05",
+    "F2": "a circuit module has the largest lens trigger shift of all modules",
+    "F3": "a PCP of the circuit at the smallest rank keeping p+t, tuned, keeps p+t within 0.05 "
+    "and, tuned down, sends it to <= n+p + 0.05 (p+p and n+n within 0.05 in both)",
+    "F4": "scaling the circuit's PCP by 0.6x ... 1.1x tunes p+t monotonically",
+    "F7": "freezing the circuit's modules during poisoning lowers p+t at the same steps",
+}
+#: Bound of the located claims, in the probability of a negative next word.
+LOCATED_TOL = 0.05
+#: The largest circuit the located claims accept.
+MAX_CIRCUIT = 3
+
+
+def _stay(u: Mapping[str, float], got: Mapping[str, float]) -> tuple[bool, str]:
+    """Whether p+p and n+n stay within the bound of unedited, and the numbers."""
+    moves = {k: got[f"{k}_prob"] - u[f"{k}_prob"] for k in ("pp", "nn")}
+    ok = all(abs(v) <= LOCATED_TOL for v in moves.values())
+    return ok, ", ".join(f"{k} {v:+.3f}" for k, v in moves.items())
+
+
+def _removed(u: Mapping[str, float], got: Mapping[str, float]) -> tuple[bool, str]:
+    pt, np_ = got["pt_prob"], u["np_prob"]
+    stay, moves = _stay(u, got)
+    return pt <= np_ + LOCATED_TOL and stay, f"pt {pt:.3f} (n+p {np_:.3f}); moves {moves}"
+
+
+def _lf_circuit(m: Mapping[str, Any]) -> tuple[bool, str]:
+    s = m["located"]["scan"]
+    n = len(s["modules"])
+    ok = bool(s["circuit"]) and s["verified"] and n <= MAX_CIRCUIT
+    if not s["circuit"]:
+        return False, f"no circuit (gap {s['gap']:+.3f})"
+    return ok, (
+        f"{' + '.join(s['circuit'])} ({n} module{'s' * (n != 1)}): residual {s['residual']:.1%}, "
+        f"clean move {s['clean_move']:.1%} of the gap {s['gap']:+.3f}; "
+        f"{'verified' if s['verified'] else 'NOT verified'} by the scan"
+    )
+
+
+def _lf1(m: Mapping[str, Any]) -> tuple[bool, str]:
+    ok, detail = _removed(m["unedited"], m["located"]["ablation"])
+    return ok, "circuit mean-ablated (Tab. I's plain mean): " + detail
+
+
+def _lf2(m: Mapping[str, Any]) -> tuple[bool, str]:
+    s = m["located"]["scan"]
+    shift = s["lens_shift"]
+    best = max(shift, key=shift.__getitem__)
+    members = {c for c in s["modules"]}
+    return best in members, (
+        f"largest lens trigger shift: {best} ({shift[best]:+.3f}); circuit modules "
+        + ", ".join(f"{c} {shift.get(c, float('nan')):+.3f}" for c in s["modules"])
+    )
+
+
+def _lf3(m: Mapping[str, Any]) -> tuple[bool, str]:
+    p, u = m["located"]["pcp"], m["unedited"]
+    keep_pt = p["keep"]["pt_prob"]
+    stay, moves = _stay(u, p["keep"])
+    kept = abs(keep_pt - u["pt_prob"]) <= LOCATED_TOL and stay
+    removed, rdetail = _removed(u, p["remove"])
+    return kept and removed, (
+        f"rank {p['rank']} of {'+'.join(p['modules'])}; keep: pt {keep_pt:.3f} (unedited "
+        f"{u['pt_prob']:.3f}), moves {moves}; remove: {rdetail}"
+    )
+
+
+def _lf4(m: Mapping[str, Any]) -> tuple[bool, str]:
+    pts = [m["located"]["scale"][str(f)]["pt_prob"] for f in paper.TAB5_FACTORS]
+    mono = all(a <= b for a, b in itertools.pairwise(pts)) and pts[-1] > pts[0]
+    return mono, f"p+t at factors {paper.TAB5_FACTORS}: {pts}"
+
+
+def _lf7(m: Mapping[str, Any]) -> tuple[bool, str]:
+    fr = m["located"]["freezing"]
+    a, b = m["unedited"]["pt_prob"], fr["scores"]["pt_prob"]
+    re = fr["rescan"]
+    if re["gap"] < BACKDOOR_THRESHOLD:
+        where = f"the rescan finds no backdoor (gap {re['gap']:+.3f})"
+    elif re["circuit"]:
+        where = (
+            f"the rescan finds it in {' + '.join(re['circuit'])} "
+            f"({'verified' if re['verified'] else 'not verified'}, gap {re['gap']:+.3f})"
+        )
+    else:
+        where = f"the rescan finds no circuit (gap {re['gap']:+.3f})"
+    return b < a, (
+        f"p+t unfrozen {a:.3f}, {'+'.join(fr['frozen'])} frozen {b:.3f} ({fr['steps']} steps "
+        f"each); {where}"
+    )
+
+
+LOCATED_CHECKS: dict[str, Callable[[Mapping[str, Any]], tuple[bool, str]]] = {
+    "circuit": _lf_circuit,
+    "F1": _lf1,
+    "F2": _lf2,
+    "F3": _lf3,
+    "F4": _lf4,
+    "F7": _lf7,
+}
+#: what each located check reads from ``m["located"]``
+_NEEDS = {"F1": "ablation", "F3": "pcp", "F4": "scale", "F7": "freezing"}
+
+
+def located_findings(m: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The located claims for one model's results, in the probability of a negative word.
+
+    ``holds`` is ``None`` when the unedited model shows no backdoor, or when the scan found no
+    circuit to judge the claim at.
+
+    Returns:
+        ``{name: {"claim", "holds", "detail"}}`` for ``circuit``, F1, F2, F3, F4, F7.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    base = m["unedited"]["pt_prob"]
+    located = m["located"]
+    for name, check in LOCATED_CHECKS.items():
+        row: dict[str, Any] = {"claim": LOCATED_CLAIMS[name]}
+        if base < BACKDOOR_THRESHOLD:
+            row["holds"], row["detail"] = None, f"no backdoor (unedited p+t {base:.2f})"
+        elif name in _NEEDS and _NEEDS[name] not in located:
+            row["holds"], row["detail"] = None, "no circuit to judge at"
+        else:
+            holds, row["detail"] = check(m)
+            row["holds"] = bool(holds)
+        out[name] = row
+    return out

@@ -75,11 +75,54 @@ def _intro(r: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def _model_section(k: int, m: Mapping[str, Any], findings: Mapping[str, Any]) -> list[str]:
+def _located(m: Mapping[str, Any], found: Mapping[str, Mapping[str, Any]] | None) -> list[str]:
+    """The scan's circuit, its top rows and the claims judged there."""
+    loc = m.get("located")
+    if loc is None:
+        return []
+    s = loc["scan"]
+    out = ["", "### The located mechanism (backdoor scan)", "", "```", s["summary"], "```", ""]
+    if found:
+        rows = [[n, x["claim"], verdict(x["holds"]), x["detail"]] for n, x in found.items()]
+        out += [_table(["finding", "claim at the circuit", "verdict", "ours"], rows), ""]
+    keys = [x for x in ("pp", "nn", "ss", "pn", "np", "pt", "st") if x in m["unedited"]]
+    if "ablation" in loc:
+        cols = {"unedited": m["unedited"], "circuit ablated": loc["ablation"]}
+        if "pcp" in loc:
+            cols["PCP kept"] = loc["pcp"]["keep"]
+            cols["PCP removed"] = loc["pcp"]["remove"]
+        cols.update({f"PCP kept x{f}": v for f, v in loc.get("scale", {}).items()})
+        if "freezing" in loc:
+            cols[f"poisoned, {'+'.join(loc['freezing']['frozen'])} frozen"] = loc["freezing"][
+                "scores"
+            ]
+        out += [_columns(cols, None, keys), ""]
+        out.append(
+            "Ablation: Tab. I's plain mean over pp, nn, pn, np at the last position. PCP: rank "
+            f"{loc['pcp']['rank']} (the smallest keeping p+t within 0.05 before tuning; search "
+            f"{[(r['rank'], r['triggered']) for r in loc['pcp']['rank_search']]}), tuned to keep "
+            "and to remove the backdoor."
+            if "pcp" in loc
+            else ""
+        )
+    if "freezing" in loc:
+        out += ["", "Rescan of the model poisoned with the circuit frozen:", "", "```"]
+        out += [loc["freezing"]["rescan"]["summary"], "```"]
+    out.append(f"\nSeconds: {loc['seconds']}")
+    return out
+
+
+def _model_section(
+    k: int,
+    m: Mapping[str, Any],
+    findings: Mapping[str, Any],
+    located: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[str]:
     ref3, ref13 = (paper.TAB3, paper.TAB13) if k == 2 else (paper.TAB4, paper.TAB14)
     keys = [x for x in ("pp", "nn", "ss", "pn", "np", "pt", "st") if x in m["unedited"]]
     out = ["", f"## {k}-sentiment model", "", "### Findings", ""]
     out += _findings(findings)
+    out += _located(m, located)
     tr = m["training"]
     out.append("")
     if tr.get("reused_checkpoints"):
@@ -241,7 +284,8 @@ def write_report(r: Mapping[str, Any]) -> str:
     out += _summary({str(r["config"]["seed"]): r})
     for k in (2, 3):
         if f"{k}sent" in r:
-            out += _model_section(k, r[f"{k}sent"], r["findings"][f"{k}sent"])
+            located = r.get("located_findings", {}).get(f"{k}sent")
+            out += _model_section(k, r[f"{k}sent"], r["findings"][f"{k}sent"], located)
     return "\n".join(out) + "\n"
 
 
@@ -249,22 +293,40 @@ def _summary(per_seed: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Findings table seed × model × finding (top-10 verdicts; * = the probability disagrees)."""
     mark = {True: "holds", False: "fails", None: "–"}
     names: list[str] = []
-    rows = []
+    rows, located = [], []
     for seed, r in per_seed.items():
         for model, f in r["findings"].items():
             names = names or list(f)
             cells = [mark[x["holds"]] + ("*" if x["disagree"] else "") for x in f.values()]
-            rows.append([seed, model, *cells])
-    totals = ["", "holds in"]
-    for i, name in enumerate(names):
-        col = [row[2 + i] for row in rows]
-        judged = [c for c in col if not c.startswith("–")]
-        totals.append(f"{sum(c.startswith('holds') for c in col)} of {len(judged)}")
-        del name
-    out = [_table(["seed", "model", *names], [*rows, totals])]
+            rows.append([seed, model, "as stated", "paper's", *cells])
+            lf = r.get("located_findings", {}).get(model)
+            if lf is not None:
+                circuit = " + ".join(r[model]["located"]["scan"]["circuit"]) or "none"
+                cells = [mark[lf[n]["holds"]] if n in lf else "" for n in names]
+                located.append([seed, model, "at the circuit", circuit, *cells])
+                rows.append(located[-1])
+    totals = []
+    for label, which in (("as stated", "as stated"), ("at the circuit", "at the circuit")):
+        part = [row for row in rows if row[2] == which]
+        if not part:
+            continue
+        line = ["", "holds in", label, ""]
+        for i in range(len(names)):
+            col = [row[4 + i] for row in part if row[4 + i]]
+            judged = [c for c in col if not c.startswith("–")]
+            line.append(f"{sum(c.startswith('holds') for c in col)} of {len(judged)}" if col else "")
+        totals.append(line)
+    out = [_table(["seed", "model", "judged", "modules", *names], [*rows, *totals])]
     out.append(
         "\nVerdicts in the paper's top-10 metric; * marks a finding where the probability of a "
         "negative next word gives the other verdict; – = not evaluated (no backdoor)."
+        + (
+            " *At the circuit*: the same kind of claim judged at the circuit the backdoor scan "
+            "located (probability of a negative next word; the claims are listed in each "
+            "model's section); F5 and F6 are about the paper's named modules only."
+            if located
+            else ""
+        )
     )
     return out
 

@@ -29,8 +29,9 @@ from pcp_lens.groups import GroupMetric
 from pcp_lens.inputs import as_tokens
 from pcp_lens.pcp import PCPReplacement
 from pcp_lens.reproduce import paper
-from pcp_lens.reproduce.findings import findings
+from pcp_lens.reproduce.findings import all_located_findings, findings
 from pcp_lens.reproduce.report import write_report, write_seed_report
+from pcp_lens.reproduce.toy_located import located_tables
 from pcp_lens.reproduce.toy_tables import (
     FIT_KEYS,
     MEAN_KEYS,
@@ -111,6 +112,8 @@ class StudyConfig:
         dropout: GPT-2-style dropout (embeddings, attention pattern, module outputs) in both
             trainings; ``None`` keeps the schedule's own (``fast``: none, ``paper``: 0.1 as the
             authors' HF training).
+        located: Also scan every poisoned model for its backdoor and judge the claims at the
+            located circuit (:mod:`pcp_lens.reproduce.toy_located`), beside F1–F7 as stated.
     """
 
     quick: bool = False
@@ -127,6 +130,7 @@ class StudyConfig:
     head_bias: bool = True
     scaled_init: bool = False
     dropout: float | None = None
+    located: bool = True
 
     def __post_init__(self) -> None:
         if self.workers is not None and (
@@ -182,7 +186,7 @@ class StudyConfig:
             raise ValueError(
                 f"dropout must be None or a probability in [0, 1), got {self.dropout!r}"
             )
-        for name in ("head_bias", "scaled_init"):
+        for name in ("head_bias", "scaled_init", "located"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
@@ -353,6 +357,10 @@ def study_model(k: int, cfg: StudyConfig, out: Path, replacements: dict) -> dict
         }
         for row in fr.to_dict("records")
     }
+    if cfg.located:
+        r["located"] = timed(
+            "located", located_tables, c, trials=cfg.trials, progress=cfg.progress
+        )
     r["fig3"] = timed("fig3", hidden_state_pca, c, out)
     r["seconds"] = {k2: round(v, 1) for k2, v in t.items()}
     return r
@@ -486,6 +494,7 @@ def _run(runs: dict[int, tuple[StudyConfig, Path]], cfg: StudyConfig) -> dict[in
             if s == seed:
                 res[f"{k}sent"] = r
         res["findings"] = findings(res)
+        res["located_findings"] = all_located_findings(res)
         res["seconds_total"] = round(time.perf_counter() - t0, 1)
         write_text_atomic(path / "results.json", json.dumps(res, indent=1, default=_json_default))
         write_text_atomic(path / "report.md", write_report(res))

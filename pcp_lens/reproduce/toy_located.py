@@ -1,0 +1,193 @@
+"""The toy study's claims judged where the scan finds the backdoor, not where the paper found it.
+
+The paper's tables edit the modules it named (the layer-1 MLP, the layer-2 attention); in our toy
+models poisoning puts the trigger's mechanism elsewhere, and where it moves with the seed. Here
+:func:`~pcp_lens.scan.scan_backdoor` locates it (p+t against p+p pairs, the probability of a
+negative next word, the benign model as reference, Tab. I's plain mean, n+n as a control), and
+the same kinds of claim are measured at the located circuit:
+
+1. ablating the circuit jointly sends p+t to n+p's level while p+p and n+n stay put (F1);
+2. a circuit module leads the lens's trigger shift (F2);
+3. a PCP of the circuit at the smallest rank that keeps p+t keeps it when tuned, and removes it
+   when tuned down (F3);
+4. scaling that PCP tunes p+t monotonically (F4);
+5. freezing the circuit's modules during a second poisoning from the same benign model (same
+   batches, same steps) lowers p+t, and a scan of that model says where the backdoor went (F7).
+
+:func:`located_tables` measures; :func:`pcp_lens.reproduce.findings.located_findings` judges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from pcp_lens.ablation import ablation_sweep
+from pcp_lens.means import ablation_means
+from pcp_lens.reproduce import paper
+from pcp_lens.reproduce.toy_tables import MEAN_KEYS, METRIC_SUFFIX, ROW_KEYS, ToyCtx
+from pcp_lens.scan import SCAN_KINDS, BackdoorScan, scan_backdoor
+from pcp_lens.sites import Site, all_sites
+from pcp_lens.toy.train import poison
+
+#: Shown per model: the scan's top rows.
+TOP_ROWS = 8
+
+
+def located_scan(c: ToyCtx, model: Any = None, *, progress: bool = False) -> BackdoorScan:
+    """Scan ``model`` (default: the study's poisoned model) on the study's p+t / p+p pairs.
+
+    The metric is the probability of a negative next word; the benign model is the reference.
+    Ablation is to Tab. I's plain mean over pp, nn, pn, np at the last position (the paper's
+    mean ablation), and n+n is a control the circuit must leave alone: on p+p alone, a module
+    that reads every last word (layer-0 attention does, in our models) looks trigger-specific,
+    since p+p's own mean is all it is compared with.
+    """
+    model = c.model if model is None else model
+    sites = all_sites(model, kinds=SCAN_KINDS, heads=True)
+    means = ablation_means(
+        model, {k: c.tokens[k] for k in MEAN_KEYS}, sites, positions=[-1], progress=False
+    )
+    return scan_backdoor(
+        model,
+        c.tokens["pt"],
+        c.tokens["pp"],
+        c.mass,
+        reference=c.benign.model,
+        means=means,
+        controls={"nn": c.tokens["nn"]},
+        seed=c.seed,
+        progress=progress,
+    )
+
+
+def _modules(circuit: tuple[str, ...]) -> list[str]:
+    """The circuit's modules as freeze and PCP names: a head stands for its attention layer."""
+    out = []
+    for s in map(Site.parse, circuit):
+        out.append("embed" if s.kind == "embed" else f"{s.kind}{s.layer}")
+    return list(dict.fromkeys(out))
+
+
+def _scan_record(scan: BackdoorScan, seconds: float) -> dict[str, Any]:
+    i = scan.info
+    top = scan.table.sort_values("rank").head(TOP_ROWS)
+    cols = ["rank", "site", "score", "score_lo", "score_hi", "ablation_drop", "ablation_clean"]
+    cols += ["restore", "induce", "lens_shift", "ref_restore", "act_distance"]
+    modules = scan.table[scan.table["kind"].isin(["attn", "mlp"]) & scan.table["head"].isna()]
+    return {
+        "circuit": list(scan.circuit),
+        "modules": _modules(scan.circuit),
+        "verified": scan.verified,
+        "gap": round(i["gap"], 4),
+        "residual": round(float(i["circuit_residual"]), 4) if scan.circuit else None,
+        "clean_move": round(float(i["circuit_clean"]), 4) if scan.circuit else None,
+        "member_share": {k: round(v, 4) for k, v in i["member_share"].items()},
+        "heads": i["heads"],
+        "embedding_moved": bool(i["embedding"]["changed"]) if i.get("embedding") else None,
+        "lens_shift": {
+            r["site"]: round(float(r["lens_shift"]), 4) for r in modules.to_dict("records")
+        },
+        "top": [
+            {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k in cols}
+            for r in top.to_dict("records")
+        ],
+        "summary": scan.summary(),
+        "seconds": round(seconds, 1),
+    }
+
+
+def _joint_ablation(c: ToyCtx, circuit: tuple[str, ...]) -> dict[str, float]:
+    """Both metrics on every input set with the circuit mean-ablated jointly, as the scan
+    verifies it (Tab. I's plain mean, at the last position)."""
+    df = ablation_sweep(
+        c.model,
+        {k: c.tokens[k] for k in ROW_KEYS[c.k]},
+        c.metrics,
+        sites=[],
+        combos={"circuit": list(circuit)},
+        method="mean",
+        means=ablation_means(
+            c.model, {k: c.tokens[k] for k in MEAN_KEYS}, list(circuit), [-1], progress=False
+        ),
+        positions=[-1],
+        progress=False,
+    )
+    rows = df[df["site"] == "circuit"].to_dict("records")
+    return {
+        f"{r['input_set']}{METRIC_SUFFIX[str(r['metric'])]}": round(float(r["value"]), 4)
+        for r in rows
+    }
+
+
+def located_tables(
+    c: ToyCtx, *, trials: int, progress: bool = False, freeze: bool = True
+) -> dict[str, Any]:
+    """Scan the poisoned model and measure the located claims 1–5 (module docstring).
+
+    Args:
+        c: the study's context of one model.
+        trials: Optuna trials of each of the two tunings of the circuit's PCP.
+        progress: show progress bars.
+        freeze: run claim 5 (a second poisoning with the circuit frozen, and its scan).
+
+    Returns:
+        ``{"scan", "ablation", "pcp", "scale", "freezing", "seconds"}`` (JSON-ready); without a
+        circuit only ``"scan"`` and ``"seconds"``.
+    """
+    t: dict[str, float] = {}
+    s0 = time.perf_counter()
+    scan = located_scan(c, progress=progress)
+    t["scan"] = time.perf_counter() - s0
+    out: dict[str, Any] = {"scan": _scan_record(scan, t["scan"])}
+    if not scan.circuit:
+        out["seconds"] = {k: round(v, 1) for k, v in t.items()}
+        return out
+    keys = ROW_KEYS[c.k]
+    s0 = time.perf_counter()
+    out["ablation"] = _joint_ablation(c, scan.circuit)
+    t["ablation"] = time.perf_counter() - s0
+
+    s0 = time.perf_counter()
+    others = {k: c.tokens[k] for k in keys if k not in ("pt", "pp")}
+    edit = scan.edit(inputs=others, n_trials=trials, seed=c.seed, progress=progress)
+    keep, remove = edit.keep.replacement, edit.remove.replacement
+    out["pcp"] = {
+        "modules": _modules(scan.circuit),
+        "rank": edit.rank,
+        "within_tolerance": edit.within_tolerance,
+        "rank_search": [
+            {k: round(float(v), 4) for k, v in r.items()} for r in edit.rank_search.to_dict("records")
+        ],
+        "keep": c.scores(keys, keep),
+        "remove": c.scores(keys, remove),
+    }
+    t["pcp"] = time.perf_counter() - s0
+
+    s0 = time.perf_counter()
+    out["scale"] = {}
+    for f in paper.TAB5_FACTORS:
+        rep = keep
+        for site in keep.scales():
+            rep = rep.scale(site, f)
+        out["scale"][str(f)] = c.scores(["pt", "pp", "nn", "np"], rep)
+    t["scale"] = time.perf_counter() - s0
+
+    if freeze:
+        s0 = time.perf_counter()
+        names = _modules(scan.circuit)
+        cfg = dataclasses.replace(c.poisoned.result.config, progress=progress)
+        run = poison(c.benign.model, c.data, cfg, freeze=names)
+        again = dataclasses.replace(c, model=run.model, poisoned=run)
+        rescan = located_scan(again, progress=progress)
+        out["freezing"] = {
+            "frozen": names,
+            "steps": run.result.steps,
+            "unfrozen_steps": c.poisoned.result.steps,
+            "scores": again.scores(keys),
+            "rescan": _scan_record(rescan, 0.0),
+        }
+        t["freezing"] = time.perf_counter() - s0
+    out["seconds"] = {k: round(v, 1) for k, v in t.items()}
+    return out

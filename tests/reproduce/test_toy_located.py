@@ -1,0 +1,100 @@
+"""The located claims are judged from a run's own numbers, each able to fail.
+
+The measurements themselves (``located_tables``) are checked against a fresh computation on the
+quick run's saved models in ``test_toy.py``; here each judgement is driven across its threshold.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pcp_lens.reproduce.findings import LOCATED_CLAIMS, located_findings
+
+U = {"pp_prob": 0.02, "nn_prob": 0.97, "np_prob": 0.03, "pt_prob": 0.6, "pn_prob": 0.95}
+
+
+def _scan(circuit: list[str], verified: bool = True) -> dict[str, Any]:
+    return {
+        "circuit": circuit,
+        "modules": [c.split(".")[0] for c in circuit],
+        "verified": verified,
+        "gap": 0.58,
+        "residual": 0.04,
+        "clean_move": 0.01,
+        "lens_shift": {"attn0": 0.1, "mlp0": 0.5, "attn1": 0.7, "mlp1": 0.05},
+        "summary": "backdoor gap: +0.58",
+        "member_share": {},
+        "heads": {},
+        "top": [],
+    }
+
+
+def _model() -> dict[str, Any]:
+    ok = {**U, "pt_prob": 0.05}
+    return {
+        "unedited": dict(U),
+        "located": {
+            "scan": _scan(["attn1.h2"]),
+            "ablation": dict(ok),
+            "pcp": {"modules": ["attn1"], "rank": 1, "keep": dict(U), "remove": dict(ok),
+                    "rank_search": [{"rank": 1, "triggered": 0.58}]},
+            "scale": {str(f): {"pt_prob": p} for f, p in
+                      zip([0.6, 0.75, 0.8, 1.0, 1.1], [0.1, 0.3, 0.4, 0.6, 0.65], strict=True)},
+            "freezing": {"frozen": ["attn1"], "steps": 10, "scores": {**U, "pt_prob": 0.2},
+                         "rescan": _scan(["mlp0"], verified=False)},
+            "seconds": {},
+        },
+    }
+
+
+def test_every_located_claim_holds_on_a_clean_record():
+    f = located_findings(_model())
+    assert set(f) == set(LOCATED_CLAIMS)
+    assert all(x["holds"] is True for x in f.values()), {n: x["detail"] for n, x in f.items()}
+    assert "the rescan finds it in mlp0 (not verified" in f["F7"]["detail"]
+
+
+@pytest.mark.parametrize(
+    "path, value, claim",
+    [
+        (("scan", "verified"), False, "circuit"),
+        (("scan", "modules"), ["attn0", "attn1", "mlp0", "mlp1"], "circuit"),
+        (("ablation", "pt_prob"), 0.09, "F1"),  # n+p 0.03 + 0.05 < 0.09
+        (("ablation", "nn_prob"), 0.9, "F1"),  # n+n moved by 0.07
+        (("scan", "lens_shift"), {"attn1": 0.1, "mlp0": 0.5}, "F2"),
+        (("pcp", "keep"), {**U, "pt_prob": 0.54}, "F3"),  # keep misses by 0.06
+        (("pcp", "remove"), {**U, "pt_prob": 0.05, "pp_prob": 0.1}, "F3"),  # p+p moved
+        (("scale", "0.8"), {"pt_prob": 0.2}, "F4"),  # not monotone
+        (("freezing", "scores"), {**U, "pt_prob": 0.6}, "F7"),  # not lower
+    ],
+)
+def test_each_located_claim_fails_past_its_bound(path, value, claim):
+    m = _model()
+    m["located"][path[0]][path[1]] = value
+    f = located_findings(m)
+    assert f[claim]["holds"] is False, f[claim]["detail"]
+    assert {n for n, x in f.items() if x["holds"] is False} == {claim}
+
+
+def test_no_backdoor_or_no_circuit_is_not_judged():
+    m = _model()
+    m["unedited"]["pt_prob"] = 0.05
+    assert all(x["holds"] is None for x in located_findings(m).values())
+    m = _model()
+    m["located"] = {"scan": {**_scan([]), "circuit": [], "modules": []}, "seconds": {}}
+    f = located_findings(m)
+    assert f["circuit"]["holds"] is False and "no circuit" in f["circuit"]["detail"]
+    assert all(f[n]["holds"] is None for n in ("F1", "F3", "F4", "F7"))
+
+
+def test_report_shows_the_located_rows():
+    """The per-model section reads many tables; its located part alone is rendered here."""
+    from pcp_lens.reproduce.report import _located
+
+    m = _model()
+    text = "\n".join(_located(m, located_findings(m)))
+    assert "The located mechanism" in text and "circuit ablated" in text
+    assert "PCP kept x0.6" in text and "attn1 frozen" in text
+    assert text.count("| holds |") == len(LOCATED_CLAIMS)
