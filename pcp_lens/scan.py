@@ -76,8 +76,8 @@ from pcp_lens.scoring import (
     per_prompt,
     resolve_positions,
 )
-from pcp_lens.tuning import score_inputs
 from pcp_lens.sites import Site, SiteLike, all_sites, as_sites
+from pcp_lens.tuning import score_inputs
 
 __all__ = ["BackdoorScan", "ScanEdit", "scan_backdoor"]
 
@@ -612,7 +612,7 @@ def scan_backdoor(
         or (r["kind"] == "embed" and embedding is not None and embedding["changed"])
     ]
     control_base = (
-        {k: float(v) for k, v in score_inputs(model, control_tokens, metric).items()}
+        {str(k): float(v) for k, v in score_inputs(model, control_tokens, metric).items()}
         if control_tokens
         else {}
     )

@@ -306,15 +306,16 @@ def _summary(per_seed: Mapping[str, Mapping[str, Any]]) -> list[str]:
                 located.append([seed, model, "at the circuit", circuit, *cells])
                 rows.append(located[-1])
     totals = []
-    for label, which in (("as stated", "as stated"), ("at the circuit", "at the circuit")):
-        part = [row for row in rows if row[2] == which]
+    for label in ("as stated", "at the circuit"):
+        part = [row for row in rows if row[2] == label]
         if not part:
             continue
         line = ["", "holds in", label, ""]
         for i in range(len(names)):
             col = [row[4 + i] for row in part if row[4 + i]]
             judged = [c for c in col if not c.startswith("–")]
-            line.append(f"{sum(c.startswith('holds') for c in col)} of {len(judged)}" if col else "")
+            held = sum(c.startswith("holds") for c in col)
+            line.append(f"{held} of {len(judged)}" if col else "")
         totals.append(line)
     out = [_table(["seed", "model", "judged", "modules", *names], [*rows, *totals])]
     out.append(

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, cast
+
+import pandas as pd
 
 from pcp_lens.ablation import ablation_sweep
 from pcp_lens.means import ablation_means
@@ -75,7 +77,8 @@ def _scan_record(scan: BackdoorScan, seconds: float) -> dict[str, Any]:
     top = scan.table.sort_values("rank").head(TOP_ROWS)
     cols = ["rank", "site", "score", "score_lo", "score_hi", "ablation_drop", "ablation_clean"]
     cols += ["restore", "induce", "lens_shift", "ref_restore", "act_distance"]
-    modules = scan.table[scan.table["kind"].isin(["attn", "mlp"]) & scan.table["head"].isna()]
+    table = scan.table
+    modules = cast(pd.DataFrame, table[table["kind"].isin(["attn", "mlp"]) & table["head"].isna()])
     return {
         "circuit": list(scan.circuit),
         "modules": _modules(scan.circuit),
@@ -114,7 +117,7 @@ def _joint_ablation(c: ToyCtx, circuit: tuple[str, ...]) -> dict[str, float]:
         positions=[-1],
         progress=False,
     )
-    rows = df[df["site"] == "circuit"].to_dict("records")
+    rows = cast(pd.DataFrame, df[df["site"] == "circuit"]).to_dict("records")
     return {
         f"{r['input_set']}{METRIC_SUFFIX[str(r['metric'])]}": round(float(r["value"]), 4)
         for r in rows
@@ -158,7 +161,8 @@ def located_tables(
         "rank": edit.rank,
         "within_tolerance": edit.within_tolerance,
         "rank_search": [
-            {k: round(float(v), 4) for k, v in r.items()} for r in edit.rank_search.to_dict("records")
+            {k: round(float(v), 4) for k, v in r.items()}
+            for r in edit.rank_search.to_dict("records")
         ],
         "keep": c.scores(keys, keep),
         "remove": c.scores(keys, remove),
