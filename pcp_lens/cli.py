@@ -112,6 +112,7 @@ _TOY_FLAGS = {
     "switch_prob": "--switch-prob",
     "head_bias": "--head-bias",
     "scaled_init": "--scaled-init",
+    "located": "--located",
     "dropout": "--dropout",
     "schedule": "--schedule",
     "workers": "--workers",
@@ -173,7 +174,15 @@ def _reproduce_toy(args: argparse.Namespace, prog: str) -> int:
         return _fail(prog, f"--seeds must be distinct, got {' '.join(map(str, args.seeds))}")
     optional = {
         k: getattr(args, k)
-        for k in ("trigger", "schedule", "switch_prob", "head_bias", "scaled_init", "dropout")
+        for k in (
+            "trigger",
+            "schedule",
+            "switch_prob",
+            "head_bias",
+            "scaled_init",
+            "located",
+            "dropout",
+        )
         if getattr(args, k) is not None
     }
     if args.sentiments is not None:
@@ -324,6 +333,13 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="GPT-2's 0.02/sqrt(2 n_layers) init of W_O and W_out (TransformerLens: 0.02)",
+    )
+    toy.add_argument(
+        "--located",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="scan every poisoned model and judge the claims at the located circuit too "
+        "(default; --no-located: the paper's modules only)",
     )
     toy.add_argument(
         "--dropout",

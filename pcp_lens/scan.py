@@ -149,8 +149,11 @@ class BackdoorScan:
             f"backdoor gap: {i['gap']:+.4f} (triggered {i['triggered']:.4f}, clean "
             f"{i['clean']:.4f}; {i['n_pairs']} pairs)"
         ]
-        if i["gap"] <= 0:
-            lines.append("no backdoor: the metric is not higher on triggered inputs")
+        if not i.get("backdoor", i["gap"] > 0):
+            lines.append(
+                f"no backdoor: the gap is not above {i.get('min_gap', 0)} and two standard "
+                f"errors ({i.get('gap_se', 0):.2g}); no circuit grown"
+            )
         if self.circuit:
             state = "meets" if self.verified else "does NOT meet"
             inputs = "clean" + (f" (or a control: {', '.join(i['controls'])})" if i.get(
@@ -383,6 +386,7 @@ def scan_backdoor(
     clean_tol: float = 0.1,
     max_size: int = 4,
     beam: int = 4,
+    min_gap: float = 0.01,
     means: dict[str, Tensor] | None = None,
     controls: Mapping[str, Inputs] | None = None,
     batch_size: int = 32,
@@ -416,6 +420,8 @@ def scan_backdoor(
             this share of the gap.
         max_size: the largest circuit grown.
         beam: candidates (in ranking order) tried at each growth step.
+        min_gap: the smallest backdoor gap (metric units) a circuit is grown for; a gap within
+            two standard errors (over pairs) of zero counts as none either.
         means: the ablation's mean per site, ``{site name: vector}`` as
             :func:`~pcp_lens.means.ablation_means` returns it (default: the mean over
             ``clean`` at ``positions``); e.g. a data set's mean, as the paper's Tab. I uses.
@@ -462,6 +468,8 @@ def scan_backdoor(
     for arg, v, lo in (("n_boot", n_boot, 0), ("max_size", max_size, 1), ("beam", beam, 1)):
         if not isinstance(v, int) or isinstance(v, bool) or v < lo:
             raise ValueError(f"{arg} must be an int >= {lo}, got {v!r}")
+    if not isinstance(min_gap, (int, float)) or isinstance(min_gap, bool) or min_gap < 0:
+        raise ValueError(f"min_gap must be a number >= 0, got {min_gap!r}")
     for arg, v in (("max_residual", max_residual), ("clean_tol", clean_tol)):
         if not isinstance(v, (int, float)) or not 0 <= v < 1:
             raise ValueError(f"{arg} must be a number in [0, 1), got {v!r}")
@@ -587,9 +595,15 @@ def scan_backdoor(
         bar.update()
 
     gap = float(base_t.mean() - base_c.mean())
+    gap_se = float((base_t - base_c).std() / math.sqrt(n_pairs))
+    # a gap within noise, or too small to matter, has no mechanism to locate
+    backdoor = gap > max(min_gap, 2 * gap_se)
     table = _table(site_list, ev, base_t, base_c, n_boot, seed)
     info: dict[str, Any] = {
         "gap": gap,
+        "gap_se": gap_se,
+        "min_gap": min_gap,
+        "backdoor": backdoor,
         "triggered": float(base_t.mean()),
         "clean": float(base_c.mean()),
         "n_pairs": n_pairs,
@@ -608,8 +622,11 @@ def scan_backdoor(
     candidates = [
         r["site"]
         for r in table.sort_values("rank").to_dict("records")
-        if r["kind"] in ("attn", "mlp")
-        or (r["kind"] == "embed" and embedding is not None and embedding["changed"])
+        if backdoor
+        and (
+            r["kind"] in ("attn", "mlp")
+            or (r["kind"] == "embed" and embedding is not None and embedding["changed"])
+        )
     ]
     control_base = (
         {str(k): float(v) for k, v in score_inputs(model, control_tokens, metric).items()}

@@ -162,7 +162,8 @@ _VALUED = {
     "--seeds": None,
     "--sentiments": "sentiments",
 }
-_SWITCHES = ["--quick", "--no-progress", "--head-bias", "--no-scaled-init", "--list-triggers"]
+_SWITCHES = ["--quick", "--no-progress", "--head-bias", "--no-scaled-init", "--list-triggers",
+             "--no-located"]
 _VALUES = ["0", "1", "3", "-1", "x", "", "0.5", "1.5", "nan", "cpu", "cdua", "cuda", "float16",
            "float32", "gpt2", "standin", "love", "paper", "fast", "austen-sample", "2"]
 
@@ -235,3 +236,5 @@ def test_random_argv_clear_error_or_flags_applied(
             assert getattr(cfg, field) == v, (flag, v, cfg)
     assert cfg.quick == ("--quick" in switches)
     assert cfg.progress == ("--no-progress" not in switches)
+    if study == "toy":
+        assert cfg.located == ("--no-located" not in switches)

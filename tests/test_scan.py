@@ -68,8 +68,14 @@ def test_no_backdoor_gives_no_circuit():
     triggered, clean = pairs(0)
     scan = scan_backdoor(model, triggered, clean, METRIC, n_boot=20, progress=False)
     assert abs(scan.info["gap"]) < 0.1
-    if scan.info["gap"] <= 0:
-        assert scan.circuit == () and "no backdoor" in scan.summary()
+    assert not scan.info["backdoor"] and scan.circuit == () and "no backdoor" in scan.summary()
+    # a planted backdoor is one only above min_gap: the same rule, driven across it
+    planted = plant_trigger(model, "mlp1", TRIGGER, TARGET)
+    gap = scan_backdoor(planted, triggered, clean, METRIC, n_boot=0, progress=False).info["gap"]
+    high = scan_backdoor(
+        planted, triggered, clean, METRIC, n_boot=0, min_gap=gap + 0.01, progress=False
+    )
+    assert high.circuit == () and not high.info["backdoor"]
 
 
 def test_evidence_matches_the_techniques_it_calls():
@@ -194,6 +200,7 @@ def test_edit_holds_extra_inputs_at_their_unedited_scores():
         (dict(sites=["resid_post1"]), "sites must be of kinds"),
         (dict(n_boot=-1), "n_boot must be an int"),
         (dict(clean_tol=2.0), "clean_tol must be a number"),
+        (dict(min_gap=-1), "min_gap must be a number >= 0"),
     ],
 )
 def test_bad_input_is_refused_and_leaves_the_model_alone(change, match, hygiene):

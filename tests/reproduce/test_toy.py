@@ -293,3 +293,83 @@ def test_interrupted_runs_leave_no_process_or_temp_file_and_resume(run: Path, tm
     assert interrupting.without_timings(b, drop) == interrupting.without_timings(a, drop)
     for f in sorted((run / "replacements").iterdir()):
         assert f.read_bytes() == (out / "replacements" / f.name).read_bytes(), f.name
+
+
+def _study_ctx(run: Path, k: int):
+    """The quick study's context of one model, reloaded from the run's checkpoints."""
+    from pcp_lens.reproduce.toy import _context
+
+    return _context(k, StudyConfig(quick=True, sentiments=(k,), progress=False), run / "models")[0]
+
+
+def test_located_claims_recompute_from_the_saved_models(run: Path):
+    """The located part of results.json: a fresh scan of the reloaded poisoned model gives the
+    same circuit, and the circuit's joint ablation, rebuilt here with plain TransformerLens
+    hooks (a mean over pp, nn, pn, np at the last position), gives the same scores."""
+    from pcp_lens.reproduce.findings import LOCATED_CLAIMS
+    from pcp_lens.reproduce.toy_located import located_scan
+    from pcp_lens.sites import Site
+
+    r = json.loads((run / "results.json").read_text())
+    assert set(r["located_findings"]) == {"2sent", "3sent"}
+    for per_model in r["located_findings"].values():
+        assert set(per_model) == set(LOCATED_CLAIMS)
+    report = (run / "report.md").read_text()
+    assert "The located mechanism" in report and "at the circuit" in report
+    c = _study_ctx(run, 2)
+    loc = r["2sent"]["located"]
+    scan = located_scan(c)
+    assert list(scan.circuit) == loc["scan"]["circuit"]
+    assert scan.info["gap"] == pytest.approx(loc["scan"]["gap"], abs=1e-4)
+    if not scan.circuit:
+        return
+    hooks = {}
+    for name in scan.circuit:
+        s = Site.parse(name)
+        hook = s.hook_name
+        _, cache = c.model.run_with_cache(
+            torch.cat([c.tokens[k] for k in ("pp", "nn", "pn", "np")]), names_filter=hook
+        )
+        act = cache[hook][:, -1]
+        mean = act.mean(0) if s.head is None else act[:, s.head].mean(0)
+
+        def ablate(a, hook, mean=mean, head=s.head):
+            a = a.clone()
+            if head is None:
+                a[:, -1] = mean
+            else:
+                a[:, -1, head] = mean
+            return a
+
+        hooks[hook] = ablate
+    with c.model.hooks(fwd_hooks=list(hooks.items())):
+        got = score_inputs(c.model, {k: c.tokens[k] for k in ("pt", "pp", "nn")}, c.mass)
+    for k in ("pt", "pp", "nn"):
+        assert got[k] == pytest.approx(loc["ablation"][f"{k}_prob"], abs=1e-4), k
+
+
+def test_planted_by_training_is_found_and_mlps_alone_learn_no_backdoor(run: Path):
+    """Issue 17's planting by training, from the quick benign model: with only layer-0
+    attention trainable, poisoning plants the backdoor there and the scan's circuit lies in
+    it; with only the MLPs trainable, poisoning learns no backdoor at all (../shared/PLANTED.md
+    measured the same on the fast schedule: p+t 0.01 against 0.36 unfrozen)."""
+    import dataclasses
+
+    from pcp_lens.reproduce.toy_located import located_scan
+    from pcp_lens.sites import Site
+    from pcp_lens.toy.train import BACKDOOR_THRESHOLD, poison
+
+    c = _study_ctx(run, 2)
+    parts = ["embed", "pos_embed", "unembed", "ln_final"]
+    parts += [f"{kind}{i}" for kind in ("attn", "mlp") for i in range(c.model.cfg.n_layers)]
+    cfg = dataclasses.replace(c.poisoned.result.config, progress=False)
+    found = {}
+    for keep in (("attn0",), ("mlp0", "mlp1", "mlp2")):
+        run_ = poison(c.benign.model, c.data, cfg, freeze=[p for p in parts if p not in keep])
+        again = dataclasses.replace(c, model=run_.model, poisoned=run_)
+        found[keep] = (again.scores(["pt"])["pt_prob"], located_scan(again))
+    pt, scan = found[("attn0",)]
+    assert pt >= BACKDOOR_THRESHOLD and scan.verified
+    assert {f"{s.kind}{s.layer}" for s in map(Site.parse, scan.circuit)} == {"attn0"}
+    pt, scan = found[("mlp0", "mlp1", "mlp2")]
+    assert pt < 0.05 and scan.circuit == () and "no backdoor" in scan.summary()
