@@ -56,7 +56,7 @@ test: lint docs
 # Re-execute the tutorial notebooks from their jupytext text forms (examples/*.py with a
 # notebook twin) and store the outputs the docs render; a fresh checkpoint each time. Without
 # --update: jupytext skips writing when only the outputs changed.
-NOTEBOOKS := quick_tour toy_study_analysis
+NOTEBOOKS := quick_tour toy_study_analysis scan_walkthrough
 notebooks: setup
 	rm -rf examples/runs/toy_notebook
 	cd examples && for nb in $(NOTEBOOKS); do \

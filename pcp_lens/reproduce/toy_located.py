@@ -153,7 +153,8 @@ def located_tables(
     t["ablation"] = time.perf_counter() - s0
 
     s0 = time.perf_counter()
-    others = {k: c.tokens[k] for k in keys if k not in ("pt", "pp")}
+    # the sets without the trigger, held at their unedited scores (s+t carries the trigger too)
+    others = {k: c.tokens[k] for k in keys if k != "pp" and "t" not in k}
     edit = scan.edit(inputs=others, n_trials=trials, seed=c.seed, progress=progress)
     keep, remove = edit.keep.replacement, edit.remove.replacement
     out["pcp"] = {
