@@ -323,25 +323,26 @@ def test_located_claims_recompute_from_the_saved_models(run: Path):
     assert scan.info["gap"] == pytest.approx(loc["scan"]["gap"], abs=1e-4)
     if not scan.circuit:
         return
-    hooks = {}
+    every = torch.cat([c.tokens[k] for k in ("pp", "nn", "pn", "np")])
+    means: dict[str, list] = {}  # hook -> [(head or None, mean at the last position)]
     for name in scan.circuit:
         s = Site.parse(name)
-        hook = s.hook_name
-        _, cache = c.model.run_with_cache(
-            torch.cat([c.tokens[k] for k in ("pp", "nn", "pn", "np")]), names_filter=hook
+        _, cache = c.model.run_with_cache(every, names_filter=s.hook_name)
+        act = cache[s.hook_name][:, -1]
+        means.setdefault(s.hook_name, []).append(
+            (s.head, act.mean(0) if s.head is None else act[:, s.head].mean(0))
         )
-        act = cache[hook][:, -1]
-        mean = act.mean(0) if s.head is None else act[:, s.head].mean(0)
 
-        def ablate(a, hook, mean=mean, head=s.head):
-            a = a.clone()
+    def ablate(a, hook):
+        a = a.clone()
+        for head, mean in means[hook.name]:
             if head is None:
                 a[:, -1] = mean
             else:
                 a[:, -1, head] = mean
-            return a
+        return a
 
-        hooks[hook] = ablate
+    hooks = {name: ablate for name in means}
     with c.model.hooks(fwd_hooks=list(hooks.items())):
         got = score_inputs(c.model, {k: c.tokens[k] for k in ("pt", "pp", "nn")}, c.mass)
     for k in ("pt", "pp", "nn"):
