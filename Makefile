@@ -50,8 +50,11 @@ lint: setup
 docs: setup
 	$(BIN)/mkdocs build --strict -q
 
+# Two processes by default (the CI machine has 2 cores; most tests run one torch thread). A file's
+# tests stay in one process, so its module-scoped fixtures (e.g. the quick studies) run once.
+PYTEST_WORKERS ?= 2
 test: lint docs
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 # Re-execute the tutorial notebooks from their jupytext text forms (examples/*.py with a
 # notebook twin) and store the outputs the docs render; a fresh checkpoint each time. Without
