@@ -77,6 +77,7 @@ __all__ = [
     "Hooks",
     "Model",
     "block_input_name",
+    "copy_model",
     "hook_name",
     "module_input",
     "module_input_hook",
@@ -201,6 +202,36 @@ def new_model(cfg: HookedTransformerConfig, **kwargs: Any) -> HookedTransformer:
     return _impl.new_model(cfg, **kwargs)
 
 
+def copy_model(model: Model) -> Model:
+    """An independent copy of ``model``: its own weights, hook points and forward hooks.
+
+    Use it instead of ``copy.deepcopy``, which on the bridge leaves the copy's internal hooks
+    pointing at the original's modules.
+
+    Args:
+        model: the model to copy (not modified).
+
+    Returns:
+        The copy, in ``model``'s mode, device and dtype.
+
+    Examples:
+        >>> import torch
+        >>> from pcp_lens.testing import tiny_model
+        >>> m = tiny_model(n_layers=1)
+        >>> c = copy_model(m)
+        >>> with torch.no_grad():
+        ...     _ = mlp_weights(c, 0)["W_in"].zero_()
+        >>> bool(mlp_weights(m, 0)["W_in"].abs().sum() > 0)
+        True
+    """
+    return _impl.copy_model(model)
+
+
+def hook_points(model: Model) -> list[HookPoint]:
+    """Every distinct hook point of ``model`` (on the bridge, aliases share one)."""
+    return _impl.hook_points(model)
+
+
 def attached_hook_count(model: HookedTransformer) -> int:
     """Count the non-permanent hooks attached anywhere on ``model`` (0 after pcp_lens returns).
 
@@ -208,7 +239,7 @@ def attached_hook_count(model: HookedTransformer) -> int:
     hook point, so ``hook_dict.values()`` holds it twice.
     """
     n = 0
-    for hp in _impl.hook_points(model):
+    for hp in hook_points(model):
         n += sum(not h.is_permanent for h in (*hp.fwd_hooks, *hp.bwd_hooks))
     return n
 

@@ -20,6 +20,7 @@ places where the bridge still behaves differently (docs/tl4.md lists them):
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import warnings
 from typing import Any
@@ -91,6 +92,29 @@ def named_parameters(model: TransformerBridge) -> dict[str, Any]:
         for n, t in model.tl_named_parameters()
         if t.requires_grad and not (folded and n.rsplit(".", 2)[-2].startswith("ln"))
     }
+
+
+def copy_model(model: TransformerBridge) -> TransformerBridge:
+    """An independent copy: its own weights, and its forward hooks on its own modules.
+
+    A plain ``copy.deepcopy`` leaves each block's capture hooks (``hook_mlp_in``, the split-QKV
+    input fork) as closures over the *original's* modules, partly through weak references: the
+    copy then fires the original's hook points, and fails once the original is freed. It also
+    refuses the non-leaf tensors a forward pass with gradients leaves cached on the attention
+    bridges; those are copied detached.
+    """
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, Tensor) and value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+    copied = copy.deepcopy(model, memo)
+    for block in copied.blocks:
+        teardown = getattr(block, "_teardown_capture_hooks", None)
+        if teardown is not None:
+            teardown()  # the copied handles remove the copied closures from the copy's modules
+            block._maybe_wire_capture_hooks()
+    return copied
 
 
 def hook_points(model: TransformerBridge) -> list[Any]:
