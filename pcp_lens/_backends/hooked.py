@@ -65,6 +65,11 @@ def copy_model(model: HookedTransformer) -> HookedTransformer:
     return copy.deepcopy(model)
 
 
+def parameter_leaves(model: HookedTransformer) -> dict[str, torch.nn.Parameter]:
+    """The parameters by TransformerLens name (each is its own parameter)."""
+    return dict(model.named_parameters())
+
+
 def hook_points(model: HookedTransformer) -> list[Any]:
     """Every distinct hook point of the model."""
     return list(model.hook_dict.values())
