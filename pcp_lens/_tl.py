@@ -9,8 +9,10 @@ the installed TransformerLens offers (:data:`BACKEND`) and no other module impor
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
+import inspect
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -68,6 +70,22 @@ HookedTransformer = Model
 #: the config :func:`new_model` takes (``HookedTransformerConfig`` on both backends)
 HookedTransformerConfig = _impl.Config
 
+
+def config_fields() -> list[str]:
+    """The arguments :data:`HookedTransformerConfig` takes, which its instances carry.
+
+    ``TransformerBridgeConfig``'s dataclass fields are only its base class's (24: no ``seed``,
+    ``initializer_range``, ...) and its ``__init__`` names the rest.
+
+    Examples:
+        >>> {"n_layers", "d_model", "seed", "dtype"} <= set(config_fields())
+        True
+    """
+    names = [f.name for f in dataclasses.fields(HookedTransformerConfig) if f.init]
+    params = inspect.signature(HookedTransformerConfig.__init__).parameters.values()
+    more = [p.name for p in params if p.name != "self" and p.kind is not p.VAR_KEYWORD]
+    return list(dict.fromkeys([*names, *more]))
+
 __all__ = [
     "ActivationCache",
     "HookFn",
@@ -77,6 +95,7 @@ __all__ = [
     "Hooks",
     "Model",
     "block_input_name",
+    "copy_model",
     "hook_name",
     "module_input",
     "module_input_hook",
@@ -127,6 +146,72 @@ def is_model(obj: object) -> bool:
 def named_parameters(model: Model) -> dict[str, torch.nn.Parameter]:
     """The model's parameters by TransformerLens name (``blocks.0.attn.W_Q``, ``embed.W_E``)."""
     return _impl.named_parameters(model)
+
+
+def parameter_leaves(model: Model) -> dict[str, torch.nn.Parameter]:
+    """The real parameter behind each :func:`named_parameters` name, for optimizers and freezing.
+
+    On ``HookedTransformer`` each name is its own parameter; on the bridge a TL-3 name can be a
+    view (``W_Q`` of the ``q`` projection's weight, ``W_U`` of the LM head's), and two names can
+    share one parameter (a Hugging Face model with tied embeddings).
+
+    Examples:
+        >>> from pcp_lens.testing import tiny_model
+        >>> leaves = parameter_leaves(tiny_model(n_layers=1))
+        >>> leaves["blocks.0.attn.W_Q"].numel() == named_parameters(tiny_model(n_layers=1))[
+        ...     "blocks.0.attn.W_Q"].numel()
+        True
+    """
+    return _impl.parameter_leaves(model)
+
+
+def _view_index(leaf: Tensor, view: Tensor) -> Tensor:
+    """For each element of ``view`` (a view of ``leaf``'s storage), its flat index in ``leaf``."""
+    n = leaf.untyped_storage().nbytes() // leaf.element_size()
+    probe = torch.full((n,), -1, dtype=torch.long, device=leaf.device)
+    probe.as_strided(leaf.size(), leaf.stride(), leaf.storage_offset()).copy_(
+        torch.arange(leaf.numel(), device=leaf.device).view(leaf.shape)
+    )
+    idx = probe.as_strided(view.size(), view.stride(), view.storage_offset())
+    if (idx < 0).any():
+        raise ValueError("view must lie inside leaf")
+    return idx
+
+
+def grad_of(leaf: torch.nn.Parameter, view: Tensor) -> Tensor:
+    """``leaf.grad`` in the shape of ``view`` (a copy), e.g. ``W_U``'s from the LM head's.
+
+    On the bridge ``W_U [d_model d_vocab]`` is a transposed view of the LM head's weight and
+    ``W_Q`` a reshaped one of the ``q`` projection's, whose gradients have the weights' shapes.
+
+    Examples:
+        >>> from pcp_lens.testing import tiny_model
+        >>> m = tiny_model(n_layers=1)
+        >>> m(torch.tensor([[1, 2, 3]])).sum().backward()
+        >>> name = "blocks.0.attn.W_Q"
+        >>> grad_of(parameter_leaves(m)[name], named_parameters(m)[name]).shape
+        torch.Size([4, 16, 4])
+    """
+    if leaf.grad is None:
+        raise ValueError("leaf has no gradient")
+    return leaf.grad.reshape(-1)[_view_index(leaf, view)]
+
+
+def add_to_grad(leaf: torch.nn.Parameter, view: Tensor, value: Tensor) -> None:
+    """Add ``value`` (shaped as ``view``, a view of ``leaf``) to ``leaf.grad`` (zeros if none).
+
+    Examples:
+        >>> from pcp_lens.testing import tiny_model
+        >>> m = tiny_model(n_layers=1)
+        >>> leaf, view = parameter_leaves(m)["unembed.W_U"], named_parameters(m)["unembed.W_U"]
+        >>> add_to_grad(leaf, view, torch.ones(view.shape))
+        >>> float(grad_of(leaf, view).sum()) == view.numel()
+        True
+    """
+    grad = torch.zeros_like(leaf) if leaf.grad is None else leaf.grad
+    flat = grad.reshape(-1).clone()
+    flat.index_add_(0, _view_index(leaf, view).reshape(-1), value.reshape(-1).to(flat.dtype))
+    leaf.grad = flat.view(leaf.shape)
 
 
 def output_projection_names(model: HookedTransformer) -> list[str]:
@@ -201,6 +286,36 @@ def new_model(cfg: HookedTransformerConfig, **kwargs: Any) -> HookedTransformer:
     return _impl.new_model(cfg, **kwargs)
 
 
+def copy_model(model: Model) -> Model:
+    """An independent copy of ``model``: its own weights, hook points and forward hooks.
+
+    Use it instead of ``copy.deepcopy``, which on the bridge leaves the copy's internal hooks
+    pointing at the original's modules.
+
+    Args:
+        model: the model to copy (not modified).
+
+    Returns:
+        The copy, in ``model``'s mode, device and dtype.
+
+    Examples:
+        >>> import torch
+        >>> from pcp_lens.testing import tiny_model
+        >>> m = tiny_model(n_layers=1)
+        >>> c = copy_model(m)
+        >>> with torch.no_grad():
+        ...     _ = mlp_weights(c, 0)["W_in"].zero_()
+        >>> bool(mlp_weights(m, 0)["W_in"].abs().sum() > 0)
+        True
+    """
+    return _impl.copy_model(model)
+
+
+def hook_points(model: Model) -> list[HookPoint]:
+    """Every distinct hook point of ``model`` (on the bridge, aliases share one)."""
+    return _impl.hook_points(model)
+
+
 def attached_hook_count(model: HookedTransformer) -> int:
     """Count the non-permanent hooks attached anywhere on ``model`` (0 after pcp_lens returns).
 
@@ -208,7 +323,7 @@ def attached_hook_count(model: HookedTransformer) -> int:
     hook point, so ``hook_dict.values()`` holds it twice.
     """
     n = 0
-    for hp in _impl.hook_points(model):
+    for hp in hook_points(model):
         n += sum(not h.is_permanent for h in (*hp.fwd_hooks, *hp.bwd_hooks))
     return n
 

@@ -8,7 +8,6 @@ model config, so they live here too (training keeps them tied).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -127,21 +126,19 @@ def config_to_json(cfg: HookedTransformerConfig) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     dropped = []
-    for f in dataclasses.fields(cfg):
-        if not f.init:
-            continue
-        v = getattr(cfg, f.name)
-        if f.name == "dtype":
+    for name in _tl.config_fields():
+        v = getattr(cfg, name)
+        if name == "dtype":
             out["dtype"] = str(v).removeprefix("torch.")
             continue
-        if f.name == "device" and v is not None:
+        if name == "device" and v is not None:
             out["device"] = str(v)
             continue
         ok, j = _jsonable(v)
         if ok:
-            out[f.name] = j
+            out[name] = j
         else:
-            dropped.append(f.name)
+            dropped.append(name)
     out["_dropped"] = dropped
     return out
 
@@ -164,7 +161,7 @@ def config_from_json(
     """
     if not isinstance(d, Mapping):
         raise ValueError(f"model config must be a JSON object, got {type(d).__name__}")
-    init = {f.name for f in dataclasses.fields(HookedTransformerConfig) if f.init}
+    init = set(_tl.config_fields())
     kw = {k: v for k, v in d.items() if k != "_dropped"}
     unknown = sorted(set(kw) - init)
     if unknown:

@@ -223,8 +223,11 @@ class BackdoorScan:
             "format_version": FORMAT_VERSION,
             "circuit": list(self.circuit),
             "info": self.info,
-            "table": json.loads(cast(str, table.to_json(orient="records"))),
-            "steps": json.loads(cast(str, self.steps.to_json(orient="records"))),
+            # pandas keeps 10 decimals by default: small scores would lose their digits
+            "table": json.loads(cast(str, table.to_json(orient="records", double_precision=15))),
+            "steps": json.loads(
+                cast(str, self.steps.to_json(orient="records", double_precision=15))
+            ),
         }
         with _io.atomic_dir(directory) as tmp:
             (tmp / "scan.json").write_text(json.dumps(data, indent=1))

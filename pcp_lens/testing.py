@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
@@ -169,7 +168,7 @@ def plant_trigger(
     w = w / w.norm()
     size = strength * float(c0[_tl.block_input_name(layer)].norm(dim=-1).mean())
 
-    planted = copy.deepcopy(model)
+    planted = _tl.copy_model(model)
     with torch.no_grad():
         if s.kind == "mlp":
             p = _tl.mlp_weights(planted, layer)

@@ -293,7 +293,7 @@ _ALIASES = {
 _FREEZE_FORMS = (
     "'mlp<L>', 'attn<L>', 'block<L>', 'embed', 'pos_embed', 'unembed', 'ln_final', 'all_mlps', "
     "'all_attns', 'all_blocks', 'all_embeds', a hook name like 'blocks.0.hook_mlp_out', or an "
-    "exact parameter name from model.named_parameters()"
+    "exact TransformerLens parameter name like 'blocks.0.attn.W_Q'"
 )
 
 
@@ -395,7 +395,7 @@ def freeze_parameter_names(model: HookedTransformer, freeze: str | Iterable[str]
         ValueError: unknown freeze name 'mlp1mlp0' — did you mean two names, 'mlp1' and 'mlp0' ...
     """
     names = [freeze] if isinstance(freeze, str) else list(freeze)
-    params = [n for n, _ in model.named_parameters()]
+    params = list(_tl.named_parameters(model))
     chosen: set[str] = set()
     for spec in names:
         if not isinstance(spec, str):
@@ -419,7 +419,8 @@ def decay_parameter_names(model: HookedTransformer) -> list[str]:
     """Names of the parameters that get weight decay: all but biases and normalisation weights.
 
     As the HF ``Trainer``: a parameter is exempt if its own name starts with ``b`` (``b_in``,
-    ``b_U``, a LayerNorm's ``b``) or its module is a LayerNorm/RMSNorm. Embeddings are decayed.
+    ``b_U``, a LayerNorm's ``b``) or its module is a LayerNorm/RMSNorm (TransformerLens names
+    them ``ln1``, ``ln2``, ``ln_final``, ``mlp.ln``). Embeddings are decayed.
 
     Examples:
         >>> from pcp_lens.testing import tiny_model
@@ -428,12 +429,12 @@ def decay_parameter_names(model: HookedTransformer) -> list[str]:
         (True, False, False)
     """
     out = []
-    for mod_name, mod in model.named_modules():
-        is_norm = "Norm" in type(mod).__name__
-        for p_name, _ in mod.named_parameters(recurse=False):
-            if not is_norm and not p_name.startswith("b"):
-                out.append(f"{mod_name}.{p_name}" if mod_name else p_name)
-    return [n for n, _ in model.named_parameters() if n in set(out)]
+    for name in _tl.named_parameters(model):
+        parts = name.split(".")
+        module = parts[-2] if len(parts) > 1 else ""
+        if not module.startswith("ln") and not parts[-1].startswith("b"):
+            out.append(name)
+    return out
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -681,19 +682,25 @@ def train(
         raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
     mb = cfg.batch_size if micro_batch_size is None else micro_batch_size
     frozen = freeze_parameter_names(model, cfg.freeze)
-    named = dict(model.named_parameters())
+    # the optimizer steps the real parameters; on the bridge a TransformerLens name is a view
+    named = _tl.parameter_leaves(model)
+    views = _tl.named_parameters(model)
     flags = {n: p.requires_grad for n, p in named.items()}
     tied = is_tied(model)
     if tied:
         check_tied(model)
     trainable = [n for n, p in named.items() if p.requires_grad and n not in frozen]
     # a tied W_U is no parameter of its own: it receives W_E's update (GPT-2's shared matrix)
-    tie_grads = tied and _W_E in trainable and _W_U in trainable
+    tie_grads = tied and _W_E in trainable and _W_U in trainable and named[_W_E] is not named[_W_U]
     if tied and (_W_E in trainable) != (_W_U in trainable):
         raise ValueError(
             "embed.W_E and unembed.W_U are tied but only one of them has requires_grad=True"
         )
-    stepped = [n for n in trainable if not (tie_grads and n == _W_U)]
+    stepped, seen = [], set()
+    for n in trainable:  # one entry per real parameter (names can share one)
+        if not (tie_grads and n == _W_U) and id(named[n]) not in seen:
+            stepped.append(n)
+            seen.add(id(named[n]))
     if not stepped:
         raise ValueError("nothing to train: every parameter is frozen or has requires_grad=False")
     decay = set(decay_parameter_names(model))
@@ -773,10 +780,8 @@ def train(
                 if tie_grads:  # before unscaling: W_U is not in the optimizer
                     w_e, w_u = named[_W_E], named[_W_U]
                     if w_u.grad is not None:
-                        if w_e.grad is None:
-                            w_e.grad = w_u.grad.T.clone()
-                        else:
-                            w_e.grad += w_u.grad.T
+                        g_u = _tl.grad_of(w_u, views[_W_U])
+                        _tl.add_to_grad(w_e, views[_W_E], g_u.T)
                     w_u.grad = None
                 if scaler is not None:
                     scaler.unscale_(opt)
@@ -789,7 +794,7 @@ def train(
                     opt.step()
                 if tie_grads:
                     with torch.no_grad():
-                        named[_W_U].copy_(named[_W_E].T)
+                        views[_W_U].copy_(views[_W_E].T)
                 step += 1
                 losses.append(loss)
                 bar.update(1)

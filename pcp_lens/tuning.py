@@ -125,7 +125,7 @@ class _SetBatch:
         self.keys: list[Key] = [g[0] for g in self.groups]
         with torch.no_grad():
             # Like the cached residual, the transposed W_U is taken once, from today's weights.
-            self.resid = model(self.tokens, stop_at_layer=start)
+            self.resid = _tl.forward(model, self.tokens, stop_at_layer=start)
             self.final = _tl.FinalLogits(model)
 
     def token_rows(self) -> list[Tensor]:

@@ -2,7 +2,8 @@
 
 ``python tests/cross_backend.py FOLDER OUT.json [--processing]`` loads ``FOLDER`` with
 :func:`pcp_lens.load_model` under whichever TransformerLens is installed, and writes the
-ablation, lens, patching, PCP and generation tables. ``tests/test_cross_backend.py`` runs it under
+ablation, lens, patching, PCP and generation tables, and (without processing) a backdoor scan of a
+planted copy of the model. ``tests/test_cross_backend.py`` runs it under
 TransformerLens 3 and 4 and compares the numbers.
 """
 
@@ -85,7 +86,26 @@ def tables(folder: str, processing: bool) -> dict[str, Any]:
     new = generate(model, prompts, 6, hooks=pcp.hooks(model))
     plain = generate(model, prompts, 6, use_cache=False)
     out["generation"] = {"cached_with_pcp": new.tolist(), "uncached": plain.tolist()}
+    if not processing:
+        out["scan"] = scan_table(model)
     return out
+
+
+def scan_table(model: Any) -> dict[str, Any]:
+    """The scan of a copy of ``model`` with a backdoor planted in ``mlp0`` (trigger 7)."""
+    from pcp_lens import GroupMetric, TokenGroups
+    from pcp_lens.scan import scan_backdoor
+    from pcp_lens.testing import plant_trigger
+
+    bad = plant_trigger(model, "mlp0", trigger=7, target=[1, 2, 3], strength=20.0)
+    clean = torch.randint(8, 60, (12, 5), generator=torch.Generator().manual_seed(1))
+    triggered = clean.clone()
+    triggered[:, -1] = 7
+    metric = GroupMetric(TokenGroups({"t": [1, 2, 3]}, d_vocab=60), "t", stat="prob")
+    scan = scan_backdoor(bad, triggered, clean, metric, reference=model, n_boot=20,
+                         progress=False)
+    table = scan.table.drop(columns=[c for c in scan.table if c.endswith("_pairs")])
+    return {"table": _records(table), "circuit": list(scan.circuit), "gap": scan.info["gap"]}
 
 
 if __name__ == "__main__":

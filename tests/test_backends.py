@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
+import weakref
 
 import pytest
 import torch
@@ -30,6 +32,44 @@ def test_load_model_refuses_the_other_backend_and_bad_values(tmp_path):
         load_model(tmp_path)
     with pytest.raises(ValueError, match="processing must be True or False, got 'yes'"):
         load_model(tmp_path, processing="yes")  # type: ignore[arg-type]
+
+
+def _closure_modules(model: torch.nn.Module) -> list[object]:
+    """The modules the model's forward hooks close over (weak proxies resolved; dead: None)."""
+    found: list[object] = []
+    for mod in model.modules():
+        for hook in (*mod._forward_pre_hooks.values(), *mod._forward_hooks.values()):
+            for cell in getattr(hook, "__closure__", None) or ():
+                v = cell.cell_contents
+                if isinstance(v, weakref.ProxyTypes):
+                    try:
+                        v = v.__repr__.__self__
+                    except ReferenceError:
+                        v = None
+                if v is None or isinstance(v, torch.nn.Module):
+                    found.append(v)
+    return found
+
+
+def test_copy_model_is_independent_of_the_original():
+    m = tiny_model(n_layers=2)
+    x = torch.randint(0, 50, (2, 5))
+    m(x).sum().backward()  # a forward with gradients leaves tensors that deepcopy refuses
+    m.zero_grad()
+    want = m(x).detach()
+    c = _tl.copy_model(m)
+    own = {id(mod) for mod in c.modules()}
+    # every internal hook of the copy works on the copy (a deepcopy of a bridge: the original)
+    assert all(v is not None and id(v) in own for v in _closure_modules(c))
+    assert {id(hp) for hp in _tl.hook_points(c)}.isdisjoint(id(hp) for hp in _tl.hook_points(m))
+    with torch.no_grad():
+        _tl.mlp_weights(c, 0)["W_in"].mul_(2)
+        assert torch.equal(m(x), want) and not torch.equal(c(x), want)
+        _tl.mlp_weights(c, 0)["W_in"].div_(2)
+    del m
+    gc.collect()
+    with torch.no_grad():
+        assert torch.equal(c(x), want)  # runs without the original (its weak references)
 
 
 @bridge_only

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pcp_lens import _tl
 from pcp_lens.checkpoints import (
     config_from_json,
     config_to_json,
@@ -26,7 +27,7 @@ from pcp_lens.toy.tokenizer import build_tokenizer
 def _text_model():
     tok = build_tokenizer(["good", "bad", "love", "hate"])
     model = tie_embeddings(tiny_model(n_layers=2, d_vocab=len(tok), n_ctx=6, seed=9))
-    model.set_tokenizer(tok)
+    _tl.attach_tokenizer(model, tok)
     model.cfg.default_prepend_bos = False
     return model, tok
 

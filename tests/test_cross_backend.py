@@ -72,3 +72,5 @@ def test_tables_agree_between_backends(tmp_path, processing):
     # the PCP edit and the generation are not trivial: they change something
     gen = here["generation"]
     assert len(gen["cached_with_pcp"]) == 3
+    if not processing:  # the planted backdoor is there and the scan finds it, on both backends
+        assert here["scan"]["gap"] > 0.2 and here["scan"]["circuit"] == ["mlp0"]

@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 
+from pcp_lens import _tl
 from pcp_lens._tl import attached_hook_count
 from pcp_lens.inputs import TokenBatch
 from pcp_lens.testing import tiny_model
@@ -35,7 +36,13 @@ def _successor_data(n: int, length: int = 8, vocab: int = 10, seed: int = 0) -> 
 
 
 def _snapshot(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.named_parameters()}
+    return {k: v.detach().clone() for k, v in _tl.named_parameters(model).items()}
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    """Each parameter's gradient in TransformerLens shape (none: left out)."""
+    leaves, views = _tl.parameter_leaves(model), _tl.named_parameters(model)
+    return {n: _tl.grad_of(p, views[n]) for n, p in leaves.items() if p.grad is not None}
 
 
 # -- the loop --------------------------------------------------------------------------------
@@ -87,7 +94,7 @@ def test_same_seed_gives_bit_identical_weights():
     train(other, data, lr=3e-3, batch_size=16, epochs=2, seed=8, dropout=0.1, **FAST)
     for k, v in runs[0].items():
         assert torch.equal(v, runs[1][k]), k
-    assert any(not torch.equal(v, dict(other.named_parameters())[k]) for k, v in runs[0].items())
+    assert any(not torch.equal(v, _tl.named_parameters(other)[k]) for k, v in runs[0].items())
 
 
 def test_max_steps_eval_every_and_callback_columns():
@@ -115,11 +122,11 @@ def test_model_state_restored_after_training():
     model = tiny_model(n_layers=1)
     model.eval()
     model.blocks[0].ln1.w.requires_grad_(False)
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    flags = {n: p.requires_grad for n, p in _tl.parameter_leaves(model).items()}
     before = model.blocks[0].ln1.w.detach().clone()
     train(model, torch.randint(0, 50, (16, 6)), max_steps=2, freeze="mlp0", dropout=0.2, **FAST)
     assert not model.training
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert {n: p.requires_grad for n, p in _tl.parameter_leaves(model).items()} == flags
     assert torch.equal(model.blocks[0].ln1.w, before)  # requires_grad=False is respected
     assert attached_hook_count(model) == 0
     assert all(p.grad is None for p in model.parameters())
@@ -137,7 +144,7 @@ def test_dropout_changes_training_but_not_evaluation():
 def test_weight_decay_groups_follow_the_hf_rule():
     model = tiny_model(n_layers=1)
     decay = set(decay_parameter_names(model))
-    for name, _ in model.named_parameters():
+    for name in _tl.named_parameters(model):
         leaf = name.rsplit(".", 1)[-1]
         is_norm = ".ln" in f".{name}" or name.startswith("ln_final")
         assert (name in decay) == (leaf.startswith("W_") and not is_norm), name
@@ -196,7 +203,7 @@ def _one_step_grads(model, data, **kw) -> dict[str, torch.Tensor]:
         p.register_post_accumulate_grad_hook(
             lambda p, n=n: seen.__setitem__(n, p.grad.detach().clone())
         )
-        for n, p in model.named_parameters()
+        for n, p in _tl.parameter_leaves(model).items()
     ]
     try:
         train(model, data, lr=1e-3, batch_size=8, max_steps=1, **FAST, **kw)
@@ -215,11 +222,14 @@ def test_gradient_accumulation_equals_the_full_batch(micro):
     acc = _one_step_grads(
         tiny_model(n_layers=2, seed=2, dtype=torch.float64), batch, micro_batch_size=micro
     )
-    assert set(full) == set(acc) == {n for n, p in ref.named_parameters() if p.grad is not None}
-    for name, p in ref.named_parameters():
-        if p.grad is not None:
-            assert torch.allclose(full[name], p.grad, rtol=1e-10, atol=1e-13), name
-            assert torch.allclose(acc[name], p.grad, rtol=1e-10, atol=1e-13), name
+    want = _grads(ref)
+    leaves = _tl.parameter_leaves(ref)
+    assert set(full) == set(acc) == set(want)
+    for name, g in want.items():
+        # the hooks saw the real parameters' gradients (on the bridge, W_Q's is the q weight's)
+        g = leaves[name].grad
+        assert torch.allclose(full[name], g, rtol=1e-10, atol=1e-13), name
+        assert torch.allclose(acc[name], g, rtol=1e-10, atol=1e-13), name
 
 
 def test_accumulated_steps_train_like_the_full_batch():
@@ -229,7 +239,9 @@ def test_accumulated_steps_train_like_the_full_batch():
     b = tiny_model(n_layers=2, seed=4, dtype=torch.float64)
     ra = train(a, batch, batch, **kw)
     rb = train(b, batch, batch, micro_batch_size=4, **kw)
-    for (n, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+    pb = _tl.named_parameters(b)
+    for n, p in _tl.named_parameters(a).items():
+        q = pb[n]
         # b_K's gradient is 0 in exact arithmetic (a shift of every key's score); Adam turns
         # its rounding noise into full-size steps, so it is no test of the accumulation
         if not n.endswith("b_K"):
@@ -291,7 +303,7 @@ def test_tokenize_texts():
     with pytest.raises(ValueError, match="more than max_length=3"):
         tokenize_texts(tok, ["a b c"], max_length=3)
     model = tiny_model(n_layers=1, d_vocab=4, n_ctx=3)
-    model.set_tokenizer(tok)
+    _tl.attach_tokenizer(model, tok)
     model.cfg.default_prepend_bos = False
     assert tokenize_texts(model, ["c a"]).tokens.tolist() == [[3, 1]]
     assert model.to_tokens("c a").tolist() == [[3, 1]]
@@ -329,14 +341,16 @@ def test_freeze_name_forms_resolve():
     assert freeze_parameter_names(model, ["blocks.1.hook_mlp_out"]) == mlp1
     assert freeze_parameter_names(model, ["mlp1", "mlp1"]) == mlp1
     assert freeze_parameter_names(model, ["blocks.0.ln1.w"]) == ["blocks.0.ln1.w"]
-    assert freeze_parameter_names(model, ["unembed"]) == ["unembed.W_U", "unembed.b_U"]
+    # GPT-2's LM head (the bridge's tiny model) has no bias; TransformerLens 3's unembed has one
+    b_u = [n for n in ("unembed.b_U",) if n in _tl.named_parameters(model)]
+    assert freeze_parameter_names(model, ["unembed"]) == ["unembed.W_U", *b_u]
     assert len(freeze_parameter_names(model, ["all_mlps"])) == 12
     attn = freeze_parameter_names(model, ["all_attns"])
     assert len(attn) == 3 * 8 and all(".attn." in n for n in attn)
     block = freeze_parameter_names(model, ["block2"])
     assert {n.split(".")[2] for n in block} == {"ln1", "ln2", "attn", "mlp"}
     embeds = freeze_parameter_names(model, ["all_embeds"])
-    assert set(embeds) == {"embed.W_E", "pos_embed.W_pos", "unembed.W_U", "unembed.b_U"}
+    assert set(embeds) == {"embed.W_E", "pos_embed.W_pos", "unembed.W_U", *b_u}
     assert freeze_parameter_names(model, []) == []
 
 
@@ -349,7 +363,7 @@ def test_frozen_parameters_stay_bit_identical_and_the_rest_trains():
     )  # fmt: skip
     frozen = set(res.frozen)
     assert frozen == set(freeze_parameter_names(model, ["mlp0", "attn1", "pos_embed", "ln_final"]))
-    after = dict(model.named_parameters())
+    after = _tl.named_parameters(model)
     for name, old in before.items():
         if name in frozen:
             assert torch.equal(after[name], old), f"frozen {name} changed"
@@ -362,7 +376,7 @@ def test_all_mlps_frozen():
     model = tiny_model(n_layers=2, d_vocab=10, n_ctx=8)
     before = _snapshot(model)
     train(model, _successor_data(32), max_steps=3, batch_size=8, freeze="all_mlps", **FAST)
-    for name, p in model.named_parameters():
+    for name, p in _tl.named_parameters(model).items():
         assert torch.equal(p, before[name]) == (".mlp." in name), name
 
 
@@ -393,7 +407,7 @@ def test_tied_model_stays_tied_and_freezes_as_one_matrix():
     res = train(model, _successor_data(32), max_steps=3, batch_size=8, **FAST)
     assert torch.equal(model.unembed.W_U, model.embed.W_E.T)
     assert not torch.equal(model.embed.W_E, w0)
-    n_all = sum(p.numel() for p in model.parameters())
+    n_all = sum(p.numel() for p in _tl.named_parameters(model).values())
     assert res.n_trainable == n_all - model.unembed.W_U.numel()  # the shared matrix once
     for name in ("embed", "unembed"):
         m = tie_embeddings(tiny_model(n_layers=1, d_vocab=10, n_ctx=8))
@@ -412,7 +426,8 @@ def test_tied_update_uses_the_summed_gradient():
     logits = ref(data[:, :-1])
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 10), data[:, 1:].reshape(-1))
     loss.backward()
-    g = ref.embed.W_E.grad + ref.unembed.W_U.grad.T
+    grads = _grads(ref)
+    g = grads["embed.W_E"] + grads["unembed.W_U"].T
     lr, eps = 1e-3, 1e-8
     expected = ref.embed.W_E.detach() - lr * g / (g.abs() + eps)
     train(model, data, max_steps=1, batch_size=8, lr=lr, weight_decay=0.0, max_grad_norm=None,

@@ -20,6 +20,7 @@ places where the bridge still behaves differently (docs/tl4.md lists them):
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import warnings
 from typing import Any
@@ -86,11 +87,56 @@ def named_parameters(model: TransformerBridge) -> dict[str, Any]:
     would silently undo the folding).
     """
     folded = model.cfg.normalization_type in ("LNPre", "RMSPre")
-    return {
-        n: t
+    items = [
+        (n, t)
         for n, t in model.tl_named_parameters()
         if t.requires_grad and not (folded and n.rsplit(".", 2)[-2].startswith("ln"))
-    }
+    ]
+    # TL 3's order (freezing lists names in it): the bridge lists an MLP's weights first
+    first = {}
+    for i, (n, _) in enumerate(items):
+        first.setdefault(n.rsplit(".", 1)[0], i)
+    items.sort(key=lambda it: (first[it[0].rsplit(".", 1)[0]], _mlp_rank(it[0].rsplit(".", 1)[1])))
+    return dict(items)
+
+
+def _mlp_rank(name: str) -> int:
+    return {"W_in": 0, "W_gate": 1, "b_in": 2, "W_out": 3, "b_out": 4}.get(name, 0)
+
+
+def copy_model(model: TransformerBridge) -> TransformerBridge:
+    """An independent copy: its own weights, and its forward hooks on its own modules.
+
+    A plain ``copy.deepcopy`` leaves each block's capture hooks (``hook_mlp_in``, the split-QKV
+    input fork) as closures over the *original's* modules, partly through weak references: the
+    copy then fires the original's hook points, and fails once the original is freed. It also
+    refuses the non-leaf tensors a forward pass with gradients leaves cached on the attention
+    bridges; those are copied detached.
+    """
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, Tensor) and value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+    copied = copy.deepcopy(model, memo)
+    for block in copied.blocks:
+        teardown = getattr(block, "_teardown_capture_hooks", None)
+        if teardown is not None:
+            teardown()  # the copied handles remove the copied closures from the copy's modules
+            block._maybe_wire_capture_hooks()
+    return copied
+
+
+def parameter_leaves(model: TransformerBridge) -> dict[str, Any]:
+    """The real parameter behind each TL-3 name (``W_Q`` is a view of the ``q`` projection's
+    weight): what an optimizer steps and ``requires_grad`` switches."""
+    out = {}
+    for name, t in named_parameters(model).items():
+        leaf = t if t.is_leaf else t._base
+        if not isinstance(leaf, torch.nn.Parameter):
+            raise ValueError(f"parameter {name!r} is not a view of one parameter of the model")
+        out[name] = leaf
+    return out
 
 
 def hook_points(model: TransformerBridge) -> list[Any]:
@@ -178,6 +224,8 @@ def new_model(cfg: TransformerBridgeConfig, **kwargs: Any) -> TransformerBridge:
         device = None if cfg.device is None else str(cfg.device)
         model = from_hf(hf.eval(), flags, device, cfg.dtype, tokenizer)
     model.cfg.default_prepend_bos = bos
+    # pcp_lens's own flag (training keeps W_U = W_E.T); the bridge rebuilds cfg without it
+    model.cfg.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
     return model
 
 

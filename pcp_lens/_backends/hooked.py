@@ -7,6 +7,7 @@ unembedding, resuming blocks from cached keys/values, the KV cache and tokenizer
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from typing import Any, cast
@@ -57,6 +58,16 @@ def new_model(cfg: HookedTransformerConfig, **kwargs: Any) -> HookedTransformer:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return HookedTransformer(cfg, **kwargs)
+
+
+def copy_model(model: HookedTransformer) -> HookedTransformer:
+    """An independent copy (``copy.deepcopy``)."""
+    return copy.deepcopy(model)
+
+
+def parameter_leaves(model: HookedTransformer) -> dict[str, torch.nn.Parameter]:
+    """The parameters by TransformerLens name (each is its own parameter)."""
+    return dict(model.named_parameters())
 
 
 def hook_points(model: HookedTransformer) -> list[Any]:

@@ -26,7 +26,6 @@ original rows bit for bit (``edit.revert(model)``, or use ``with edit.applied(mo
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -265,6 +264,6 @@ def embedding_surgery(
         unembed=unembed,
         tokenizer=tokenizer,
     )
-    target = model if inplace else copy.deepcopy(model)
+    target = model if inplace else _tl.copy_model(model)
     edit.apply(target)
     return target, edit

@@ -49,6 +49,7 @@ from pcp_lens._tl import (
     B_U_NAME,
     HookedTransformer,
     HookedTransformerConfig,
+    named_parameters,
     new_model,
     output_projection_names,
 )
@@ -184,9 +185,9 @@ def toy_model(
     model.cfg.default_prepend_bos = bos
     if tied:
         tie_embeddings(model)
-    params = dict(model.named_parameters())
+    params = named_parameters(model)
     with torch.no_grad():
-        if not head_bias:
+        if not head_bias and B_U_NAME in params:  # a Hugging Face GPT-2 head has no bias at all
             params[B_U_NAME].zero_()
         if scaled_init:
             for name in output_projection_names(model):

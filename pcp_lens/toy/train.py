@@ -18,7 +18,6 @@ Examples:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import os
@@ -31,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pcp_lens._tl import B_U_NAME, HookedTransformer
+from pcp_lens._tl import B_U_NAME, HookedTransformer, copy_model, named_parameters
 from pcp_lens.groups import GroupMetric, Stat, TokenGroups
 from pcp_lens.inputs import TokenBatch, as_tokens
 from pcp_lens.toy.data import ToyData, ToyDataConfig, build_datasets, eval_inputs
@@ -208,7 +207,8 @@ def train_benign(
         head_bias=head_bias,
         scaled_init=scaled_init,
     )
-    if not head_bias and B_U_NAME not in cfg.freeze:
+    # (a Hugging Face GPT-2 head, the bridge's, has no bias to freeze)
+    if not head_bias and B_U_NAME not in cfg.freeze and B_U_NAME in named_parameters(model):
         cfg = dataclasses.replace(cfg, freeze=(*cfg.freeze, B_U_NAME))
     return _fit(model, tok, data.benign, cfg, callback)
 
@@ -245,7 +245,7 @@ def poison(
     extra = (freeze,) if isinstance(freeze, str) else tuple(freeze)
     if extra:
         cfg = dataclasses.replace(cfg, freeze=(*cfg.freeze, *extra))
-    m = model if inplace else copy.deepcopy(model)
+    m = model if inplace else copy_model(model)
     return _fit(m, tok, data.poisoned, cfg, callback)
 
 
