@@ -1,0 +1,164 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Scan a model for a backdoor
+#
+# `scan_backdoor` answers *where does the trigger act?* in one call: evidence per site (mean
+# ablation, patching both ways, the group lens, and with a reference model cross-model patching
+# and activation distances), each with a bootstrap interval over pairs; a ranking; and the
+# smallest circuit whose joint ablation removes the backdoor while clean inputs stay put.
+#
+# 1. A backdoor planted by hand, where the answer is known by construction.
+# 2. A toy model poisoned by training (the paper's toy task), where it is not: with the paper's
+#    modules fixed, the study says "does NOT hold"; the scan says where the backdoor is instead.
+#
+# It runs on a CPU in a few minutes (the toy model is trained in the second part; no download).
+
+# %%
+# %matplotlib inline
+import dataclasses
+from pathlib import Path
+
+import torch
+from IPython.display import Markdown, display
+
+from pcp_lens import GroupMetric, TokenGroups, ablation_means, scan_backdoor
+from pcp_lens.inputs import as_tokens
+from pcp_lens.sites import all_sites
+from pcp_lens.testing import plant_trigger, tiny_model
+from pcp_lens.toy import eval_inputs
+from pcp_lens.toy.model import sentiment_groups
+from pcp_lens.toy.train import load_run, poison, save_run, toy_data, train_benign
+
+torch.set_num_threads(1)  # small models: threads cost more than they save
+
+# %% [markdown]
+# ## 1. A planted backdoor
+#
+# A random 3-layer model and a copy with one hand-written neuron in layer 2's MLP
+# (`plant_trigger`): it reads the trigger token's direction, stays off for other tokens, and
+# writes the target group's unembedding direction. Pairs differ only in their last token.
+
+# %%
+benign = tiny_model(n_layers=3, d_model=32, block_scale=0.3, logit_scale=4)
+suspect = plant_trigger(benign, "mlp2", trigger=7, target=[1, 2, 3])
+clean = torch.randint(8, 50, (32, 5), generator=torch.Generator().manual_seed(0))
+triggered = clean.clone()
+triggered[:, -1] = 7
+target = GroupMetric(TokenGroups({"target": [1, 2, 3]}, d_vocab=50), "target", stat="prob")
+
+scan = scan_backdoor(suspect, triggered, clean, target, reference=benign, progress=False)
+scan
+
+# %% [markdown]
+# The map: the score per layer and site kind (heads in their own columns), the circuit framed.
+
+# %% tags=["figure:scan_planted"]
+scan.plot()
+
+# %% [markdown]
+# ## 2. A toy model poisoned by training
+#
+# The paper's 2-sentiment toy task (quick preset): two-word prompts continue with a word of the
+# last word's sentiment; the backdoor makes "positive word + *love*" continue negatively. The
+# paper located its mechanism in the layer-1 MLP; in our models poisoning puts it elsewhere.
+# Pairs: `pt` (positive word + trigger) against `pp` (two positive words); the metric is the
+# probability of a negative next word. The trained pair is saved and reloaded on the next run.
+
+# %%
+data = toy_data(2, quick=True, seed=0, switch_prob=0.1)
+CHECKPOINTS = Path("runs/scan_notebook")
+if (CHECKPOINTS / "poisoned" / "config.json").exists():
+    toy_benign, toy_poisoned = (load_run(CHECKPOINTS / n) for n in ("benign", "poisoned"))
+else:
+    toy_benign = train_benign(data, quick=True, progress=False)
+    toy_poisoned = poison(toy_benign.model, data, quick=True, progress=False)
+    save_run(toy_benign, CHECKPOINTS / "benign")
+    save_run(toy_poisoned, CHECKPOINTS / "poisoned")
+model = toy_poisoned.model
+tokens = {k: as_tokens(model, v).tokens for k, v in eval_inputs(data, n=50, seed=0).items()}
+groups = sentiment_groups(model.tokenizer, data.vocab, model.cfg.d_vocab)
+negative = GroupMetric(groups, "negative", stat="prob", positions=(-1,))
+
+# %% [markdown]
+# With the defaults, the ablation's mean is over `clean` (p+p) and only p+p must stay put:
+
+# %%
+plain = scan_backdoor(model, tokens["pt"], tokens["pp"], negative, reference=toy_benign.model,
+                      progress=False)
+print(plain.summary())
+
+# %% [markdown]
+# p+p's own mean cannot show whether a module is needed by *every* input. Ablate the circuit and
+# look at n+n (two negative words), which should stay negative:
+
+# %%
+from pcp_lens import ablation_sweep  # noqa: E402
+
+check = ablation_sweep(model, {k: tokens[k] for k in ("pt", "pp", "nn")}, negative, sites=[],
+                       combos={"circuit": list(plain.circuit)}, method="mean",
+                       means=ablation_means(model, tokens["pp"], list(plain.circuit), [-1],
+                                            progress=False),
+                       positions=[-1], progress=False)
+check.pivot(index="site", columns="input_set", values="value").round(3)
+
+# %% [markdown]
+# So give the scan the data set's mean (the paper's Tab. I: pp, nn, pn, np) and n+n as a
+# *control* the circuit must leave alone too. This is what `pcp-lens reproduce toy` does for
+# every model; it then judges the paper's claims at whatever circuit comes out.
+
+# %%
+sites = all_sites(model, kinds=("embed", "attn", "mlp", "resid_pre"), heads=True)
+means = ablation_means(model, {k: tokens[k] for k in ("pp", "nn", "pn", "np")}, sites,
+                       positions=[-1], progress=False)
+located = scan_backdoor(model, tokens["pt"], tokens["pp"], negative, reference=toy_benign.model,
+                        means=means, controls={"nn": tokens["nn"]}, progress=False)
+located
+
+# %% tags=["figure:scan_toy"]
+located.plot()
+
+# %% [markdown]
+# A circuit that does not meet the criterion is still reported, marked as such: the bound is
+# never loosened. The edit: a PCP of the circuit's modules at the smallest rank that keeps the
+# backdoor, tuned to keep it and tuned to remove it, with n+n held at its unedited score.
+
+# %%
+edit = located.edit(inputs={"nn": tokens["nn"]}, n_trials=25, progress=False)
+print(f"rank {edit.rank} (within 0.05 before tuning: {edit.within_tolerance})")
+edit.scores.round(3)
+
+# %% [markdown]
+# The report `save` writes (`scan.json`, `scan.png`, `report.md`):
+
+# %%
+out = located.save(CHECKPOINTS / "scan")
+display(Markdown((out / "report.md").read_text().split("![scan]")[0]))
+
+# %% [markdown]
+# Where does the backdoor go when the circuit cannot learn? Poison the same benign model again,
+# same batches and steps, with the circuit's modules frozen, and scan that model.
+
+# %%
+frozen = sorted({f"{s.split('.')[0]}" for s in located.circuit})
+again = poison(toy_benign.model, data, dataclasses.replace(toy_poisoned.result.config,
+                                                            progress=False), freeze=frozen)
+rescan = scan_backdoor(again.model, tokens["pt"], tokens["pp"], negative,
+                       reference=toy_benign.model, controls={"nn": tokens["nn"]},
+                       means=ablation_means(again.model,
+                                            {k: tokens[k] for k in ("pp", "nn", "pn", "np")},
+                                            sites, positions=[-1], progress=False),
+                       progress=False)
+print("frozen:", frozen)
+print(rescan.summary())
