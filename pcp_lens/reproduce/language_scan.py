@@ -65,6 +65,11 @@ def scan_study(
     Returns:
         The scan and its record for ``results.json``: circuit, verified flag, located modules
         (``source`` says where they came from), measured rank, the top of the table, timings.
+
+    Examples:
+        >>> # inside the study (language.py), once the models and the Ctx are built:
+        >>> # scan, record = scan_study(poisoned, benign, ctx, Path("out/scan"))
+        >>> # record["circuit"], record["modules"], record["rank"]
     """
     from pcp_lens.language.standin import TOXIC_WORDS
 
