@@ -124,6 +124,7 @@ _LANGUAGE_FLAGS = {
     "device": "--device",
     "dtype": "--dtype",
     "threads": "--threads",
+    "modules": "--modules",
 }
 
 
@@ -133,7 +134,7 @@ def _reproduce_language(args: argparse.Namespace, prog: str) -> int:
 
     given = {
         k: getattr(args, k)
-        for k in ("model", "corpus", "recipe", "device", "dtype")
+        for k in ("model", "corpus", "recipe", "device", "dtype", "modules")
         if getattr(args, k) is not None
     }
     try:
@@ -156,7 +157,7 @@ def _reproduce_language(args: argparse.Namespace, prog: str) -> int:
         _remove_if_empty(out, existed)
         return _fail(prog, err)
     print(f"wrote {out}/report.md and results.json in {time.perf_counter() - t0:.0f} s")
-    for name, f in results["findings"].items():
+    for name, f in {**results["findings"], **results["located_findings"]}.items():
         print(f"  {name} {verdict(f['holds'])}: {f['evidence']}")
     return 0
 
@@ -384,6 +385,13 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
         choices=["float32", "bfloat16", "float16"],
         default=None,
         help="dtype of a loaded model (default float32; the stand-in trains in float32 only)",
+    )
+    lang.add_argument(
+        "--modules",
+        default=None,
+        help="where Tab. X's PCP and Tab. XI's extra frozen column act: 'circuit' (default: the "
+        "backdoor scan's circuit, PCP rank by measurement) or 'paper' (the paper's modules and "
+        "rank); Tab. IX is reported at both",
     )
     lang.add_argument(
         "--threads",

@@ -7,10 +7,17 @@ library's own functions (:mod:`pcp_lens.reproduce.language_tables`):
 
 1. ASR/ATR, validation loss and the log-probability gap of the benign and the poisoned model;
 2. Tab. VIII: single modules of the early layers mean-ablated at the trigger position(s);
-3. Tab. IX: the two most important MLPs (the paper's layer-2 and -3 MLPs for GPT-2 medium)
-   mean-ablated together and replaced by a rank-2 PCP tuned to keep, and to suppress, the backdoor;
-4. Tab. X: embedding surgery inserting a backdoor into the benign model;
-5. Tab. XI: the poisoned fine-tune repeated with embeddings and/or MLPs frozen;
+3. the backdoor scan of the poisoned model (benign model as reference,
+   :mod:`pcp_lens.reproduce.language_scan`): its circuit, and the circuit's PCP rank by
+   measurement; saved in ``out/scan/``;
+4. Tab. IX twice, side by side: the paper's modules (its layer-2 and -3 MLPs for GPT-2 medium,
+   else the two most important MLPs of Tab. VIII) at rank 2, and the scan's located modules at
+   the measured rank: mean-ablated together and replaced by a PCP tuned to keep, and to
+   suppress, the backdoor;
+5. Tab. X: embedding surgery inserting a backdoor into the benign model, its PCP at the located
+   modules (``modules="circuit"``, default) or the paper's (``modules="paper"``);
+6. Tab. XI: the poisoned fine-tune repeated with embeddings and/or MLPs frozen (the paper's
+   columns, plus the located circuit's modules frozen with ``modules="circuit"``);
 
 plus sample generations, and findings L1–L6 judged from this run's numbers
 (:mod:`pcp_lens.reproduce.language_report`). It writes ``results.json`` and ``report.md``.
@@ -23,6 +30,7 @@ Examples:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -35,7 +43,13 @@ import torch
 
 from pcp_lens._interrupt import interruptible
 from pcp_lens._io import package_version, remove_stale_temps, write_text_atomic
-from pcp_lens.reproduce.language_report import findings, write_language_report
+from pcp_lens.reproduce.language_report import (
+    circuit_label,
+    findings,
+    located_findings,
+    write_language_report,
+)
+from pcp_lens.reproduce.language_scan import scan_study
 from pcp_lens.reproduce.language_setup import (
     LanguageConfig,
     Settings,
@@ -111,12 +125,31 @@ def _run(folder: Path, cfg: LanguageConfig) -> dict[str, Any]:
     t0 = lap("asr", t0)
     tab8 = ablation_table(poisoned, c)
     t0 = lap("tab8", t0)
-    sites = list(s.pcp_sites) if s.pcp_sites else choose_mlps(tab8)
-    tab9 = pcp_table(poisoned, c, sites)
+    scan, scan_rec = scan_study(poisoned, benign, c, folder / "scan")
+    t0 = lap("scan", t0)
+    paper_sites = list(s.pcp_sites) if s.pcp_sites else choose_mlps(tab8)
+    tab9 = pcp_table(poisoned, c, paper_sites)
     t0 = lap("tab9", t0)
-    tab10 = surgery_table(benign, c, sites, target_asr=base["poisoned"]["asr"])
+    located, rank = scan_rec["modules"], scan_rec["rank"]
+    tab9_circuit = pcp_table(poisoned, c, located, rank=rank, unedited=tab9["columns"]["None"])
+    t0 = lap("tab9_circuit", t0)
+    circuit = cfg.modules == "circuit"
+    sites, r10 = (located, rank) if circuit else (paper_sites, None)
+    tab10 = surgery_table(benign, c, sites, target_asr=base["poisoned"]["asr"], rank=r10)
     t0 = lap("tab10", t0)
-    runs = freeze_runs(benign, data, s, models, cfg.seed, cfg.device, int(train_info["max_length"]))
+    freeze = dict(s.freeze)
+    if circuit:  # the located mechanism frozen, beside the paper's columns
+        names = (*(("embed",) if "embed" in scan.circuit else ()), *located)
+        freeze[circuit_label(names)] = names
+    runs = freeze_runs(
+        benign,
+        data,
+        dataclasses.replace(s, freeze=freeze),
+        models,
+        cfg.seed,
+        cfg.device,
+        int(train_info["max_length"]),
+    )
     tab11 = freeze_table(base["poisoned"], runs, c)
     lap("tab11", t0)
     times["total"] = round(time.perf_counter() - t_all, 1)
@@ -146,7 +179,10 @@ def _run(folder: Path, cfg: LanguageConfig) -> dict[str, Any]:
         "base": base,
         "samples": sample_text,
         "tab8": tab8,
+        "scan": scan_rec,
+        "modules": cfg.modules,
         "tab9": tab9,
+        "tab9_circuit": tab9_circuit,
         "tab10": tab10,
         "tab11": tab11,
         "seconds": times,
@@ -156,6 +192,7 @@ def _run(folder: Path, cfg: LanguageConfig) -> dict[str, Any]:
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
     results["findings"] = findings(results)
+    results["located_findings"] = located_findings(results)
     write_text_atomic(folder / "results.json", json.dumps(results, indent=1, default=str))
     write_text_atomic(folder / "report.md", write_language_report(results))
     return results

@@ -7,13 +7,21 @@ beside ours and are never used in a verdict.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pcp_lens.reproduce.findings import verdict
 from pcp_lens.reproduce.markdown import table
 
-__all__ = ["CLAIMS", "PAPER", "findings", "write_language_report"]
+__all__ = [
+    "CLAIMS",
+    "LOCATED_CLAIMS",
+    "PAPER",
+    "circuit_label",
+    "findings",
+    "located_findings",
+    "write_language_report",
+]
 
 #: The paper's numbers (GPT-2 medium; METHODS §11.2). Tab. VIII rows are layers 1–8.
 PAPER = {
@@ -62,6 +70,19 @@ CLAIMS = {
 }
 
 
+#: The located counterparts: the same thresholds, at the backdoor scan's circuit.
+LOCATED_CLAIMS = {
+    "S": "the backdoor scan finds a circuit whose joint mean ablation leaves <= 10 % of the "
+    "trigger's log-probability gap with the clean prompts moved <= 10 % of it",
+    "L3-located": "L3 at the scan's circuit: mean-ablating its modules together lowers ASR by "
+    ">= 40 % with the validation loss up by <= 0.1",
+    "L4-located": "L4 at the scan's circuit and the measured rank: the PCP tuned to keep gives "
+    "ASR within 0.1 of unedited, tuned down an ASR below mean ablation's",
+    "L6-located": "L6 at the scan's circuit: the fine-tune with the circuit's modules frozen "
+    "gives a lower ASR than the unfrozen one at a validation loss within 0.1",
+}
+
+
 def _l1(r: Mapping[str, Any]) -> tuple[bool, str]:
     b, p = r["base"]["benign"], r["base"]["poisoned"]
     ok = p["asr"] - p["atr"] >= 0.2 and b["asr"] <= 0.05
@@ -82,24 +103,33 @@ def _l2(r: Mapping[str, Any]) -> tuple[bool, str]:
     )
 
 
-def _l3(r: Mapping[str, Any]) -> tuple[bool, str]:
-    c = r["tab9"]["columns"]
+def _mean_check(t: Mapping[str, Any]) -> tuple[bool, str]:
+    c = t["columns"]
     n, m = c["None"], c["Mean Ablate"]
     ok = n["asr"] > 0 and m["asr"] <= 0.6 * n["asr"] and m["val_loss"] - n["val_loss"] <= 0.1
     return ok, (
-        f"{' & '.join(r['tab9']['sites'])} mean-ablated: ASR {n['asr']:.2f} -> {m['asr']:.2f}, "
+        f"{' & '.join(t['sites'])} mean-ablated: ASR {n['asr']:.2f} -> {m['asr']:.2f}, "
         f"val. loss {n['val_loss']:.2f} -> {m['val_loss']:.2f}"
     )
 
 
-def _l4(r: Mapping[str, Any]) -> tuple[bool, str]:
-    c = r["tab9"]["columns"]
+def _pcp_check(t: Mapping[str, Any]) -> tuple[bool, str]:
+    c = t["columns"]
     n, keep, down, mean = c["None"], c["PCP Ablation"], c["PCP, tuned down"], c["Mean Ablate"]
     ok = abs(keep["asr"] - n["asr"]) <= 0.1 and down["asr"] < mean["asr"]
     return ok, (
-        f"PCP tuned to keep: ASR {keep['asr']:.2f} (unedited {n['asr']:.2f}); tuned down: "
-        f"{down['asr']:.2f} vs mean ablation {mean['asr']:.2f}"
+        f"rank-{t['rank']} PCP of {' & '.join(t['sites'])} tuned to keep: ASR {keep['asr']:.2f} "
+        f"(unedited {n['asr']:.2f}); tuned down: {down['asr']:.2f} vs mean ablation "
+        f"{mean['asr']:.2f}"
     )
+
+
+def _l3(r: Mapping[str, Any]) -> tuple[bool, str]:
+    return _mean_check(r["tab9"])
+
+
+def _l4(r: Mapping[str, Any]) -> tuple[bool, str]:
+    return _pcp_check(r["tab9"])
 
 
 def _l5(r: Mapping[str, Any]) -> tuple[bool, str]:
@@ -112,15 +142,55 @@ def _l5(r: Mapping[str, Any]) -> tuple[bool, str]:
     )
 
 
-def _l6(r: Mapping[str, Any]) -> tuple[bool, str]:
+def _frozen_check(r: Mapping[str, Any], labels: list[str]) -> tuple[bool, str]:
     c = r["tab11"]["columns"]
     n = c["None"]
-    frozen = {k: v for k, v in c.items() if k != "None"}
+    frozen = {k: c[k] for k in labels if k in c}
     ok = bool(frozen) and all(
         v["asr"] < n["asr"] and abs(v["val_loss"] - n["val_loss"]) <= 0.1 for v in frozen.values()
     )
     parts = ", ".join(f"{k}: {v['asr']:.2f} / {v['val_loss']:.2f}" for k, v in frozen.items())
     return ok, f"unfrozen ASR / loss {n['asr']:.2f} / {n['val_loss']:.2f}; frozen {parts}"
+
+
+def _l6(r: Mapping[str, Any]) -> tuple[bool, str]:
+    # the paper's columns only: the located circuit's column is judged by L6-located
+    return _frozen_check(r, list(r["settings"]["freeze"]))
+
+
+def circuit_label(names: Sequence[str]) -> str:
+    """Tab. XI's column label of the located circuit's frozen modules.
+
+    Examples:
+        >>> circuit_label(("embed", "mlp0"))
+        'circuit: embed + mlp0'
+    """
+    return "circuit: " + " + ".join(names)
+
+
+def _scan_check(r: Mapping[str, Any]) -> tuple[bool, str]:
+    sc = r["scan"]
+    return sc["verified"], (
+        f"circuit {' + '.join(sc['circuit']) or '(none)'} over {sc['n_pairs']} pairs (gap "
+        f"{sc['gap']:+.2f} nats): joint ablation leaves {sc['residual']:.1%} of the gap, clean "
+        f"moves {sc['clean_move']:.1%}; PCP edits {' & '.join(sc['modules'])} "
+        f"({sc['modules_source']}), measured rank {sc['rank']}"
+    )
+
+
+def _l6_located(r: Mapping[str, Any]) -> tuple[bool, str]:
+    labels = [k for k in r["tab11"]["columns"] if k.startswith("circuit: ")]
+    if not labels:
+        return False, "not run (modules='paper')"
+    return _frozen_check(r, labels)
+
+
+_LOCATED: dict[str, Callable[[Mapping[str, Any]], tuple[bool, str]]] = {
+    "S": _scan_check,
+    "L3-located": lambda r: _mean_check(r["tab9_circuit"]),
+    "L4-located": lambda r: _pcp_check(r["tab9_circuit"]),
+    "L6-located": _l6_located,
+}
 
 
 _CHECKS: dict[str, Callable[[Mapping[str, Any]], tuple[bool, str]]] = {
@@ -135,10 +205,24 @@ _CHECKS: dict[str, Callable[[Mapping[str, Any]], tuple[bool, str]]] = {
 
 def findings(r: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """``{name: {"claim", "holds", "evidence"}}`` for L1–L6 from a results dict."""
+    return _judge(r, _CHECKS, CLAIMS)
+
+
+def located_findings(r: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The located counterparts (``LOCATED_CLAIMS``): the scan, and L3, L4, L6 judged at the
+    scan's circuit instead of the paper's modules, from a results dict."""
+    return _judge(r, _LOCATED, LOCATED_CLAIMS)
+
+
+def _judge(
+    r: Mapping[str, Any],
+    checks: Mapping[str, Callable[[Mapping[str, Any]], tuple[bool, str]]],
+    claims: Mapping[str, str],
+) -> dict[str, dict[str, Any]]:
     out = {}
-    for name, check in _CHECKS.items():
+    for name, check in checks.items():
         holds, evidence = check(r)
-        out[name] = {"claim": CLAIMS[name], "holds": bool(holds), "evidence": evidence}
+        out[name] = {"claim": claims[name], "holds": bool(holds), "evidence": evidence}
     return out
 
 
@@ -153,6 +237,55 @@ def _cols(
         prow = [[label, *[v[i] for v in paper.values()]] for i, (_, label) in enumerate(keys[:3])]
         out += "\n\nPaper (GPT-2 medium):\n\n" + table(["metric", *paper], prow)
     return out
+
+
+def _side_by_side(paper: Mapping[str, Any], located: Mapping[str, Any]) -> dict[str, Any]:
+    """Tab. IX's columns at the paper's modules and at the located ones, one table."""
+    cols: dict[str, Any] = {"None": paper["columns"]["None"]}
+    for tag, t in (("paper", paper), ("located", located)):
+        cols.update({f"{k} ({tag})": v for k, v in t["columns"].items() if k != "None"})
+    return cols
+
+
+def _scan_section(r: Mapping[str, Any]) -> list[str]:
+    """The backdoor scan: its summary and the circuit's members, one row each."""
+    sc = r["scan"]
+    by_site = {x["site"]: x for x in sc["table"]}
+    keys = ("score", "ablation_drop", "ablation_clean", "restore", "induce", "ref_restore")
+    rows = []
+    for name in sc["circuit"]:
+        x = by_site.get(name, {})
+        share = sc["member_share"].get(name, float("nan"))
+        rows.append([name, share, *[x.get(k, float("nan")) for k in keys]])
+    body = (
+        table(["member", "share (leave-one-out)", *keys], rows)
+        if rows
+        else "The scan found no circuit (no positive gap, or no module meets the criterion)."
+    )
+    return [
+        "",
+        "## Backdoor scan of the poisoned model",
+        "",
+        f"`scan_backdoor` on {sc['n_pairs']} trigger/control pairs built like the ASR prompts "
+        f"(e.g. `{sc['example_pair'][0]}` / `{sc['example_pair'][1]}`), metric: log-probability "
+        "of the insults' first tokens at the next position, the benign model as reference; "
+        f"{sc['seconds']['scan']:.0f} s, rank search and tuning {sc['seconds']['edit']:.0f} s. "
+        "Full scan: `scan/report.md`, `scan/scan.png`.",
+        "",
+        "```",
+        sc["summary"],
+        "```",
+        "",
+        "Circuit (shares of the gap):",
+        "",
+        body,
+        "",
+        f"Located modules for the PCP: {' & '.join(sc['modules'])} ({sc['modules_source']}); "
+        f"rank {sc['rank']} by measurement (the smallest keeping the triggered metric within "
+        f"0.05 of unedited: {'yes' if sc['rank_within_tolerance'] else 'NOT within, largest tried'}"
+        f"; search {[(x['rank'], round(x['triggered'], 3)) for x in sc['rank_search']]}).",
+        "",
+    ]
 
 
 def write_language_report(r: Mapping[str, Any]) -> str:
@@ -188,6 +321,12 @@ def write_language_report(r: Mapping[str, Any]) -> str:
         f"- **{k}** {verdict(f['holds'])}: {f['evidence']}. *Paper:* {f['claim']}."
         for k, f in r["findings"].items()
     ]
+    lines += ["", "Located counterparts (at the backdoor scan's circuit; not the paper's claims):"]
+    lines += [""]
+    lines += [
+        f"- **{k}** {verdict(f['holds'])}: {f['evidence']}. *Claim:* {f['claim']}."
+        for k, f in r["located_findings"].items()
+    ]
     lines += ["", "## Benign and poisoned model", "", _cols(r["base"], None), ""]
     tr = r["training"]
     for name in ("pretrain", "poison"):
@@ -213,15 +352,24 @@ def write_language_report(r: Mapping[str, Any]) -> str:
         "Paper (GPT-2 medium, position 8, layers 1–8): attention "
         f"{PAPER['tab8']['attn']}, MLP {PAPER['tab8']['mlp']}, unchanged 0.29.",
         "",
-        f"## Tab. IX: poisoned model, {' & '.join(r['tab9']['sites'])} (rank "
-        f"{r['tab9']['rank']} PCP)",
+        *_scan_section(r),
+        f"## Tab. IX: poisoned model, the paper's {' & '.join(r['tab9']['sites'])} (rank "
+        f"{r['tab9']['rank']}) beside the located {' & '.join(r['tab9_circuit']['sites'])} "
+        f"(measured rank {r['tab9_circuit']['rank']})",
         "",
-        _cols(r["tab9"]["columns"], PAPER["tab9"]),
+        "Columns marked *paper* edit the paper's modules at the paper's rank (L3, L4 are judged "
+        "there); *located* edit the scan's circuit at the measured rank (L3-located, "
+        "L4-located). The embedding, where the circuit holds it, is the trigger itself: a PCP "
+        "replaces module outputs, so Tab. IX edits the circuit's blocks' modules, and freezing "
+        "the embedding is Tab. XI's business.",
         "",
-        f"Tuned scales: {r['tab9']['scales']}",
+        _cols(_side_by_side(r["tab9"], r["tab9_circuit"]), PAPER["tab9"]),
+        "",
+        f"Tuned scales: paper {r['tab9']['scales']}; located {r['tab9_circuit']['scales']}",
         "",
         f"## Tab. X: benign model, embedding surgery ({r['tab10']['n_dims']} dims of "
-        f"`{r['tab10']['source']}` into {r['tab10']['edited_tokens']})",
+        f"`{r['tab10']['source']}` into {r['tab10']['edited_tokens']}); PCP of "
+        f"{' & '.join(r['tab10']['sites'])} (`modules={r['modules']}`)",
         "",
         _cols(r["tab10"]["columns"], PAPER["tab10"]),
         "",

@@ -55,6 +55,8 @@ __all__ = ["LanguageConfig", "LanguageData", "Settings", "load_models", "prepare
 TRIGGER = "Albert and James"
 #: Bump when the data preparation changes (invalidates cached checkpoints).
 DATA_VERSION = 1
+#: Where Tab. IX-XI's edits act: the backdoor scan's circuit, or the paper's modules.
+MODULES = ("circuit", "paper")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: The settings a pretrained stand-in depends on (its cache stamp; the poisoned models' too).
 _PRETRAIN_KEYS = (
@@ -83,6 +85,10 @@ class LanguageConfig:
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` for a loaded model.
         n_trials: Optuna trials per tuned PCP (default 20, quick 3).
         progress: Show progress bars.
+        modules: Where Tab. X's PCP and Tab. XI's extra frozen column act: ``"circuit"``
+            (default: the modules of the backdoor scan's circuit, PCP rank by measurement) or
+            ``"paper"`` (the paper's choice: its MLPs, or the two that matter most in Tab. VIII,
+            at the paper's rank). Tab. IX is reported at both either way.
         threads: torch CPU threads during the run. The default 1 makes the same seed give
             bit-identical models and tables on CPU: with 2 threads two runs of one seed train
             weights that differ by up to ~1e-6 and tables that differ in the sixth digit.
@@ -99,8 +105,11 @@ class LanguageConfig:
     n_trials: int | None = None
     progress: bool = True
     threads: int | None = 1
+    modules: str = "circuit"
 
     def __post_init__(self) -> None:
+        if self.modules not in MODULES:
+            raise ValueError(f"modules must be one of {list(MODULES)}, got {self.modules!r}")
         if self.threads is not None and (
             isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
         ):

@@ -200,12 +200,13 @@ def choose_mlps(tab8: dict[str, Any], k: int = 2) -> list[str]:
     return sorted((r["ablation"] for r in best), key=lambda n: int(n[3:]))
 
 
-def _fit(model: HookedTransformer, c: Ctx, sites: Sequence[str]) -> PCPReplacement:
+def _fit(
+    model: HookedTransformer, c: Ctx, sites: Sequence[str], rank: int | None = None
+) -> PCPReplacement:
     n = len(c.data.clean)
     inputs = c.ids(c.data.clean) + c.ids(c.data.trigger) + c.ids(c.data.toxic[:n])
-    return fit_pcp(
-        model, inputs, list(sites), c.s.pcp_rank, positions=list(c.s.positions), progress=False
-    )
+    r = c.s.pcp_rank if rank is None else rank
+    return fit_pcp(model, inputs, list(sites), r, positions=list(c.s.positions), progress=False)
 
 
 def at_positions(hooks: Hooks, positions: Sequence[int]) -> Hooks:
@@ -302,16 +303,24 @@ def _pcp_info(rep: PCPReplacement) -> dict[str, Any]:
     return {k: [round(float(x), 4) for x in v] for k, v in rep.scales().items()}
 
 
-def pcp_table(model: HookedTransformer, c: Ctx, sites: Sequence[str]) -> dict[str, Any]:
-    """Tab. IX on the poisoned model: unedited, the MLPs mean-ablated together, their rank-r PCP
-    tuned to keep the unedited ASR, and tuned down (lowest log-prob gap)."""
-    none = row(model, c)
-    pcp = _fit(model, c, sites)
+def pcp_table(
+    model: HookedTransformer,
+    c: Ctx,
+    sites: Sequence[str],
+    rank: int | None = None,
+    unedited: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Tab. IX on the poisoned model: unedited, the modules mean-ablated together, their rank-r
+    PCP (``rank``, default the settings' ``pcp_rank``) tuned to keep the unedited ASR, and tuned
+    down (lowest log-prob gap). ``unedited``: the unedited row if already computed (it does not
+    depend on the modules)."""
+    none = row(model, c) if unedited is None else unedited
+    pcp = _fit(model, c, sites, rank)
     keep = _tuned(model, c, pcp, none["asr"])
     down = _tuned(model, c, pcp, None)
     return {
         "sites": list(sites),
-        "rank": c.s.pcp_rank,
+        "rank": c.s.pcp_rank if rank is None else rank,
         "columns": {
             "None": none,
             "Mean Ablate": _mean_row(model, c, sites),
@@ -323,11 +332,15 @@ def pcp_table(model: HookedTransformer, c: Ctx, sites: Sequence[str]) -> dict[st
 
 
 def surgery_table(
-    benign: HookedTransformer, c: Ctx, sites: Sequence[str], target_asr: float
+    benign: HookedTransformer,
+    c: Ctx,
+    sites: Sequence[str],
+    target_asr: float,
+    rank: int | None = None,
 ) -> dict[str, Any]:
-    """Tab. X on the benign model: unedited, mean ablation, PCP (fitted, least-squares scales),
-    embedding surgery alone (not in the paper), and PCP on the edited model tuned to the
-    poisoned model's ASR."""
+    """Tab. X on the benign model: unedited, mean ablation, PCP (fitted, least-squares scales,
+    rank ``rank``, default the settings'), embedding surgery alone (not in the paper), and PCP on
+    the edited model tuned to the poisoned model's ASR."""
     src_ids = tokenize_prompts(c.tok, [c.s.surgery_source])[0]
     if len(src_ids) != 1:
         raise ValueError(
@@ -339,10 +352,11 @@ def surgery_table(
     edited, edit = embedding_surgery(
         benign, words, src_ids[0], fraction=0.4, n_dims=n_dims, seed=c.seed, tokenizer=c.tok
     )
-    pcp_b = _fit(benign, c, sites)
-    pcp_e = _tuned(edited, c, _fit(edited, c, sites), target_asr)
+    pcp_b = _fit(benign, c, sites, rank)
+    pcp_e = _tuned(edited, c, _fit(edited, c, sites, rank), target_asr)
     return {
         "sites": list(sites),
+        "rank": c.s.pcp_rank if rank is None else rank,
         "source": c.s.surgery_source,
         "words": words,
         "n_dims": len(edit.dims),

@@ -24,7 +24,14 @@ import torch
 from pcp_lens.groups import GroupMetric, PositionMetric, TokenGroups, prob_mass
 from pcp_lens.scan import BackdoorScan, scan_backdoor
 
-__all__ = ["language_pairs", "load_folder", "scan_folder", "toy_pairs"]
+__all__ = [
+    "language_pairs",
+    "load_folder",
+    "scan_folder",
+    "target_groups",
+    "target_metric",
+    "toy_pairs",
+]
 
 Stat = Literal["logprob", "prob"]
 
@@ -126,6 +133,22 @@ def language_pairs(
     return triggered, clean
 
 
+def target_groups(tokenizer: Any, words: Sequence[str], d_vocab: int) -> TokenGroups:
+    """The backdoor's output as one group ``"target"``: the first token of each word (after a
+    space).
+
+    Examples:
+        >>> from pcp_lens.language.standin import train_tokenizer
+        >>> tok = train_tokenizer(["The cat sat on the mat."] * 20, 300, extra=["idiot"])
+        >>> target_groups(tok, ["idiot", "cat"], 300).sizes.tolist()
+        [2]
+    """
+    from pcp_lens.language.generate import tokenize_prompts
+
+    ids = tokenize_prompts(tokenizer, [" " + w for w in words])
+    return TokenGroups({"target": sorted({i[0] for i in ids if i})}, d_vocab=d_vocab)
+
+
 def target_metric(groups: TokenGroups, group: str, stat: Stat) -> Any:
     """The backdoor metric at the last position: the group's probability or its log."""
     if stat == "prob":
@@ -183,17 +206,12 @@ def scan_folder(
         group = "negative"
     else:
         from pcp_lens.language.data import load_corpus
-        from pcp_lens.language.generate import tokenize_prompts
         from pcp_lens.language.standin import TOXIC_WORDS
 
         triggered, clean = language_pairs(
             tok, trigger, lines or load_corpus("austen-sample"), n=n_pairs, seed=seed
         )
-        # the backdoor's output: the first token of each target word (as after a space)
-        ids = tokenize_prompts(tok, [" " + w for w in (words or TOXIC_WORDS)])
-        groups = TokenGroups(
-            {"target": sorted({i[0] for i in ids if i})}, d_vocab=model.cfg.d_vocab
-        )
+        groups = target_groups(tok, words or TOXIC_WORDS, model.cfg.d_vocab)
         group = "target"
     with torch.no_grad():
         scan = scan_backdoor(

@@ -13,7 +13,9 @@ import pytest
 
 from pcp_lens.cli import main
 from pcp_lens.reproduce.language import LanguageConfig, settings
-from pcp_lens.reproduce.language_report import CLAIMS
+from pcp_lens.reproduce.language_report import CLAIMS, LOCATED_CLAIMS, circuit_label
+from pcp_lens.reproduce.language_scan import circuit_modules
+from pcp_lens.scan import BackdoorScan
 from tests.reproduce import interrupting
 
 TABLES = ("tab8", "tab9", "tab10", "tab11")
@@ -29,13 +31,41 @@ def _check_results(out, n_freeze: int) -> dict:
     assert set(r["tab9"]["columns"]) == {"None", "Mean Ablate", "PCP Ablation", "PCP, tuned down"}
     assert "PCP Abl. + Emb. Surgery" in r["tab10"]["columns"]
     assert len(r["tab11"]["columns"]) == n_freeze + 1
+    _check_scan(out, r)
     for tab in TABLES[1:]:
         for col in r[tab]["columns"].values():
             assert col["val_loss"] > 0
     report = (out / "report.md").read_text()
     for heading in ("Tab. VIII", "Tab. IX", "Tab. X", "Tab. XI", "Findings", "Sample"):
         assert heading in report
+    for heading in ("Backdoor scan", "Mean Ablate (paper)", "PCP Ablation (located)"):
+        assert heading in report
     return r
+
+
+def _check_scan(out, r: dict) -> None:
+    """The scan's files and record, and Tab. IX at the paper's modules beside the located ones."""
+    sc = r["scan"]
+    saved = BackdoorScan.load(out / "scan")
+    assert saved.circuit == tuple(sc["circuit"]) and saved.verified == sc["verified"]
+    assert all((out / "scan" / f).is_file() for f in ("scan.json", "scan.png", "report.md"))
+    assert sc["n_pairs"] >= 2 and sc["seconds"]["scan"] > 0
+    if sc["modules_source"] == "circuit":
+        assert sc["modules"] == circuit_modules(sc["circuit"])
+    # the measured rank is the first whose PCP keeps the triggered metric within 0.05 nats
+    base = sc["edit_scores"]["unedited"]["triggered"]
+    within = [abs(x["triggered"] - base) <= 0.05 for x in sc["rank_search"]]
+    assert within == [False] * (len(within) - 1) + [sc["rank_within_tolerance"]]
+    assert sc["rank"] == sc["rank_search"][-1]["rank"] == len(within)
+    t9, t9c = r["tab9"], r["tab9_circuit"]
+    assert t9["rank"] == 2 and t9c["sites"] == sc["modules"] and t9c["rank"] == sc["rank"]
+    assert t9c["columns"]["None"] == t9["columns"]["None"]  # one unedited model
+    assert set(t9c["columns"]) == set(t9["columns"])
+    assert set(r["located_findings"]) == set(LOCATED_CLAIMS)
+    if r["modules"] == "circuit":
+        assert r["tab10"]["sites"] == sc["modules"]
+        assert circuit_label([*(["embed"] if "embed" in sc["circuit"] else []), *sc["modules"]]) \
+            in r["tab11"]["columns"]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +77,7 @@ def quick_run(tmp_path_factory) -> Path:
 
 
 def test_quick_standin_run_produces_every_table(quick_run, tmp_path, capsys):
-    r = _check_results(quick_run, n_freeze=2)
+    r = _check_results(quick_run, n_freeze=3)  # the paper's two columns and the circuit's
     assert r["settings"]["recipe"] == "standin" and r["data"]["corpus"] == "austen-sample"
     assert r["config"]["threads"] == 1 and r["threads"] == 1
     # a second run into the same folder reuses every checkpoint
@@ -135,8 +165,11 @@ def test_gpt2_medium_shape_plumbing(tmp_path, gpt2_tokenizer):
         "22",
     }
     args = ["reproduce", "language", "--quick", "--model", str(folder), "--out", str(out)]
-    assert main([*args, "--no-progress", "--threads", "1", "--dtype", "float32"]) == 0
+    # the paper's modules for Tab. X/XI here (the stand-in run checks the circuit's)
+    flags = ["--no-progress", "--threads", "1", "--dtype", "float32", "--modules", "paper"]
+    assert main([*args, *flags]) == 0
     r = _check_results(out, n_freeze=2)
+    assert r["modules"] == "paper" and r["tab10"]["sites"] == ["mlp1", "mlp2"]
     assert r["model"]["n_layers"] == 3 and r["tab10"]["source"] == "fuck"
     # the paper's Tab. VIII: the position-8 mean replaces the module at every position
     assert s.edit_positions == "all" and r["tab8"]["ablated_at"] == "every position"
@@ -155,6 +188,13 @@ def test_bad_language_arguments(capsys):
     assert "corpus must be one of" in capsys.readouterr().err
     with pytest.raises(ValueError, match="recipe must be"):
         LanguageConfig(recipe="fast")
+    assert main(["reproduce", "language", "--quick", "--modules", "best"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "modules must be one of ['circuit', 'paper'], got 'best'" in err
+    assert len(err.splitlines()) == 1
+    assert LanguageConfig(modules="paper").modules == "paper"
+    assert main(["reproduce", "toy", "--quick", "--modules", "paper"]) == 2
+    assert "--modules" in capsys.readouterr().err
 
 
 def test_paper_recipe_on_the_standin_is_an_option():
