@@ -326,9 +326,16 @@ def patched_metrics(
     baseline = _rows(call_metric(metric, target_logits), b, "unpatched target run")
     final_logits = _tl.FinalLogits(model)
     declared = declared_positions(metric)
-    sparse = declared is not None
     if declared is not None:
-        metric_pos = sorted(resolve_positions(declared, n, name="metric positions") or [])
+        metric_pos: list[int] | None = sorted(
+            resolve_positions(declared, n, name="metric positions") or []
+        )
+    else:
+        metric_pos = read_positions(metric, target_logits)
+    # a plain metric reading only some positions is scored on the target's logits with those
+    # positions overwritten (and put back after each call): one buffer, no copy per unit
+    buffer = target_logits.clone() if declared is None and metric_pos is not None else None
+    if declared is not None:
         target_logits = target_logits[:, metric_pos]
 
     # group units sharing a position window; within a group, order by layer so runs join the
@@ -348,23 +355,85 @@ def patched_metrics(
         per_chunk = max(1, max_batch_tokens // rows_per_unit)
         for i in range(0, len(group), per_chunk):
             chunk = group[i : i + per_chunk]
+            bar.update(1)
+            if metric_pos is not None and (not metric_pos or metric_pos[-1] < p0):
+                # the patch cannot reach any position the metric reads: the target's value
+                values.update({u: baseline for u in chunk})
+                continue
             resid = _run_chunk(model, src_cache, tgt_cache, chunk, p0, p1)
-            if sparse:
-                local = [p - p0 for p in metric_pos if p >= p0]
-                logits = final_logits(resid[:, local])
+            if metric_pos is not None:
+                later = [p for p in metric_pos if p >= p0]
+                logits = final_logits(resid[:, [p - p0 for p in later]])
             else:
                 logits = final_logits(resid)
             for j, u in enumerate(chunk):
                 mine = logits[j * b : (j + 1) * b]
-                if sparse:
+                if buffer is not None:
+                    buffer[:, later] = mine
+                    v = call_metric(metric, buffer)
+                    v = v.clone() if isinstance(v, Tensor) else v  # it may be a view of buffer
+                    buffer[:, later] = target_logits[:, later]
+                elif metric_pos is not None:
                     full = _with_prefix(target_logits, mine, metric_pos, p0)
                     v = call_metric(metric, full, metric_pos, n=n)
                 else:
                     v = call_metric(metric, torch.cat([target_logits[:, :p0], mine], dim=1))
                 values[u] = _rows(v, b, f"patching {u.site.name} at {p0}")
-            bar.update(1)
     bar.close()
     return [values[u] for u in units], baseline
+
+
+def read_positions(
+    metric: MetricLike, logits: Float[Tensor, "batch pos d_vocab"]
+) -> list[int] | None:
+    """The positions a plain metric reads, found by probing it; ``None`` when unconfirmed.
+
+    Position ``p`` is read when setting its logits to NaN changes the metric's value. The set is
+    confirmed by replacing every other position at once, by NaN and by other finite logits: the
+    value must stay bit-identical both times, or the answer is ``None`` (treat every position as
+    read). A metric that raises on the probes also gives ``None``. A metric that reads a
+    position only for some logit values (a data-dependent index) can fool the probe: declare its
+    positions (:class:`~pcp_lens.PositionMetric`) instead.
+
+    Args:
+        metric: a plain metric (full-sequence logits in, a value out).
+        logits: logits it is probed at (e.g. an unpatched run's), ``[batch, pos, d_vocab]``.
+
+    Returns:
+        The sorted positions read, or ``None``.
+
+    Examples:
+        >>> lg = torch.randn(2, 5, 7)
+        >>> read_positions(lambda x: x[:, -1, 3] - x[:, 1, 0], lg)
+        [1, 4]
+        >>> read_positions(lambda x: x.mean(), lg) == list(range(5))
+        True
+    """
+    def value(x: Tensor) -> Tensor:
+        return torch.as_tensor(call_metric(metric, x)).detach()
+
+    try:
+        with torch.no_grad():
+            ref = value(logits)
+            probe = logits.clone()
+            read = []
+            for p in range(logits.shape[1]):
+                probe[:, p] = float("nan")
+                if not torch.equal(value(probe), ref):
+                    read.append(p)
+                probe[:, p] = logits[:, p]
+            rest = [p for p in range(logits.shape[1]) if p not in read]
+            if not rest:
+                return read
+            # other finite logits: each row's own, shifted by one row and negated
+            other = -logits.roll(1, dims=0) + 1.0
+            for fill in (torch.full_like(logits[:, rest], float("nan")), other[:, rest]):
+                probe[:, rest] = fill
+                if not torch.equal(value(probe), ref):
+                    return None
+    except Exception:  # any failure of the probe means: read everything
+        return None
+    return read
 
 
 def _rows(value: Tensor, b: int, where: str) -> Float[Tensor, " batch"]:
