@@ -66,6 +66,7 @@ from tqdm.auto import tqdm
 from pcp_lens import _io, _tl
 from pcp_lens._tl import HookedTransformer
 from pcp_lens.ablation import ablation_means, ablation_sweep
+from pcp_lens.attribution import attribution_patching
 from pcp_lens.inputs import Inputs, as_tokens, check_same_shape
 from pcp_lens.lens import group_lens
 from pcp_lens.patching import causal_patching
@@ -90,6 +91,7 @@ EVIDENCE = (
     "lens_shift",
     "ref_restore",
     "act_distance",
+    "screen_estimate",
 )
 SCAN_KINDS = ("embed", "attn", "mlp", "resid_pre")
 #: the columns the summary table and the report show first
@@ -98,6 +100,11 @@ SHOWN = ("rank", "site", "score", "score_lo", "score_hi", "ablation_drop", "abla
 #: a circuit grows by a member only if it brings the joint ablation this much (share of the gap)
 #: closer to the ideal
 MIN_GAIN = 0.02
+#: the attribution screen acts when the scan has more than this many head rows (GPT-2 small's 144
+#: are screened; the toy models' and the language stand-in's 16 are not)
+SCREEN_ABOVE = 64
+#: heads the screen verifies exactly (the largest estimates)
+SCREEN_VERIFY = 16
 #: a trigger embedding counts as moved by poisoning when its relative change is this many times
 #: the median token's and above every other token's 99th percentile
 EMBED_MOVED_FACTOR = 3.0
@@ -169,6 +176,15 @@ class BackdoorScan:
                 f"trigger embedding: {verdict} (relative change {emb['trigger_change']:.3g}, "
                 f"median token {emb['median_change']:.3g})"
             )
+        scr = i.get("screen") or {}
+        if scr.get("method"):
+            lines.append(
+                f"attribution screen ({scr['method']}): {scr['n_heads']} heads estimated, the "
+                f"{len(scr['verified'])} largest verified exactly, {len(scr['estimated'])} left "
+                "estimated (column 'estimated': restore is the estimate, no exact score)"
+            )
+        elif scr.get("skipped"):
+            lines.append(f"attribution screen not used: {scr['skipped']}")
         top = self.table.sort_values("rank").head(5)
         lines.append("top sites (score = ablation_drop - |ablation_clean|, 95% interval):")
         for r in top.to_dict("records"):
@@ -229,9 +245,11 @@ class BackdoorScan:
         """The Markdown report ``save`` writes: summary, figure, the top of the table."""
         from pcp_lens.reproduce.markdown import table as md_table  # a leaf module: no cycle
 
-        cols = [*SHOWN, "ref_restore", "act_distance"]
+        cols = [*SHOWN, "ref_restore", "act_distance", "screen_estimate", "estimated"]
         top = self.table.sort_values("rank").head(15)
         top = top[[c for c in cols if c in top and bool(top[c].notna().any())]]
+        if "estimated" in top and not bool(self.table["estimated"].any()):
+            top = top.drop(columns="estimated")
         body = md_table(list(top.columns), top.itertuples(index=False))  # type: ignore[arg-type]
         return (
             "# Backdoor scan\n\n```\n"
@@ -355,6 +373,9 @@ def scan_backdoor(
     max_size: int = 4,
     beam: int = 4,
     batch_size: int = 32,
+    screen: Literal["auto", "atp", "relp"] | None = "auto",
+    screen_above: int = SCREEN_ABOVE,
+    screen_verify: int = SCREEN_VERIFY,
     progress: bool = True,
 ) -> BackdoorScan:
     """Locate the trigger's mechanism: evidence per site, a ranking and a verified circuit.
@@ -385,6 +406,18 @@ def scan_backdoor(
         max_size: the largest circuit grown.
         beam: candidates (in ranking order) tried at each growth step.
         batch_size: rows per forward pass.
+        screen: the attribution screen for many heads
+            (:func:`~pcp_lens.attribution.attribution_patching`): with more than
+            ``screen_above`` head rows, every head's ``restore`` is estimated from two forwards
+            and one backward, and only the ``screen_verify`` heads with the largest
+            ``|estimate|`` get the exact evidence (ablation, both patching directions, the
+            reference's); the others keep the estimate in ``restore`` (and ``NaN`` for the
+            exact-only columns and the score) and are marked ``estimated`` in the table.
+            ``"atp"`` or ``"relp"`` name the method; ``"auto"`` is ``"relp"`` where the model's
+            MLPs allow it, else ``"atp"``, and no screen when the metric has no gradient;
+            ``None``: every site exactly.
+        screen_above: the number of head rows above which the screen acts.
+        screen_verify: heads verified exactly by the screen.
         progress: show a progress bar over the scan's stages.
 
     Returns:
@@ -419,7 +452,15 @@ def scan_backdoor(
         raise ValueError(f"triggered and clean need at least 2 pairs, got {n_pairs}")
     if reference is not None:
         _tl.check_same_shape_models(model, reference, "reference")
-    for arg, v, lo in (("n_boot", n_boot, 0), ("max_size", max_size, 1), ("beam", beam, 1)):
+    if screen not in ("auto", "atp", "relp", None):
+        raise ValueError(f"screen must be 'auto', 'atp', 'relp' or None, got {screen!r}")
+    for arg, v, lo in (
+        ("n_boot", n_boot, 0),
+        ("max_size", max_size, 1),
+        ("beam", beam, 1),
+        ("screen_above", screen_above, 0),
+        ("screen_verify", screen_verify, 0),
+    ):
         if not isinstance(v, int) or isinstance(v, bool) or v < lo:
             raise ValueError(f"{arg} must be an int >= {lo}, got {v!r}")
     for arg, v in (("max_residual", max_residual), ("clean_tol", clean_tol)):
@@ -437,19 +478,27 @@ def scan_backdoor(
     rows_metric = per_prompt(metric)
 
     stages = ["ablation", "patching", "lens"] + (["reference"] if reference is not None else [])
-    bar = tqdm(total=len(stages) + 1, desc="scan", disable=not progress, leave=False)
+    bar = tqdm(total=len(stages) + 2, desc="scan", disable=not progress, leave=False)
     ev: dict[str, dict[str, Tensor]] = {}  # column -> site -> per-pair values (metric units)
+
+    bar.set_postfix_str("screen")
+    estimate, screen_info = _screen(
+        model, C, T, rows_metric, site_list, screen, screen_above, screen_verify
+    )
+    # the sites that get the exact evidence: all but the heads the screen left estimated
+    exact = [s for s in site_list if s.name not in screen_info.get("estimated", ())]
+    bar.update()
 
     bar.set_postfix_str("ablation")
     means = ablation_means(
-        model, C, site_list, positions=ablate, batch_size=batch_size, progress=False
+        model, C, exact, positions=ablate, batch_size=batch_size, progress=False
     )
     sets = {"triggered": T, "clean": C}
     df = ablation_sweep(
         model,
         sets,
         rows_metric,
-        sites=site_list,
+        sites=exact,
         method="mean",
         means=means,
         positions=ablate,
@@ -462,12 +511,12 @@ def scan_backdoor(
         for r in df.to_dict("records")
     }
     base_t, base_c = pairs[("unchanged", "triggered")], pairs[("unchanged", "clean")]
-    ev["ablation_drop"] = {s.name: base_t - pairs[(s.name, "triggered")] for s in site_list}
-    ev["ablation_clean"] = {s.name: pairs[(s.name, "clean")] - base_c for s in site_list}
+    ev["ablation_drop"] = {s.name: base_t - pairs[(s.name, "triggered")] for s in exact}
+    ev["ablation_clean"] = {s.name: pairs[(s.name, "clean")] - base_c for s in exact}
     bar.update()
 
     bar.set_postfix_str("patching")
-    patch_of = {s.name: _patch_site(s).name for s in site_list}
+    patch_of = {s.name: _patch_site(s).name for s in exact}
     # a whole-sequence patch of resid_pre replaces the entire residual stream: the patched run IS
     # the source run, so its per-pair effect is exactly the pair's gap; only the others are run
     patch_sites = [p for p in dict.fromkeys(patch_of.values()) if not p.startswith("resid_pre")]
@@ -492,6 +541,10 @@ def scan_backdoor(
             eff[("corrupted_to_clean", p)] = base_t - base_c
     ev["restore"] = {k: -eff[("clean_to_corrupted", p)] for k, p in patch_of.items()}
     ev["induce"] = {k: eff[("corrupted_to_clean", p)] for k, p in patch_of.items()}
+    for k in screen_info.get("estimated", ()):
+        ev["restore"][k] = -estimate[k]
+    if estimate:
+        ev["screen_estimate"] = {k: -v for k, v in estimate.items()}
     bar.update()
 
     bar.set_postfix_str("lens")
@@ -540,6 +593,7 @@ def scan_backdoor(
 
     gap = float(base_t.mean() - base_c.mean())
     table = _table(site_list, ev, base_t, base_c, n_boot, seed)
+    table["estimated"] = table["site"].isin(screen_info.get("estimated", ()))
     info: dict[str, Any] = {
         "gap": gap,
         "triggered": float(base_t.mean()),
@@ -555,6 +609,7 @@ def scan_backdoor(
         "seed": seed,
         "embedding": embedding,
         "reference": reference is not None,
+        "screen": screen_info,
     }
     bar.set_postfix_str("circuit")
     candidates = [
@@ -603,6 +658,55 @@ def _scan_sites(
     if not ss:
         raise ValueError("sites is empty; pass at least one site (or None for all)")
     return list(dict.fromkeys(ss))
+
+
+def _screen(
+    model: HookedTransformer,
+    clean: Tensor,
+    triggered: Tensor,
+    metric: MetricLike,
+    sites: Sequence[Site],
+    screen: str | None,
+    above: int,
+    verify: int,
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The attribution screen of the heads: per-pair estimated effects and what was verified.
+
+    Returns ``({head: estimated clean → triggered effect per pair}, info)``; both empty of
+    heads when the screen does not act (``info`` then says why, if it was asked for).
+    """
+    heads = [s for s in sites if s.head is not None]
+    if screen is None or len(heads) <= above:
+        return {}, {}
+    method: Literal["atp", "relp"] = "relp" if screen == "relp" else "atp"
+    if screen == "auto":
+        try:
+            _tl.check_relp(model)
+            method = "relp"
+        except ValueError:
+            method = "atp"
+    try:
+        df = attribution_patching(
+            model, clean, triggered, metric, sites=heads, positions="all", method=method,
+            per_pair=True, progress=False,
+        )
+    except ValueError as e:
+        if screen != "auto" or "differentiable" not in str(e):
+            raise
+        return {}, {"skipped": "the metric has no gradient (every head scanned exactly)"}
+    est = {
+        r["site"]: torch.tensor(r["pairs"], dtype=torch.float64) for r in df.to_dict("records")
+    }
+    order = sorted(est, key=lambda k: -abs(float(est[k].mean())))  # stable: ties by site order
+    verified = order[:verify]
+    info = {
+        "method": method,
+        "above": above,
+        "n_heads": len(heads),
+        "verified": verified,
+        "estimated": [h.name for h in heads if h.name not in verified],
+    }
+    return est, info
 
 
 def _patch_site(s: Site) -> Site:
@@ -702,13 +806,17 @@ def _table(
     for s in sites:
         row: dict[str, Any] = {"site": s.name, "kind": s.kind, "layer": s.layer, "head": s.head}
         for col in EVIDENCE:
-            if col not in ev:
+            if s.name not in ev.get(col, {}):
                 row[col] = row[f"{col}_lo"] = row[f"{col}_hi"] = math.nan
                 continue
             share = col not in ("lens_shift", "act_distance")
             row[col], row[f"{col}_lo"], row[f"{col}_hi"] = _bootstrap(
                 ev[col][s.name], gap if share else None, n_boot, idx
             )
+        if s.name not in ev["ablation_drop"]:  # left estimated by the screen: no exact score
+            row.update(score=math.nan, score_lo=math.nan, score_hi=math.nan)
+            records.append(row)
+            continue
         # the score's own interval: |mean clean change| per resample, not the mean of |change|
         drop, clean = ev["ablation_drop"][s.name], ev["ablation_clean"][s.name]
         point = float((drop.mean() - clean.mean().abs()) / gap.mean())

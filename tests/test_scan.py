@@ -169,3 +169,30 @@ def test_user_hooks_stay_in_force_and_compose():
         scan = scan_backdoor(model, triggered, clean, METRIC, n_boot=0, progress=False)
     assert scan.info["gap"] < 0.2
     assert model.blocks[1].hook_mlp_out.fwd_hooks == []
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+@pytest.mark.parametrize("place", ["mlp0", "mlp2", "attn1"])
+def test_attribution_screen_finds_the_exhaustive_circuit(seed, place, hygiene):
+    """Forced on (every head estimated, only 3 verified), the screen changes no circuit."""
+    model = plant_trigger(benign(seed), place, TRIGGER, TARGET, seed=seed)
+    triggered, clean = pairs(seed + 10)
+    full = scan_backdoor(model, triggered, clean, METRIC, n_boot=0, screen=None, progress=False)
+    snap = hygiene.snapshot(model)
+    scr = scan_backdoor(
+        model, triggered, clean, METRIC, n_boot=0, screen_above=0, screen_verify=3, progress=False
+    )
+    hygiene.check(model, snap)
+    assert scr.circuit == full.circuit
+    info = scr.info["screen"]
+    assert info["method"] == "relp" and len(info["verified"]) == 3
+    t, f = scr.table.set_index("site"), full.table.set_index("site")
+    est = t[t["estimated"]]
+    assert len(est) == info["n_heads"] - 3 == 9 and est["score"].isna().all()
+    assert est["ablation_drop"].isna().all() and est["restore"].notna().all()
+    # every exactly scanned row carries the exhaustive scan's numbers
+    done = t.index[~t["estimated"]]
+    assert t.loc[done, "score"].tolist() == pytest.approx(f.loc[done, "score"].tolist(), abs=1e-9)
+    assert "3 largest verified exactly" in scr.summary()
+    # the default leaves a model this small exhaustive, exactly as before
+    assert full.info["screen"] == {} and not full.table["estimated"].any()
