@@ -281,7 +281,7 @@ def _needed_hooks(units: list[PatchUnit], n_layers: int) -> tuple[set[str], set[
 def patched_metrics(
     model: HookedTransformer,
     source_model: HookedTransformer,
-    source: Tensor,
+    source: Tensor | Mapping[str, Tensor],
     target: Tensor,
     metric: MetricLike,
     units: list[PatchUnit],
@@ -297,7 +297,9 @@ def patched_metrics(
     Args:
         model: the model every patched run and the target run use.
         source_model: the model of the source run (``model`` itself unless cross-model).
-        source: source tokens ``[batch, pos]``.
+        source: source tokens ``[batch, pos]``, or the source activations themselves by hook
+            name (each unit's site, ``[batch, pos, ...]``), e.g. the target's own with a mean put
+            in at some positions (mean ablation as a patch; ``source_model`` is then unused).
         target: target tokens, same shape.
         metric: a checked metric (``docs/metrics.md``).
         units: the patched runs (:func:`patch_units`).
@@ -320,7 +322,13 @@ def patched_metrics(
     """
     n_layers = model.cfg.n_layers
     src_names, tgt_names = _needed_hooks(units, n_layers)
-    _, src_cache = _tl.run_with_cache(source_model, source, src_names)
+    if isinstance(source, Tensor):
+        _, src_cache = _tl.run_with_cache(source_model, source, src_names)
+    else:
+        missing = sorted(src_names - set(source))
+        if missing:
+            raise ValueError(f"source lacks the activations of hooks {missing}")
+        src_cache = source
     target_logits, tgt_cache = _tl.run_with_cache(model, target, tgt_names)
     b, n = target.shape
     baseline = _rows(call_metric(metric, target_logits), b, "unpatched target run")
@@ -345,13 +353,13 @@ def patched_metrics(
         groups.setdefault((u.p0, u.p1), []).append(u)
     values: dict[PatchUnit, Tensor] = {}
     n_batches = sum(
-        -(-len(g) * source.shape[0] * (target.shape[1] - p0) // max_batch_tokens)
+        -(-len(g) * target.shape[0] * (target.shape[1] - p0) // max_batch_tokens)
         for (p0, _), g in groups.items()
     )
     bar = tqdm(total=max(n_batches, 1), desc="patching", disable=not progress, leave=False)
     for (p0, p1), group in groups.items():
         group.sort(key=lambda u: u.site.sort_key())
-        rows_per_unit = source.shape[0] * (target.shape[1] - p0)
+        rows_per_unit = target.shape[0] * (target.shape[1] - p0)
         per_chunk = max(1, max_batch_tokens // rows_per_unit)
         for i in range(0, len(group), per_chunk):
             chunk = group[i : i + per_chunk]

@@ -69,7 +69,7 @@ from pcp_lens.ablation import ablation_means, ablation_sweep
 from pcp_lens.attribution import attribution_patching
 from pcp_lens.inputs import Inputs, as_tokens, check_same_shape
 from pcp_lens.lens import group_lens
-from pcp_lens.patching import causal_patching
+from pcp_lens.patching import PatchUnit, causal_patching, patched_metrics
 from pcp_lens.scoring import (
     MetricLike,
     check_metric,
@@ -105,6 +105,8 @@ MIN_GAIN = 0.02
 SCREEN_ABOVE = 64
 #: heads the screen verifies exactly (the largest estimates)
 SCREEN_VERIFY = 16
+#: residual vectors per forward of the patching engine (causal_patching's default budget)
+PATCH_TOKENS = 32768
 #: a trigger embedding counts as moved by poisoning when its relative change is this many times
 #: the median token's and above every other token's 99th percentile
 EMBED_MOVED_FACTOR = 3.0
@@ -494,11 +496,15 @@ def scan_backdoor(
         model, C, exact, positions=ablate, batch_size=batch_size, progress=False
     )
     sets = {"triggered": T, "clean": C}
+    # the embedding has no patch site: the sweep ablates it (and gives the unchanged baselines);
+    # every other site's mean ablation is a patch (the target's own activation with the mean
+    # at the ablated positions), run by the patching engine from the first ablated position on
+    swept = [s for s in exact if s.kind == "embed"]
     df = ablation_sweep(
         model,
         sets,
         rows_metric,
-        sites=exact,
+        sites=swept,
         method="mean",
         means=means,
         positions=ablate,
@@ -510,6 +516,11 @@ def scan_backdoor(
         (r["site"], r["input_set"]): torch.tensor(r["pairs"], dtype=torch.float64)
         for r in df.to_dict("records")
     }
+    patched = [s for s in exact if s.kind != "embed"]
+    for key, x in sets.items():
+        at = sorted(ablate) if ablate is not None else list(range(n))
+        got = _mean_ablated(model, x, rows_metric, patched, means, at)
+        pairs.update({(name, key): v for name, v in got.items()})
     base_t, base_c = pairs[("unchanged", "triggered")], pairs[("unchanged", "clean")]
     ev["ablation_drop"] = {s.name: base_t - pairs[(s.name, "triggered")] for s in exact}
     ev["ablation_clean"] = {s.name: pairs[(s.name, "clean")] - base_c for s in exact}
@@ -520,21 +531,15 @@ def scan_backdoor(
     # a whole-sequence patch of resid_pre replaces the entire residual stream: the patched run IS
     # the source run, so its per-pair effect is exactly the pair's gap; only the others are run
     patch_sites = [p for p in dict.fromkeys(patch_of.values()) if not p.startswith("resid_pre")]
-    pt = causal_patching(
-        model,
-        C,
-        T,
-        rows_metric,
-        patch_sites,
-        positions="all",
-        direction="both",
-        per_pair=True,
-        progress=False,
-    )
-    eff = {
-        (r["direction"], r["site"]): torch.tensor(r["pairs"], dtype=torch.float64)
-        for r in pt.to_dict("records")
-    }
+    # before the first position where some pair differs both runs agree, so a whole-sequence
+    # patch is a patch from that position on: only the positions after it are recomputed
+    units = [PatchUnit(Site.parse(p), trig_pos[0], n) for p in patch_sites]
+    eff: dict[tuple[str, str], Tensor] = {}
+    for direction, src, tgt in (("clean_to_corrupted", C, T), ("corrupted_to_clean", T, C)):
+        vals, base = patched_metrics(
+            model, model, src, tgt, rows_metric, units, PATCH_TOKENS, False
+        )
+        eff.update({(direction, u.site.name): v - base for u, v in zip(units, vals, strict=True)})
     for p in patch_of.values():
         if p.startswith("resid_pre"):
             eff[("clean_to_corrupted", p)] = base_c - base_t
@@ -707,6 +712,38 @@ def _screen(
         "estimated": [h.name for h in heads if h.name not in verified],
     }
     return est, info
+
+
+@torch.no_grad()
+def _mean_ablated(
+    model: HookedTransformer,
+    tokens: Tensor,
+    metric: MetricLike,
+    sites: Sequence[Site],
+    means: dict[str, Tensor],
+    positions: list[int],
+) -> dict[str, Tensor]:
+    """Per pair: the metric with each site mean-ablated at ``positions`` (one site at a time).
+
+    The same numbers as :func:`~pcp_lens.ablation.ablation_sweep` with ``method="mean"``, as
+    patches: the source of a site is the run's own activation with the mean put in at
+    ``positions``, patched over ``[min(positions), max(positions) + 1)``.
+    """
+    if not sites:
+        return {}
+    names = list(dict.fromkeys(s.hook_name for s in sites))
+    _, cache = _tl.run_with_cache(model, tokens, names)
+    src = {nm: cache[nm].clone() for nm in names}
+    for s in sites:
+        act = src[s.hook_name]
+        m = means[s.name].to(dtype=act.dtype, device=act.device)
+        if s.head is None:
+            act[:, positions] = m
+        else:
+            act[:, positions, s.head] = m
+    units = [PatchUnit(s, positions[0], positions[-1] + 1) for s in sites]
+    vals, _ = patched_metrics(model, model, src, tokens, metric, units, PATCH_TOKENS, False)
+    return {s.name: v for s, v in zip(sites, vals, strict=True)}
 
 
 def _patch_site(s: Site) -> Site:
