@@ -322,29 +322,31 @@ def patched_metrics(
     """
     n_layers = model.cfg.n_layers
     src_names, tgt_names = _needed_hooks(units, n_layers)
+    # neither run needs logits beyond the positions the metric reads (the source run none)
     if isinstance(source, Tensor):
-        _, src_cache = _tl.run_with_cache(source_model, source, src_names)
+        _, src_cache = _tl.run_with_cache(source_model, source, src_names, stop_at_layer=n_layers)
     else:
         missing = sorted(src_names - set(source))
         if missing:
             raise ValueError(f"source lacks the activations of hooks {missing}")
         src_cache = source
-    target_logits, tgt_cache = _tl.run_with_cache(model, target, tgt_names)
+    target_resid, tgt_cache = _tl.run_with_cache(model, target, tgt_names, stop_at_layer=n_layers)
     b, n = target.shape
-    baseline = _rows(call_metric(metric, target_logits), b, "unpatched target run")
     final_logits = _tl.FinalLogits(model)
     declared = declared_positions(metric)
+    metric_pos: list[int] | None
     if declared is not None:
-        metric_pos: list[int] | None = sorted(
-            resolve_positions(declared, n, name="metric positions") or []
-        )
+        metric_pos = sorted(resolve_positions(declared, n, name="metric positions") or [])
+        target_logits = final_logits(target_resid[:, metric_pos])
+        base_value = call_metric(metric, target_logits, metric_pos, n=n)
     else:
+        target_logits = final_logits(target_resid)
+        base_value = call_metric(metric, target_logits)
         metric_pos = read_positions(metric, target_logits)
+    baseline = _rows(base_value, b, "unpatched target run")
     # a plain metric reading only some positions is scored on the target's logits with those
     # positions overwritten (and put back after each call): one buffer, no copy per unit
     buffer = target_logits.clone() if declared is None and metric_pos is not None else None
-    if declared is not None:
-        target_logits = target_logits[:, metric_pos]
 
     # group units sharing a position window; within a group, order by layer so runs join the
     # batch as it passes their layer
