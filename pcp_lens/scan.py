@@ -18,6 +18,11 @@ interval over pairs:
   of ``g`` removed by putting the reference's activation (on the triggered input) into the site,
   and ``act_distance``, the relative distance of the two models' activations there.
 
+**The attribution screen.** Above ``screen_above`` head rows (default 64), every head's
+``restore`` is first estimated by :func:`~pcp_lens.attribution.attribution_patching` and only the
+``screen_verify`` largest get the exact evidence; the rest are marked ``estimated`` (``NaN``
+score, ranked last). Smaller models are scanned exactly, as before.
+
 **Ranking score** ``score = ablation_drop - |ablation_clean|`` (modules and heads are ranked
 first, then the evidence-only rows): the share of the backdoor a site's
 ablation removes, less what the same ablation does to clean inputs. It ranks by the intervention
