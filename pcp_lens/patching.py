@@ -324,13 +324,17 @@ def patched_metrics(
     src_names, tgt_names = _needed_hooks(units, n_layers)
     # neither run needs logits beyond the positions the metric reads (the source run none)
     if isinstance(source, Tensor):
-        _, src_cache = _tl.run_with_cache(source_model, source, src_names, stop_at_layer=n_layers)
+        src_resid, src_run = _tl.run_with_cache(
+            source_model, source, src_names, stop_at_layer=n_layers
+        )
+        src_cache = _with_last_resid(src_run, src_names, src_resid, n_layers)
     else:
         missing = sorted(src_names - set(source))
         if missing:
             raise ValueError(f"source lacks the activations of hooks {missing}")
         src_cache = source
-    target_resid, tgt_cache = _tl.run_with_cache(model, target, tgt_names, stop_at_layer=n_layers)
+    target_resid, tgt_run = _tl.run_with_cache(model, target, tgt_names, stop_at_layer=n_layers)
+    tgt_cache = _with_last_resid(tgt_run, tgt_names, target_resid, n_layers)
     b, n = target.shape
     final_logits = _tl.FinalLogits(model)
     declared = declared_positions(metric)
@@ -444,6 +448,15 @@ def read_positions(
     except Exception:  # any failure of the probe means: read everything
         return None
     return read
+
+
+def _with_last_resid(
+    cache: _Cache, names: set[str], resid: Tensor, n_layers: int
+) -> dict[str, Tensor]:
+    """The cached ``names`` as a dict; the last block's ``resid_post`` is the returned residual
+    (a run stopped before the unembedding may not record that hook, as under TransformerLens 4)."""
+    last = _tl.hook_name("resid_post", n_layers - 1)
+    return {nm: resid if nm == last else cache[nm] for nm in names}
 
 
 def _rows(value: Tensor, b: int, where: str) -> Float[Tensor, " batch"]:
