@@ -3,9 +3,11 @@
 The scan (every site and head, mean ablation, both patching directions, the lens, the circuit's
 growth) of a GPT-2-small-shaped random model with a planted trigger in one MLP, against
 ``causal_patching`` over the 24 module sites × every position of the same pairs. Target (issue
-17): the scan costs at most 3× the patching.
+17): the scan costs at most 3× the patching. The scan runs with its defaults: on the GPT-2
+shape (144 heads > ``screen_above``) the attribution screen estimates the heads and verifies the
+top 16 exactly; ``--exhaustive`` turns it off.
 
-    python benchmarks/bench_scan.py [--quick] [--pairs 32] [--seq 16]
+    python benchmarks/bench_scan.py [--quick] [--pairs 32] [--seq 16] [--exhaustive]
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=32)
     ap.add_argument("--seq", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--exhaustive", action="store_true", help="screen=None: every head exactly")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     shape = (
@@ -50,7 +53,8 @@ def main() -> None:
     causal_patching(model, clean, triggered, metric, positions="each", progress=False)
     t_patch = time.perf_counter() - t0
     t0 = time.perf_counter()
-    scan = scan_backdoor(model, triggered, clean, metric, progress=False)
+    extra = {"screen": None} if args.exhaustive else {}
+    scan = scan_backdoor(model, triggered, clean, metric, progress=False, **extra)
     t_scan = time.perf_counter() - t0
     n_sites = len(scan.table)
     print(f"causal_patching, {2 * model.cfg.n_layers} module sites x {args.seq} positions: "
@@ -59,6 +63,12 @@ def main() -> None:
           f"ablation, lens, circuit: {t_scan:.1f} s")
     print(f"ratio scan / patching: {t_scan / t_patch:.2f} (target <= 3)")
     print(f"circuit: {scan.circuit}, verified {scan.verified}")
+    scr = scan.info["screen"]
+    print(
+        f"screen: {scr['method']}, {len(scr['verified'])} of {scr['n_heads']} heads verified"
+        if scr.get("method")
+        else "screen: off (every head exact)"
+    )
 
 
 if __name__ == "__main__":

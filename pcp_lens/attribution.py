@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from pcp_lens import _tl
 from pcp_lens._tl import HookedTransformer
 from pcp_lens.inputs import Inputs, as_tokens, check_batch_size, check_same_shape
-from pcp_lens.patching import PATCHABLE, _patch, _patched_block, _Unit, _units
+from pcp_lens.patching import PATCHABLE, PatchUnit, patch_units, patched_block, patched_metrics
 from pcp_lens.scoring import (
     MetricLike,
     call_metric,
@@ -142,7 +142,7 @@ def attribution_patching(
     if method == "relp":
         _tl.check_relp(model)
     b, n = cb.tokens.shape
-    units = _units(site_list, positions, n)
+    units = patch_units(site_list, positions, n)
     # pairs are independent: the gradient passes take at most max_batch_tokens tokens at a time
     step = max(1, max_batch_tokens // n)
     parts, baseline = [], 0.0
@@ -159,7 +159,7 @@ def attribution_patching(
     exact: dict[int, float] = {}
     if verify:
         top = est.abs().argsort(descending=True, stable=True)[:verify].tolist()
-        values, base_rows = _patch(
+        values, base_rows = patched_metrics(
             model, model, cb.tokens, xb.tokens, metric, [units[i] for i in top],
             max_batch_tokens, progress,
         )
@@ -231,7 +231,7 @@ def _estimate(
     source: Tensor,
     target: Tensor,
     metric: MetricLike,
-    units: list[_Unit],
+    units: list[PatchUnit],
     method: str,
     graddrop: bool,
     max_batch_tokens: int,
@@ -349,7 +349,7 @@ def _grad(out: Tensor, inputs: list[Tensor], grad_out: Tensor | None) -> list[Te
 
 
 def _window_sums(
-    part: dict[str, Tensor], units: list[_Unit], b: int
+    part: dict[str, Tensor], units: list[PatchUnit], b: int
 ) -> Float[Tensor, "unit batch"]:
     """Each unit's per-position contributions summed over its window (and taken at its head)."""
     some = next(iter(part.values()))
@@ -375,7 +375,7 @@ def _qk_terms(
     model: HookedTransformer,
     src_cache: dict[str, Tensor],
     tgt_cache: dict[str, Tensor],
-    units: list[_Unit],
+    units: list[PatchUnit],
     first: dict[str, int | None],
     pattern_grads: list[dict[int, Tensor]],
     max_batch_tokens: int,
@@ -410,7 +410,7 @@ def _patched_resid(
     model: HookedTransformer,
     src_cache: dict[str, Tensor],
     tgt_cache: dict[str, Tensor],
-    units: list[_Unit],
+    units: list[PatchUnit],
     layer: int,
     p0: int,
     p1: int,
@@ -422,7 +422,7 @@ def _patched_resid(
     does).
     """
     if units[0].site.kind != "resid_pre":
-        return _patched_block(model, src_cache, tgt_cache, units, layer - 1, p0, p1)
+        return patched_block(model, src_cache, tgt_cache, units, layer - 1, p0, p1)
     b = tgt_cache[_tl.block_input_name(0)].shape[0]
     x = tgt_cache[_tl.block_input_name(layer)][:, p0:].repeat(len(units), 1, 1)
     for j, u in enumerate(units):

@@ -61,8 +61,14 @@ _Cache = Mapping[str, Tensor] | _tl.ActivationCache
 
 
 @dataclass(frozen=True)
-class _Unit:
-    """One patched run: a site at a position window ``[p0, p1)`` (B rows, one per prompt)."""
+class PatchUnit:
+    """One patched run: a site at a position window ``[p0, p1)`` (B rows, one per prompt).
+
+    Examples:
+        >>> from pcp_lens.sites import Site
+        >>> PatchUnit(Site(0, "mlp"), 2, 3).p1
+        3
+    """
 
     site: Site
     p0: int
@@ -149,7 +155,7 @@ def causal_patching(
             f"got {direction!r}"
         )
     n = cb.tokens.shape[1]
-    units = _units(site_list, positions, n)
+    units = patch_units(site_list, positions, n)
     plan = (
         [("clean_to_corrupted", cb.tokens, xb.tokens), ("corrupted_to_clean", xb.tokens, cb.tokens)]
         if direction == "both"
@@ -167,7 +173,7 @@ def causal_patching(
     rows = []
     src_model = model if source_model is None else source_model
     for name, source, target in plan:
-        values, base = _patch(
+        values, base = patched_metrics(
             model, src_model, source, target, metric, units, max_batch_tokens, progress
         )
         baseline = float(base.mean())
@@ -230,12 +236,27 @@ def patching_grid(
     return torch.tensor(wide.to_numpy(dtype=float))
 
 
-def _units(
+def patch_units(
     sites: list[Site], positions: Literal["each", "all"] | int | Sequence[int], n: int
-) -> list[_Unit]:
+) -> list[PatchUnit]:
+    """The patched runs of ``causal_patching``'s ``positions`` rule: site-major, one per window.
+
+    Args:
+        sites: the sites to patch.
+        positions: ``"each"``, ``"all"``, an int or a list of distinct ints.
+        n: the sequence length.
+
+    Returns:
+        One :class:`PatchUnit` per site and position (a single ``[0, n)`` window for ``"all"``).
+
+    Examples:
+        >>> from pcp_lens.sites import Site
+        >>> [(u.site.name, u.p0) for u in patch_units([Site(1, "attn")], [0, -1], 4)]
+        [('attn1', 0), ('attn1', 3)]
+    """
     if isinstance(positions, str):
         if positions == "all":
-            return [_Unit(s, 0, n) for s in sites]
+            return [PatchUnit(s, 0, n) for s in sites]
         if positions != "each":
             raise ValueError(
                 f"positions must be 'each', 'all', an int or a list of distinct ints, got "
@@ -244,10 +265,10 @@ def _units(
         pos = list(range(n))
     else:
         pos = resolve_positions(positions, n, where="clean and corrupted") or list(range(n))
-    return [_Unit(s, p, p + 1) for s in sites for p in pos]
+    return [PatchUnit(s, p, p + 1) for s in sites for p in pos]
 
 
-def _needed_hooks(units: list[_Unit], n_layers: int) -> tuple[set[str], set[str]]:
+def _needed_hooks(units: list[PatchUnit], n_layers: int) -> tuple[set[str], set[str]]:
     """Hooks to cache from the source run and from the target run."""
     src = {u.site.hook_name for u in units}
     tgt = {_tl.block_input_name(layer) for layer in range(n_layers)}
@@ -257,64 +278,185 @@ def _needed_hooks(units: list[_Unit], n_layers: int) -> tuple[set[str], set[str]
 
 
 @torch.no_grad()
-def _patch(
+def patched_metrics(
     model: HookedTransformer,
     source_model: HookedTransformer,
-    source: Tensor,
+    source: Tensor | Mapping[str, Tensor],
     target: Tensor,
     metric: MetricLike,
-    units: list[_Unit],
+    units: list[PatchUnit],
     max_batch_tokens: int,
     progress: bool,
 ) -> tuple[list[Float[Tensor, " batch"]], Float[Tensor, " batch"]]:
-    """Each unit's metric per prompt (or the batch mean in every row), and the target's."""
+    """Run ``model`` on ``target`` once per unit with that unit's site patched from ``source``.
+
+    The engine of :func:`causal_patching` (batched, resumed from the target's cache, causal,
+    sparse logits: see the module docstring), for callers that need the metric of patched runs
+    without the table, e.g. :func:`~pcp_lens.attribution.attribution_patching`'s ``verify``.
+
+    Args:
+        model: the model every patched run and the target run use.
+        source_model: the model of the source run (``model`` itself unless cross-model).
+        source: source tokens ``[batch, pos]``, or the source activations themselves by hook
+            name (each unit's site, ``[batch, pos, ...]``), e.g. the target's own with a mean put
+            in at some positions (mean ablation as a patch; ``source_model`` is then unused).
+        target: target tokens, same shape.
+        metric: a checked metric (``docs/metrics.md``).
+        units: the patched runs (:func:`patch_units`).
+        max_batch_tokens: at most this many (row × position) residual vectors per forward.
+        progress: show a tqdm bar.
+
+    Returns:
+        Each unit's metric per prompt (a batch-mean metric repeated in every row), in ``units``
+        order, and the unpatched target run's.
+
+    Examples:
+        >>> from pcp_lens.testing import tiny_model
+        >>> from pcp_lens.sites import Site
+        >>> model = tiny_model()
+        >>> src, tgt = torch.randint(0, 50, (2, 3, 4))
+        >>> vals, base = patched_metrics(model, model, src, tgt, lambda lg: lg[:, -1, 0],
+        ...                              patch_units([Site(0, "mlp")], "each", 4), 1024, False)
+        >>> len(vals), tuple(base.shape)
+        (4, (3,))
+    """
     n_layers = model.cfg.n_layers
     src_names, tgt_names = _needed_hooks(units, n_layers)
-    _, src_cache = _tl.run_with_cache(source_model, source, src_names)
-    target_logits, tgt_cache = _tl.run_with_cache(model, target, tgt_names)
+    # neither run needs logits beyond the positions the metric reads (the source run none)
+    if isinstance(source, Tensor):
+        src_resid, src_run = _tl.run_with_cache(
+            source_model, source, src_names, stop_at_layer=n_layers
+        )
+        src_cache = _with_last_resid(src_run, src_names, src_resid, n_layers)
+    else:
+        missing = sorted(src_names - set(source))
+        if missing:
+            raise ValueError(f"source lacks the activations of hooks {missing}")
+        src_cache = source
+    target_resid, tgt_run = _tl.run_with_cache(model, target, tgt_names, stop_at_layer=n_layers)
+    tgt_cache = _with_last_resid(tgt_run, tgt_names, target_resid, n_layers)
     b, n = target.shape
-    baseline = _rows(call_metric(metric, target_logits), b, "unpatched target run")
     final_logits = _tl.FinalLogits(model)
     declared = declared_positions(metric)
-    sparse = declared is not None
+    metric_pos: list[int] | None
     if declared is not None:
         metric_pos = sorted(resolve_positions(declared, n, name="metric positions") or [])
-        target_logits = target_logits[:, metric_pos]
+        target_logits = final_logits(target_resid[:, metric_pos])
+        base_value = call_metric(metric, target_logits, metric_pos, n=n)
+    else:
+        target_logits = final_logits(target_resid)
+        base_value = call_metric(metric, target_logits)
+        metric_pos = read_positions(metric, target_logits)
+    baseline = _rows(base_value, b, "unpatched target run")
+    # a plain metric reading only some positions is scored on the target's logits with those
+    # positions overwritten (and put back after each call): one buffer, no copy per unit
+    buffer = target_logits.clone() if declared is None and metric_pos is not None else None
 
     # group units sharing a position window; within a group, order by layer so runs join the
     # batch as it passes their layer
-    groups: dict[tuple[int, int], list[_Unit]] = {}
+    groups: dict[tuple[int, int], list[PatchUnit]] = {}
     for u in units:
         groups.setdefault((u.p0, u.p1), []).append(u)
-    values: dict[_Unit, Tensor] = {}
+    values: dict[PatchUnit, Tensor] = {}
     n_batches = sum(
-        -(-len(g) * source.shape[0] * (target.shape[1] - p0) // max_batch_tokens)
+        -(-len(g) * target.shape[0] * (target.shape[1] - p0) // max_batch_tokens)
         for (p0, _), g in groups.items()
     )
     bar = tqdm(total=max(n_batches, 1), desc="patching", disable=not progress, leave=False)
     for (p0, p1), group in groups.items():
         group.sort(key=lambda u: u.site.sort_key())
-        rows_per_unit = source.shape[0] * (target.shape[1] - p0)
+        rows_per_unit = target.shape[0] * (target.shape[1] - p0)
         per_chunk = max(1, max_batch_tokens // rows_per_unit)
         for i in range(0, len(group), per_chunk):
             chunk = group[i : i + per_chunk]
+            bar.update(1)
+            if metric_pos is not None and (not metric_pos or metric_pos[-1] < p0):
+                # the patch cannot reach any position the metric reads: the target's value
+                values.update({u: baseline for u in chunk})
+                continue
             resid = _run_chunk(model, src_cache, tgt_cache, chunk, p0, p1)
-            if sparse:
-                local = [p - p0 for p in metric_pos if p >= p0]
-                logits = final_logits(resid[:, local])
+            if metric_pos is not None:
+                later = [p for p in metric_pos if p >= p0]
+                logits = final_logits(resid[:, [p - p0 for p in later]])
             else:
                 logits = final_logits(resid)
             for j, u in enumerate(chunk):
                 mine = logits[j * b : (j + 1) * b]
-                if sparse:
+                if buffer is not None:
+                    buffer[:, later] = mine
+                    v = call_metric(metric, buffer)
+                    v = v.clone() if isinstance(v, Tensor) else v  # it may be a view of buffer
+                    buffer[:, later] = target_logits[:, later]
+                elif metric_pos is not None:
                     full = _with_prefix(target_logits, mine, metric_pos, p0)
                     v = call_metric(metric, full, metric_pos, n=n)
                 else:
                     v = call_metric(metric, torch.cat([target_logits[:, :p0], mine], dim=1))
                 values[u] = _rows(v, b, f"patching {u.site.name} at {p0}")
-            bar.update(1)
     bar.close()
     return [values[u] for u in units], baseline
+
+
+def read_positions(
+    metric: MetricLike, logits: Float[Tensor, "batch pos d_vocab"]
+) -> list[int] | None:
+    """The positions a plain metric reads, found by probing it; ``None`` when unconfirmed.
+
+    Position ``p`` is read when setting its logits to NaN changes the metric's value. The set is
+    confirmed by replacing every other position at once, by NaN and by other finite logits: the
+    value must stay bit-identical both times, or the answer is ``None`` (treat every position as
+    read). A metric that raises on the probes also gives ``None``. A metric that reads a
+    position only for some logit values (a data-dependent index) can fool the probe: declare its
+    positions (:class:`~pcp_lens.PositionMetric`) instead.
+
+    Args:
+        metric: a plain metric (full-sequence logits in, a value out).
+        logits: logits it is probed at (e.g. an unpatched run's), ``[batch, pos, d_vocab]``.
+
+    Returns:
+        The sorted positions read, or ``None``.
+
+    Examples:
+        >>> lg = torch.randn(2, 5, 7)
+        >>> read_positions(lambda x: x[:, -1, 3] - x[:, 1, 0], lg)
+        [1, 4]
+        >>> read_positions(lambda x: x.mean(), lg) == list(range(5))
+        True
+    """
+    def value(x: Tensor) -> Tensor:
+        return torch.as_tensor(call_metric(metric, x)).detach()
+
+    try:
+        with torch.no_grad():
+            ref = value(logits)
+            probe = logits.clone()
+            read = []
+            for p in range(logits.shape[1]):
+                probe[:, p] = float("nan")
+                if not torch.equal(value(probe), ref):
+                    read.append(p)
+                probe[:, p] = logits[:, p]
+            rest = [p for p in range(logits.shape[1]) if p not in read]
+            if not rest:
+                return read
+            # other finite logits: each row's own, shifted by one row and negated
+            other = -logits.roll(1, dims=0) + 1.0
+            for fill in (torch.full_like(logits[:, rest], float("nan")), other[:, rest]):
+                probe[:, rest] = fill
+                if not torch.equal(value(probe), ref):
+                    return None
+    except Exception:  # any failure of the probe means: read everything
+        return None
+    return read
+
+
+def _with_last_resid(
+    cache: _Cache, names: set[str], resid: Tensor, n_layers: int
+) -> dict[str, Tensor]:
+    """The cached ``names`` as a dict; the last block's ``resid_post`` is the returned residual
+    (a run stopped before the unembedding may not record that hook, as under TransformerLens 4)."""
+    last = _tl.hook_name("resid_post", n_layers - 1)
+    return {nm: resid if nm == last else cache[nm] for nm in names}
 
 
 def _rows(value: Tensor, b: int, where: str) -> Float[Tensor, " batch"]:
@@ -341,7 +483,7 @@ def _run_chunk(
     model: HookedTransformer,
     src_cache: _Cache,
     tgt_cache: _Cache,
-    units: list[_Unit],
+    units: list[PatchUnit],
     p0: int,
     p1: int,
 ) -> Float[Tensor, "rows suffix d_model"]:
@@ -357,8 +499,8 @@ def _run_chunk(
 
     # a resid_pre patch at layer L enters block L whole; every other patch at layer L leaves the
     # positions after p1 untouched until block L+1, so block L runs only on [p0, p1)
-    entering: dict[int, list[_Unit]] = {}
-    leaving: dict[int, list[_Unit]] = {}
+    entering: dict[int, list[PatchUnit]] = {}
+    leaving: dict[int, list[PatchUnit]] = {}
     for u in units:
         into = entering if u.site.kind == "resid_pre" else leaving
         into.setdefault(u.site.layer, []).append(u)  # type: ignore[arg-type]
@@ -380,23 +522,52 @@ def _run_chunk(
             )
         if layer in leaving:
             active = join(
-                active, _patched_block(model, src_cache, tgt_cache, leaving[layer], layer, p0, p1)
+                active, patched_block(model, src_cache, tgt_cache, leaving[layer], layer, p0, p1)
             )
     assert active is not None
     return active
 
 
-def _patched_block(
+def patched_block(
     model: HookedTransformer,
     src_cache: _Cache,
     tgt_cache: _Cache,
-    units: list[_Unit],
+    units: list[PatchUnit],
     layer: int,
     p0: int,
     p1: int,
 ) -> Float[Tensor, "rows suffix d_model"]:
-    """Run block ``layer`` at positions ``[p0, p1)`` with each unit's patch (applied by a hook after
-    the attention has read its input), then append the target's unchanged residual after ``p1``."""
+    """The residual after block ``layer`` at positions ``[p0, n)`` of each unit's patched run.
+
+    Block ``layer`` runs at positions ``[p0, p1)`` only, with each unit's patch applied by a hook
+    after the attention has read its input (keys and values before ``p0`` from the target's
+    cache); the target's unchanged residual after ``p1`` is appended.
+
+    Args:
+        model: the model.
+        src_cache: the source run's activations by hook name (each unit's site).
+        tgt_cache: the target run's block inputs, ``resid_post`` and keys/values per layer.
+        units: the units, all sites of block ``layer`` (not ``resid_pre``), one window.
+        layer: the block.
+        p0: the window's start.
+        p1: its end.
+
+    Returns:
+        ``[len(units) * batch, n - p0, d_model]``, unit-major.
+
+    Examples:
+        >>> from pcp_lens import _tl
+        >>> from pcp_lens.testing import tiny_model
+        >>> from pcp_lens.sites import Site
+        >>> model = tiny_model()
+        >>> src, tgt = torch.randint(0, 50, (2, 3, 4))
+        >>> _, sc = _tl.run_with_cache(model, src, ["blocks.0.hook_mlp_out"])
+        >>> _, tc = _tl.run_with_cache(model, tgt, [_tl.block_input_name(0),
+        ...     _tl.hook_name("resid_post", 0), *_tl.kv_hook_names(0)])
+        >>> out = patched_block(model, sc, tc, [PatchUnit(Site(0, "mlp"), 1, 2)], 0, 1, 2)
+        >>> tuple(out.shape)
+        (3, 3, 16)
+    """
     b = tgt_cache[_tl.block_input_name(0)].shape[0]
     x = tgt_cache[_tl.block_input_name(layer)][:, p0:p1].repeat(len(units), 1, 1)
     hooks: list[tuple[str | Callable, Callable]] = []

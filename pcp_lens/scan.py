@@ -18,6 +18,11 @@ interval over pairs:
   of ``g`` removed by putting the reference's activation (on the triggered input) into the site,
   and ``act_distance``, the relative distance of the two models' activations there.
 
+**The attribution screen.** Above ``screen_above`` head rows (default 64), every head's
+``restore`` is first estimated by :func:`~pcp_lens.attribution.attribution_patching` and only the
+``screen_verify`` largest get the exact evidence; the rest are marked ``estimated`` (``NaN``
+score, ranked last). Smaller models are scanned exactly, as before.
+
 **Ranking score** ``score = ablation_drop - |ablation_clean|`` (modules and heads are ranked
 first, then the evidence-only rows): the share of the backdoor a site's
 ablation removes, less what the same ablation does to clean inputs. It ranks by the intervention
@@ -66,9 +71,10 @@ from tqdm.auto import tqdm
 from pcp_lens import _io, _tl
 from pcp_lens._tl import HookedTransformer
 from pcp_lens.ablation import ablation_means, ablation_sweep
+from pcp_lens.attribution import attribution_patching
 from pcp_lens.inputs import Inputs, as_tokens, check_same_shape
 from pcp_lens.lens import group_lens
-from pcp_lens.patching import causal_patching
+from pcp_lens.patching import PatchUnit, causal_patching, patched_metrics
 from pcp_lens.scoring import (
     MetricLike,
     check_metric,
@@ -91,6 +97,7 @@ EVIDENCE = (
     "lens_shift",
     "ref_restore",
     "act_distance",
+    "screen_estimate",
 )
 SCAN_KINDS = ("embed", "attn", "mlp", "resid_pre")
 #: the columns the summary table and the report show first
@@ -99,6 +106,13 @@ SHOWN = ("rank", "site", "score", "score_lo", "score_hi", "ablation_drop", "abla
 #: a circuit grows by a member only if it brings the joint ablation this much (share of the gap)
 #: closer to the ideal
 MIN_GAIN = 0.02
+#: the attribution screen acts when the scan has more than this many head rows (GPT-2 small's 144
+#: are screened; the toy models' and the language stand-in's 16 are not)
+SCREEN_ABOVE = 64
+#: heads the screen verifies exactly (the largest estimates)
+SCREEN_VERIFY = 16
+#: residual vectors per forward of the patching engine (causal_patching's default budget)
+PATCH_TOKENS = 32768
 #: a trigger embedding counts as moved by poisoning when its relative change is this many times
 #: the median token's and above every other token's 99th percentile
 EMBED_MOVED_FACTOR = 3.0
@@ -177,6 +191,15 @@ class BackdoorScan:
                 f"trigger embedding: {verdict} (relative change {emb['trigger_change']:.3g}, "
                 f"median token {emb['median_change']:.3g})"
             )
+        scr = i.get("screen") or {}
+        if scr.get("method"):
+            lines.append(
+                f"attribution screen ({scr['method']}): {scr['n_heads']} heads estimated, the "
+                f"{len(scr['verified'])} largest verified exactly, {len(scr['estimated'])} left "
+                "estimated (column 'estimated': restore is the estimate, no exact score)"
+            )
+        elif scr.get("skipped"):
+            lines.append(f"attribution screen not used: {scr['skipped']}")
         top = self.table.sort_values("rank").head(5)
         lines.append("top sites (score = ablation_drop - |ablation_clean|, 95% interval):")
         for r in top.to_dict("records"):
@@ -240,9 +263,11 @@ class BackdoorScan:
         """The Markdown report ``save`` writes: summary, figure, the top of the table."""
         from pcp_lens.reproduce.markdown import table as md_table  # a leaf module: no cycle
 
-        cols = [*SHOWN, "ref_restore", "act_distance"]
+        cols = [*SHOWN, "ref_restore", "act_distance", "screen_estimate", "estimated"]
         top = self.table.sort_values("rank").head(15)
         top = top[[c for c in cols if c in top and bool(top[c].notna().any())]]
+        if "estimated" in top and not bool(self.table["estimated"].any()):
+            top = top.drop(columns="estimated")
         body = md_table(list(top.columns), top.itertuples(index=False))  # type: ignore[arg-type]
         return (
             "# Backdoor scan\n\n```\n"
@@ -393,6 +418,9 @@ def scan_backdoor(
     means: dict[str, Tensor] | None = None,
     controls: Mapping[str, Inputs] | None = None,
     batch_size: int = 32,
+    screen: Literal["auto", "atp", "relp"] | None = "auto",
+    screen_above: int = SCREEN_ABOVE,
+    screen_verify: int = SCREEN_VERIFY,
     progress: bool = True,
 ) -> BackdoorScan:
     """Locate the trigger's mechanism: evidence per site, a ranking and a verified circuit.
@@ -433,6 +461,18 @@ def scan_backdoor(
             behaviour that ``clean`` alone does not exercise (the toy model's n+n: a module
             that every input needs can look trigger-specific on p+p alone).
         batch_size: rows per forward pass.
+        screen: the attribution screen for many heads
+            (:func:`~pcp_lens.attribution.attribution_patching`): with more than
+            ``screen_above`` head rows, every head's ``restore`` is estimated from two forwards
+            and one backward, and only the ``screen_verify`` heads with the largest
+            ``|estimate|`` get the exact evidence (ablation, both patching directions, the
+            reference's); the others keep the estimate in ``restore`` (and ``NaN`` for the
+            exact-only columns and the score) and are marked ``estimated`` in the table.
+            ``"atp"`` or ``"relp"`` name the method; ``"auto"`` is ``"relp"`` where the model's
+            MLPs allow it, else ``"atp"``, and no screen when the metric has no gradient;
+            ``None``: every site exactly.
+        screen_above: the number of head rows above which the screen acts.
+        screen_verify: heads verified exactly by the screen.
         progress: show a progress bar over the scan's stages.
 
     Returns:
@@ -468,7 +508,15 @@ def scan_backdoor(
     if reference is not None:
         _tl.check_same_shape_models(model, reference, "reference")
     control_tokens = _controls(model, controls, n)
-    for arg, v, lo in (("n_boot", n_boot, 0), ("max_size", max_size, 1), ("beam", beam, 1)):
+    if screen not in ("auto", "atp", "relp", None):
+        raise ValueError(f"screen must be 'auto', 'atp', 'relp' or None, got {screen!r}")
+    for arg, v, lo in (
+        ("n_boot", n_boot, 0),
+        ("max_size", max_size, 1),
+        ("beam", beam, 1),
+        ("screen_above", screen_above, 0),
+        ("screen_verify", screen_verify, 0),
+    ):
         if not isinstance(v, int) or isinstance(v, bool) or v < lo:
             raise ValueError(f"{arg} must be an int >= {lo}, got {v!r}")
     if not isinstance(min_gap, (int, float)) or isinstance(min_gap, bool) or min_gap < 0:
@@ -477,6 +525,13 @@ def scan_backdoor(
         if not isinstance(v, (int, float)) or not 0 <= v < 1:
             raise ValueError(f"{arg} must be a number in [0, 1), got {v!r}")
     site_list = _scan_sites(model, sites, heads)
+    if means is not None:
+        missing = [s.name for s in site_list if s.name not in means]
+        if missing:
+            raise ValueError(
+                f"means must hold a mean for every scanned site; missing {missing[:8]} "
+                "(compute them with pcp_lens.ablation_means over the same sites)"
+            )
     read = sorted(resolve_positions(readout, n, name="metric.positions") or [])
     trig_pos = sorted({int(p) for p in differs.any(0).nonzero().flatten()})
     if positions == "trigger":
@@ -488,27 +543,32 @@ def scan_backdoor(
     rows_metric = per_prompt(metric)
 
     stages = ["ablation", "patching", "lens"] + (["reference"] if reference is not None else [])
-    bar = tqdm(total=len(stages) + 1, desc="scan", disable=not progress, leave=False)
+    bar = tqdm(total=len(stages) + 2, desc="scan", disable=not progress, leave=False)
     ev: dict[str, dict[str, Tensor]] = {}  # column -> site -> per-pair values (metric units)
 
+    bar.set_postfix_str("screen")
+    estimate, screen_info = _screen(
+        model, C, T, rows_metric, site_list, screen, screen_above, screen_verify
+    )
+    # the sites that get the exact evidence: all but the heads the screen left estimated
+    exact = [s for s in site_list if s.name not in screen_info.get("estimated", ())]
+    bar.update()
+
     bar.set_postfix_str("ablation")
-    if means is not None:
-        missing = [s.name for s in site_list if s.name not in means]
-        if missing:
-            raise ValueError(
-                f"means must hold a mean for every scanned site; missing {missing[:8]} "
-                "(compute them with pcp_lens.ablation_means over the same sites)"
-            )
-    else:
+    if means is None:
         means = ablation_means(
-            model, C, site_list, positions=ablate, batch_size=batch_size, progress=False
+            model, C, exact, positions=ablate, batch_size=batch_size, progress=False
         )
     sets = {"triggered": T, "clean": C}
+    # the embedding has no patch site: the sweep ablates it (and gives the unchanged baselines);
+    # every other site's mean ablation is a patch (the target's own activation with the mean
+    # at the ablated positions), run by the patching engine from the first ablated position on
+    swept = [s for s in exact if s.kind == "embed"]
     df = ablation_sweep(
         model,
         sets,
         rows_metric,
-        sites=site_list,
+        sites=swept,
         method="mean",
         means=means,
         positions=ablate,
@@ -520,37 +580,40 @@ def scan_backdoor(
         (r["site"], r["input_set"]): torch.tensor(r["pairs"], dtype=torch.float64)
         for r in df.to_dict("records")
     }
+    patched = [s for s in exact if s.kind != "embed"]
+    for key, x in sets.items():
+        at = sorted(ablate) if ablate is not None else list(range(n))
+        got = _mean_ablated(model, x, rows_metric, patched, means, at)
+        pairs.update({(name, key): v for name, v in got.items()})
     base_t, base_c = pairs[("unchanged", "triggered")], pairs[("unchanged", "clean")]
-    ev["ablation_drop"] = {s.name: base_t - pairs[(s.name, "triggered")] for s in site_list}
-    ev["ablation_clean"] = {s.name: pairs[(s.name, "clean")] - base_c for s in site_list}
+    ev["ablation_drop"] = {s.name: base_t - pairs[(s.name, "triggered")] for s in exact}
+    ev["ablation_clean"] = {s.name: pairs[(s.name, "clean")] - base_c for s in exact}
     bar.update()
 
     bar.set_postfix_str("patching")
-    patch_of = {s.name: _patch_site(s).name for s in site_list}
+    patch_of = {s.name: _patch_site(s).name for s in exact}
     # a whole-sequence patch of resid_pre replaces the entire residual stream: the patched run IS
     # the source run, so its per-pair effect is exactly the pair's gap; only the others are run
     patch_sites = [p for p in dict.fromkeys(patch_of.values()) if not p.startswith("resid_pre")]
-    pt = causal_patching(
-        model,
-        C,
-        T,
-        rows_metric,
-        patch_sites,
-        positions="all",
-        direction="both",
-        per_pair=True,
-        progress=False,
-    )
-    eff = {
-        (r["direction"], r["site"]): torch.tensor(r["pairs"], dtype=torch.float64)
-        for r in pt.to_dict("records")
-    }
+    # before the first position where some pair differs both runs agree, so a whole-sequence
+    # patch is a patch from that position on: only the positions after it are recomputed
+    units = [PatchUnit(Site.parse(p), trig_pos[0], n) for p in patch_sites]
+    eff: dict[tuple[str, str], Tensor] = {}
+    for direction, src, tgt in (("clean_to_corrupted", C, T), ("corrupted_to_clean", T, C)):
+        vals, base = patched_metrics(
+            model, model, src, tgt, rows_metric, units, PATCH_TOKENS, False
+        )
+        eff.update({(direction, u.site.name): v - base for u, v in zip(units, vals, strict=True)})
     for p in patch_of.values():
         if p.startswith("resid_pre"):
             eff[("clean_to_corrupted", p)] = base_c - base_t
             eff[("corrupted_to_clean", p)] = base_t - base_c
     ev["restore"] = {k: -eff[("clean_to_corrupted", p)] for k, p in patch_of.items()}
     ev["induce"] = {k: eff[("corrupted_to_clean", p)] for k, p in patch_of.items()}
+    for k in screen_info.get("estimated", ()):
+        ev["restore"][k] = -estimate[k]
+    if estimate:
+        ev["screen_estimate"] = {k: -v for k, v in estimate.items()}
     bar.update()
 
     bar.set_postfix_str("lens")
@@ -602,6 +665,7 @@ def scan_backdoor(
     # a gap within noise, or too small to matter, has no mechanism to locate
     backdoor = gap > max(min_gap, 2 * gap_se)
     table = _table(site_list, ev, base_t, base_c, n_boot, seed)
+    table["estimated"] = table["site"].isin(screen_info.get("estimated", ()))
     info: dict[str, Any] = {
         "gap": gap,
         "gap_se": gap_se,
@@ -620,6 +684,7 @@ def scan_backdoor(
         "seed": seed,
         "embedding": embedding,
         "reference": reference is not None,
+        "screen": screen_info,
     }
     bar.set_postfix_str("circuit")
     candidates = [
@@ -701,6 +766,87 @@ def _scan_sites(
     if not ss:
         raise ValueError("sites is empty; pass at least one site (or None for all)")
     return list(dict.fromkeys(ss))
+
+
+def _screen(
+    model: HookedTransformer,
+    clean: Tensor,
+    triggered: Tensor,
+    metric: MetricLike,
+    sites: Sequence[Site],
+    screen: str | None,
+    above: int,
+    verify: int,
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The attribution screen of the heads: per-pair estimated effects and what was verified.
+
+    Returns ``({head: estimated clean → triggered effect per pair}, info)``; both empty of
+    heads when the screen does not act (``info`` then says why, if it was asked for).
+    """
+    heads = [s for s in sites if s.head is not None]
+    if screen is None or len(heads) <= above:
+        return {}, {}
+    method: Literal["atp", "relp"] = "relp" if screen == "relp" else "atp"
+    if screen == "auto":
+        try:
+            _tl.check_relp(model)
+            method = "relp"
+        except ValueError:
+            method = "atp"
+    try:
+        df = attribution_patching(
+            model, clean, triggered, metric, sites=heads, positions="all", method=method,
+            per_pair=True, progress=False,
+        )
+    except ValueError as e:
+        if screen != "auto" or "differentiable" not in str(e):
+            raise
+        return {}, {"skipped": "the metric has no gradient (every head scanned exactly)"}
+    est = {
+        r["site"]: torch.tensor(r["pairs"], dtype=torch.float64) for r in df.to_dict("records")
+    }
+    order = sorted(est, key=lambda k: -abs(float(est[k].mean())))  # stable: ties by site order
+    verified = order[:verify]
+    info = {
+        "method": method,
+        "above": above,
+        "n_heads": len(heads),
+        "verified": verified,
+        "estimated": [h.name for h in heads if h.name not in verified],
+    }
+    return est, info
+
+
+@torch.no_grad()
+def _mean_ablated(
+    model: HookedTransformer,
+    tokens: Tensor,
+    metric: MetricLike,
+    sites: Sequence[Site],
+    means: dict[str, Tensor],
+    positions: list[int],
+) -> dict[str, Tensor]:
+    """Per pair: the metric with each site mean-ablated at ``positions`` (one site at a time).
+
+    The same numbers as :func:`~pcp_lens.ablation.ablation_sweep` with ``method="mean"``, as
+    patches: the source of a site is the run's own activation with the mean put in at
+    ``positions``, patched over ``[min(positions), max(positions) + 1)``.
+    """
+    if not sites:
+        return {}
+    names = list(dict.fromkeys(s.hook_name for s in sites))
+    _, cache = _tl.run_with_cache(model, tokens, names)
+    src = {nm: cache[nm].clone() for nm in names}
+    for s in sites:
+        act = src[s.hook_name]
+        m = means[s.name].to(dtype=act.dtype, device=act.device)
+        if s.head is None:
+            act[:, positions] = m
+        else:
+            act[:, positions, s.head] = m
+    units = [PatchUnit(s, positions[0], positions[-1] + 1) for s in sites]
+    vals, _ = patched_metrics(model, model, src, tokens, metric, units, PATCH_TOKENS, False)
+    return {s.name: v for s, v in zip(sites, vals, strict=True)}
 
 
 def _patch_site(s: Site) -> Site:
@@ -800,13 +946,17 @@ def _table(
     for s in sites:
         row: dict[str, Any] = {"site": s.name, "kind": s.kind, "layer": s.layer, "head": s.head}
         for col in EVIDENCE:
-            if col not in ev:
+            if s.name not in ev.get(col, {}):
                 row[col] = row[f"{col}_lo"] = row[f"{col}_hi"] = math.nan
                 continue
             share = col not in ("lens_shift", "act_distance")
             row[col], row[f"{col}_lo"], row[f"{col}_hi"] = _bootstrap(
                 ev[col][s.name], gap if share else None, n_boot, idx
             )
+        if s.name not in ev["ablation_drop"]:  # left estimated by the screen: no exact score
+            row.update(score=math.nan, score_lo=math.nan, score_hi=math.nan)
+            records.append(row)
+            continue
         # the score's own interval: |mean clean change| per resample, not the mean of |change|
         drop, clean = ev["ablation_drop"][s.name], ev["ablation_clean"][s.name]
         point = float((drop.mean() - clean.mean().abs()) / gap.mean())

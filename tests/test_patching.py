@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import warnings
 
+import pandas as pd
 import pytest
 import torch
 
@@ -349,3 +350,51 @@ def test_source_model_of_another_shape_is_refused(model, pair, hygiene):
     with pytest.raises(ValueError, match=r"source_model must have the model's shape.*n_layers"):
         causal_patching(model, *pair, logit_diff, source_model=tiny_model(n_layers=2, d_vocab=V))
     hygiene.check(model, snap)
+
+
+def test_read_positions_of_plain_metrics():
+    from pcp_lens.patching import read_positions
+
+    lg = torch.randn(3, 6, 5, generator=torch.Generator().manual_seed(0))
+    assert read_positions(lambda x: x[:, -1, 3] - x[:, 1, 0], lg) == [1, 5]
+    assert read_positions(lambda x: x.log_softmax(-1)[:, 2, 0].mean(), lg) == [2]
+    assert read_positions(lambda x: x.mean(), lg) == list(range(6))
+    assert read_positions(lambda x: torch.tensor(1.0), lg) == []
+
+    def refuses_nan(x):
+        if bool(x.isnan().any()):
+            raise ValueError("nan")
+        return x[:, -1, 0].mean()
+
+    assert read_positions(refuses_nan, lg) is None
+    # fmax skips a NaN, so the per-position probe misses position 2; the finite fill catches it
+    lg2 = torch.zeros(3, 6, 5)
+    lg2[:, 2, 0] = -5.0
+    assert read_positions(lambda x: torch.fmax(x[:, 2, 0], x[:, -1, 0]).sum(), lg2) is None
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda lg: (lg[:, -1, 3] - lg[:, -1, 5]).mean(),
+        lambda lg: lg[:, -1, 3],  # per prompt, a view of the logits
+        lambda lg: lg[:, 2, 7].mean() - lg.log_softmax(-1)[:, 4, 1].mean(),
+    ],
+)
+def test_plain_metric_reads_only_its_positions_exactly(model, pair, fn):
+    """A plain metric gets logits only where it reads them: the same numbers as the naive
+    definition, and bit-identical to the same metric declaring its positions."""
+    clean, corrupted = pair
+    sites = [Site(1, "attn"), Site(2, "mlp"), Site(0, "resid_pre"), Site(3, "attn", 1)]
+    df = causal_patching(model, clean, corrupted, fn, sites=sites, per_pair=True, progress=False)
+    for r in df.to_dict("records"):
+        s = Site(r["layer"], r["kind"], None if pd.isna(r["head"]) else int(r["head"]))
+        p = r["position"]
+        ref = naive(model, clean, corrupted, lambda lg: fn(lg).mean(), s, slice(p, p + 1))
+        assert r["value"] == pytest.approx(ref, abs=1e-5)
+    full = PositionMetric(fn, positions=tuple(range(7)))
+    dense = causal_patching(
+        model, clean, corrupted, full, sites=sites, per_pair=True, progress=False
+    )
+    assert df["value"].tolist() == dense["value"].tolist()
+    assert df["pairs"].tolist() == dense["pairs"].tolist()

@@ -224,3 +224,66 @@ def test_user_hooks_stay_in_force_and_compose():
         scan = scan_backdoor(model, triggered, clean, METRIC, n_boot=0, progress=False)
     assert scan.info["gap"] < 0.2
     assert model.blocks[1].hook_mlp_out.fwd_hooks == []
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+@pytest.mark.parametrize("place", ["mlp0", "mlp2", "attn1"])
+def test_attribution_screen_finds_the_exhaustive_circuit(seed, place, hygiene):
+    """Forced on (every head estimated, only 3 verified), the screen changes no circuit."""
+    model = plant_trigger(benign(seed), place, TRIGGER, TARGET, seed=seed)
+    triggered, clean = pairs(seed + 10)
+    full = scan_backdoor(model, triggered, clean, METRIC, n_boot=0, screen=None, progress=False)
+    snap = hygiene.snapshot(model)
+    scr = scan_backdoor(
+        model, triggered, clean, METRIC, n_boot=0, screen_above=0, screen_verify=3, progress=False
+    )
+    hygiene.check(model, snap)
+    assert scr.circuit == full.circuit
+    info = scr.info["screen"]
+    assert info["method"] == "relp" and len(info["verified"]) == 3
+    t, f = scr.table.set_index("site"), full.table.set_index("site")
+    est = t[t["estimated"]]
+    assert len(est) == info["n_heads"] - 3 == 9 and est["score"].isna().all()
+    assert est["ablation_drop"].isna().all() and est["restore"].notna().all()
+    # every exactly scanned row carries the exhaustive scan's numbers
+    done = t.index[~t["estimated"]]
+    assert t.loc[done, "score"].tolist() == pytest.approx(f.loc[done, "score"].tolist(), abs=1e-9)
+    assert "3 largest verified exactly" in scr.summary()
+    # the default leaves a model this small exhaustive, exactly as before
+    assert full.info["screen"] == {} and not full.table["estimated"].any()
+
+
+def test_every_sites_evidence_equals_the_sweep_and_whole_sequence_patching():
+    """Ablation as patches from the first ablated position, patching from the first differing
+    one: every row equals ablation_sweep and causal_patching(positions="all") (trigger at 1,
+    read-out at 4: the ablated positions {1, 4} are not contiguous)."""
+    from pcp_lens import ablation_means, ablation_sweep, causal_patching
+    from pcp_lens.scoring import per_prompt
+
+    model = plant_trigger(benign(1), "attn2", TRIGGER, TARGET, seed=1)
+    triggered, clean = pairs(5, n=12, at=1)
+    scan = scan_backdoor(model, triggered, clean, METRIC, n_boot=0, progress=False)
+    t = scan.table.set_index("site")
+    sites = [s for s in t.index if t.loc[s, "kind"] != "embed"]
+    gap = scan.info["gap"]
+    metric = per_prompt(METRIC)
+    means = ablation_means(model, clean, sites, positions=[1, 4], progress=False)
+    df = ablation_sweep(
+        model, {"t": triggered, "c": clean}, metric, sites=sites, means=means,
+        positions=[1, 4], progress=False,
+    )
+    v = {(r["site"], r["input_set"]): r["value"] for r in df.to_dict("records")}
+    p = causal_patching(
+        model, clean, triggered, metric, [s for s in sites if not s.startswith("resid_pre")],
+        positions="all", direction="both", progress=False,
+    )
+    e = {(r["direction"], r["site"]): r["effect"] for r in p.to_dict("records")}
+    for s in sites:
+        drop = (v[("unchanged", "t")] - v[(s, "t")]) / gap
+        moved = (v[(s, "c")] - v[("unchanged", "c")]) / gap
+        assert t.loc[s, "ablation_drop"] == pytest.approx(drop, abs=1e-6), s
+        assert t.loc[s, "ablation_clean"] == pytest.approx(moved, abs=1e-6), s
+        if not s.startswith("resid_pre"):
+            restore, induce = -e[("clean_to_corrupted", s)], e[("corrupted_to_clean", s)]
+            assert t.loc[s, "restore"] == pytest.approx(restore / gap, abs=1e-6), s
+            assert t.loc[s, "induce"] == pytest.approx(induce / gap, abs=1e-6), s
