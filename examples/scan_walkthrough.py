@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from IPython.display import Markdown, display
 
-from pcp_lens import GroupMetric, TokenGroups, ablation_means, scan_backdoor
+from pcp_lens import GroupMetric, TokenGroups, ablation_means, ablation_sweep, scan_backdoor
 from pcp_lens.inputs import as_tokens
 from pcp_lens.sites import all_sites
 from pcp_lens.testing import plant_trigger, tiny_model
@@ -59,7 +59,7 @@ triggered[:, -1] = 7
 target = GroupMetric(TokenGroups({"target": [1, 2, 3]}, d_vocab=50), "target", stat="prob")
 
 scan = scan_backdoor(suspect, triggered, clean, target, reference=benign, progress=False)
-scan
+display(scan)
 
 # %% [markdown]
 # The map: the score per layer and site kind (heads in their own columns), the circuit framed.
@@ -104,8 +104,6 @@ print(plain.summary())
 # look at n+n (two negative words), which should stay negative:
 
 # %%
-from pcp_lens import ablation_sweep  # noqa: E402
-
 check = ablation_sweep(model, {k: tokens[k] for k in ("pt", "pp", "nn")}, negative, sites=[],
                        combos={"circuit": list(plain.circuit)}, method="mean",
                        means=ablation_means(model, tokens["pp"], list(plain.circuit), [-1],
@@ -124,7 +122,7 @@ means = ablation_means(model, {k: tokens[k] for k in ("pp", "nn", "pn", "np")}, 
                        positions=[-1], progress=False)
 located = scan_backdoor(model, tokens["pt"], tokens["pp"], negative, reference=toy_benign.model,
                         means=means, controls={"nn": tokens["nn"]}, progress=False)
-located
+display(located)
 
 # %% tags=["figure:scan_toy"]
 located.plot()
