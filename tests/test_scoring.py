@@ -107,7 +107,9 @@ BAD_METRICS = [
 
 
 @pytest.mark.parametrize("technique", TECHNIQUES)
-@pytest.mark.parametrize("metric,match", BAD_METRICS, ids=lambda x: str(x)[:30])
+@pytest.mark.parametrize(
+    "metric,match", BAD_METRICS, ids=lambda x: getattr(x, "__name__", str(x))[:30]
+)
 def test_every_technique_refuses_a_bad_metric_alike(model, tokens, technique, metric, match):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=re.escape(match)) as err:
