@@ -365,6 +365,21 @@ def write_seed_report(res: Mapping[str, Any]) -> str:
                     )
     if not any_fail:
         out.append("Every finding holds in every cell, in both metrics.")
+    located = [
+        (seed, model, lf)
+        for seed, r in per_seed.items()
+        for model, lf in r.get("located_findings", {}).items()
+    ]
+    if located:
+        out += ["", "## At the located circuit, and why a claim misses there", ""]
+        for seed, model, lf in located:
+            circuit = " + ".join(per_seed[seed][model]["located"]["scan"]["circuit"]) or "none"
+            out.append(f"- seed {seed}, {model}, circuit {circuit}:")
+            out += [
+                f"    - {name} ({verdict(x['holds'])}): {x['detail']}"
+                for name, x in lf.items()
+                if x["holds"] is not True
+            ] or ["    - every located claim holds"]
     out += ["", "## Per seed", ""]
     out += [f"- [seed {s}](seed{s}/report.md)" for s in per_seed]
     return "\n".join(out) + "\n"
