@@ -177,7 +177,7 @@ def _fake_runs(monkeypatch, calls):
 
     def run_language(out, cfg):
         calls.append((out, cfg, None))
-        return {"findings": {}}
+        return {"findings": {}, "located_findings": {}}
 
     monkeypatch.setattr(toy, "run_toy_study", run_toy)
     monkeypatch.setattr(language, "run_language_study", run_language)
