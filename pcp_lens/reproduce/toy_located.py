@@ -47,14 +47,17 @@ def located_scan(c: ToyCtx, model: Any = None, *, progress: bool = False) -> Bac
     since p+p's own mean is all it is compared with.
     """
     model = c.model if model is None else model
+    # the trigger is a positive word: where p+p's second word is the trigger itself, the two
+    # inputs are the same and the pair says nothing about the trigger
+    keep = (c.tokens["pt"] != c.tokens["pp"]).any(1)
     sites = all_sites(model, kinds=SCAN_KINDS, heads=True)
     means = ablation_means(
         model, {k: c.tokens[k] for k in MEAN_KEYS}, sites, positions=[-1], progress=False
     )
     return scan_backdoor(
         model,
-        c.tokens["pt"],
-        c.tokens["pp"],
+        c.tokens["pt"][keep],
+        c.tokens["pp"][keep],
         c.mass,
         reference=c.benign.model,
         means=means,
