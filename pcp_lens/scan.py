@@ -326,7 +326,7 @@ class BackdoorScan:
             progress: show progress bars.
         """
         from pcp_lens.pcp import fit_pcp
-        from pcp_lens.tuning import score_inputs, tune
+        from pcp_lens.tuning import tune
 
         ctx = self._context or {}
         model = model if model is not None else ctx.get("model")
