@@ -85,7 +85,7 @@ from pcp_lens.scoring import (
 from pcp_lens.sites import Site, SiteLike, all_sites, as_sites
 from pcp_lens.tuning import score_inputs
 
-__all__ = ["BackdoorScan", "ScanEdit", "scan_backdoor"]
+__all__ = ["BackdoorScan", "ScanEdit", "circuit_modules", "scan_backdoor"]
 
 FORMAT, FORMAT_VERSION = "pcp_lens.scan", 1
 #: evidence columns, each a share of the backdoor gap unless marked (metric units / distance)
@@ -338,13 +338,7 @@ class BackdoorScan:
                 "edit needs model, triggered, clean and metric (a loaded scan has none of its own)"
             )
         # a PCP replaces a whole module: a head in the circuit is edited through its layer
-        modules = list(
-            dict.fromkeys(
-                f"{s.kind}{s.layer}"
-                for s in map(Site.parse, self.circuit)
-                if s.kind in ("attn", "mlp")
-            )
-        )
+        modules = circuit_modules(self.circuit)
         if not modules:
             raise ValueError(
                 f"the circuit {list(self.circuit)} has no attention or MLP module to replace"
@@ -724,6 +718,27 @@ def scan_backdoor(
     table["in_circuit"] = table["site"].isin(circuit)
     context = {"model": model, "triggered": T, "clean": C, "metric": metric}
     return BackdoorScan(table, tuple(circuit), steps, info, context)
+
+
+def circuit_modules(circuit: Sequence[str], *, embed: bool = False) -> list[str]:
+    """The whole modules a circuit names, in forward order: a head stands for its attention layer.
+
+    These are the names a PCP replaces and a fine-tuning freezes; ``resid_pre`` rows are dropped,
+    and the token embedding is kept only with ``embed=True`` (it can be frozen, not replaced).
+
+    Examples:
+        >>> circuit_modules(["mlp1", "attn0.h2", "embed", "attn0"])
+        ['attn0', 'mlp1']
+        >>> circuit_modules(["mlp1", "embed"], embed=True)
+        ['embed', 'mlp1']
+    """
+    keys: dict[str, tuple[int, int, int]] = {}
+    for s in map(Site.parse, circuit):
+        if s.kind in ("attn", "mlp"):
+            keys[f"{s.kind}{s.layer}"] = Site(s.layer, s.kind).sort_key()
+        elif s.kind == "embed" and embed:
+            keys["embed"] = s.sort_key()
+    return sorted(keys, key=keys.__getitem__)
 
 
 # -- pieces ------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,29 +22,12 @@ from pcp_lens._tl import HookedTransformer
 from pcp_lens.language.corpus import split_sentences
 from pcp_lens.reproduce.language_setup import TRIGGER
 from pcp_lens.reproduce.scan_model import language_pairs, target_groups, target_metric
-from pcp_lens.scan import SHOWN, BackdoorScan, scan_backdoor
-from pcp_lens.sites import Site
+from pcp_lens.scan import SHOWN, BackdoorScan, circuit_modules, scan_backdoor
 
-__all__ = ["MIN_PAIRS", "circuit_modules", "scan_study"]
+__all__ = ["MIN_PAIRS", "scan_study"]
 
 #: pairs the scan uses at least (the quick run's 8 prompts are topped up from validation text)
 MIN_PAIRS = 16
-
-
-def circuit_modules(circuit: Sequence[str]) -> list[str]:
-    """The blocks' modules of a circuit, in layer order: a head stands for its attention layer,
-    the embedding and ``resid_pre`` rows are dropped.
-
-    Examples:
-        >>> circuit_modules(["embed", "mlp1", "attn0.h2", "attn0"])
-        ['attn0', 'mlp1']
-    """
-    names = {}
-    for name in circuit:
-        s = Site.parse(name)
-        if s.kind in ("attn", "mlp"):
-            names[f"{s.kind}{s.layer}"] = s.sort_key()
-    return sorted(names, key=lambda n: names[n])
 
 
 def scan_study(

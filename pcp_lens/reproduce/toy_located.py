@@ -29,8 +29,8 @@ from pcp_lens.ablation import ablation_sweep
 from pcp_lens.means import ablation_means
 from pcp_lens.reproduce import paper
 from pcp_lens.reproduce.toy_tables import MEAN_KEYS, METRIC_SUFFIX, ROW_KEYS, ToyCtx
-from pcp_lens.scan import SCAN_KINDS, BackdoorScan, scan_backdoor
-from pcp_lens.sites import Site, all_sites
+from pcp_lens.scan import SCAN_KINDS, BackdoorScan, circuit_modules, scan_backdoor
+from pcp_lens.sites import all_sites
 from pcp_lens.toy.train import poison
 
 #: Shown per model: the scan's top rows.
@@ -67,14 +67,6 @@ def located_scan(c: ToyCtx, model: Any = None, *, progress: bool = False) -> Bac
     )
 
 
-def _modules(circuit: tuple[str, ...]) -> list[str]:
-    """The circuit's modules as freeze and PCP names: a head stands for its attention layer."""
-    out = []
-    for s in map(Site.parse, circuit):
-        out.append("embed" if s.kind == "embed" else f"{s.kind}{s.layer}")
-    return list(dict.fromkeys(out))
-
-
 def _scan_record(scan: BackdoorScan, seconds: float) -> dict[str, Any]:
     i = scan.info
     top = scan.table.sort_values("rank").head(TOP_ROWS)
@@ -84,7 +76,7 @@ def _scan_record(scan: BackdoorScan, seconds: float) -> dict[str, Any]:
     modules = cast(pd.DataFrame, table[table["kind"].isin(["attn", "mlp"]) & table["head"].isna()])
     return {
         "circuit": list(scan.circuit),
-        "modules": _modules(scan.circuit),
+        "modules": circuit_modules(scan.circuit, embed=True),
         "verified": scan.verified,
         "gap": round(i["gap"], 4),
         "residual": round(float(i["circuit_residual"]), 4) if scan.circuit else None,
@@ -161,7 +153,7 @@ def located_tables(
     edit = scan.edit(inputs=others, n_trials=trials, seed=c.seed, progress=progress)
     keep, remove = edit.keep.replacement, edit.remove.replacement
     out["pcp"] = {
-        "modules": _modules(scan.circuit),
+        "modules": circuit_modules(scan.circuit, embed=True),
         "rank": edit.rank,
         "within_tolerance": edit.within_tolerance,
         "rank_search": [
@@ -184,7 +176,7 @@ def located_tables(
 
     if freeze:
         s0 = time.perf_counter()
-        names = _modules(scan.circuit)
+        names = circuit_modules(scan.circuit, embed=True)
         cfg = dataclasses.replace(c.poisoned.result.config, progress=progress)
         run = poison(c.benign.model, c.data, cfg, freeze=names)
         again = dataclasses.replace(c, model=run.model, poisoned=run)

@@ -14,8 +14,7 @@ import pytest
 from pcp_lens.cli import main
 from pcp_lens.reproduce.language import LanguageConfig, settings
 from pcp_lens.reproduce.language_report import CLAIMS, LOCATED_CLAIMS, circuit_label
-from pcp_lens.reproduce.language_scan import circuit_modules
-from pcp_lens.scan import BackdoorScan
+from pcp_lens.scan import BackdoorScan, circuit_modules
 from tests.reproduce import interrupting
 
 TABLES = ("tab8", "tab9", "tab10", "tab11")

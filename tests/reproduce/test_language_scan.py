@@ -7,9 +7,8 @@ import torch
 
 from pcp_lens.language.data import load_corpus
 from pcp_lens.language.standin import TOXIC_WORDS, standin_model, train_tokenizer
-from pcp_lens.reproduce.language_scan import circuit_modules
 from pcp_lens.reproduce.scan_model import language_pairs, target_groups, target_metric
-from pcp_lens.scan import scan_backdoor
+from pcp_lens.scan import circuit_modules, scan_backdoor
 from pcp_lens.testing import plant_trigger
 from pcp_lens.tuning import score_inputs
 
