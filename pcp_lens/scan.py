@@ -58,13 +58,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, cast
 
 import pandas as pd
 import torch
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -77,6 +78,7 @@ from pcp_lens.lens import group_lens
 from pcp_lens.patching import PatchUnit, causal_patching, patched_metrics
 from pcp_lens.scoring import (
     MetricLike,
+    call_metric,
     check_metric,
     declared_positions,
     per_prompt,
@@ -96,6 +98,7 @@ EVIDENCE = (
     "induce",
     "lens_shift",
     "ref_restore",
+    "ref_clean",
     "act_distance",
     "screen_estimate",
 )
@@ -103,8 +106,8 @@ SCAN_KINDS = ("embed", "attn", "mlp", "resid_pre")
 #: the columns the summary table and the report show first
 SHOWN = ("rank", "site", "score", "score_lo", "score_hi", "ablation_drop", "ablation_clean",
          "restore", "induce", "lens_shift")
-#: a circuit grows by a member only if it brings the joint ablation this much (share of the gap)
-#: closer to the ideal
+#: a circuit grows by a member only if it brings its joint intervention this much (share of the
+#: gap) closer to the ideal
 MIN_GAIN = 0.02
 #: the attribution screen acts when the scan has more than this many head rows (GPT-2 small's 144
 #: are screened; the toy models' and the language stand-in's 16 are not)
@@ -116,6 +119,18 @@ PATCH_TOKENS = 32768
 #: a trigger embedding counts as moved by poisoning when its relative change is this many times
 #: the median token's and above every other token's 99th percentile
 EMBED_MOVED_FACTOR = 3.0
+#: per ``verify=``: the evidence the ranking score is built from (the share of the gap the
+#: site's intervention removes, its change on clean inputs) and how the summary names it
+VERIFY = {
+    "ablation": ("ablation_drop", "ablation_clean", "mean ablation"),
+    "restore": ("restore", None, "restoring patch (clean → triggered)"),
+    "reference": ("ref_restore", "ref_clean", "reference patch"),
+}
+Verify = Literal["ablation", "restore", "reference"]
+VERIFY_SCORE = {
+    k: f"{drop} - |{clean}| (shares of the gap)" if clean else f"{drop} (share of the gap)"
+    for k, (drop, clean, _) in VERIFY.items()
+}
 
 
 class ScanEdit(NamedTuple):
@@ -173,8 +188,9 @@ class BackdoorScan:
             inputs = "clean" + (f" (or a control: {', '.join(i['controls'])})" if i.get(
                 "controls"
             ) else "")
+            how = VERIFY[i.get("verify", "ablation")][2]
             lines.append(
-                f"circuit: {' + '.join(self.circuit)} — joint ablation leaves "
+                f"circuit: {' + '.join(self.circuit)} — joint {how} leaves "
                 f"{i['circuit_residual']:.1%} of the gap, {inputs} moves "
                 f"{i['circuit_clean']:.1%} "
                 f"of it; {state} the criterion (≤ {i['max_residual']:.0%}, clean ≤ "
@@ -201,7 +217,8 @@ class BackdoorScan:
         elif scr.get("skipped"):
             lines.append(f"attribution screen not used: {scr['skipped']}")
         top = self.table.sort_values("rank").head(5)
-        lines.append("top sites (score = ablation_drop - |ablation_clean|, 95% interval):")
+        score = i.get("score", VERIFY_SCORE["ablation"])
+        lines.append(f"top sites (score = {score}, 95% interval):")
         for r in top.to_dict("records"):
             flag = "  (interval overlaps the next)" if r["overlaps_next"] else ""
             lines.append(
@@ -415,6 +432,7 @@ def scan_backdoor(
     screen: Literal["auto", "atp", "relp"] | None = "auto",
     screen_above: int = SCREEN_ABOVE,
     screen_verify: int = SCREEN_VERIFY,
+    verify: Verify = "ablation",
     progress: bool = True,
 ) -> BackdoorScan:
     """Locate the trigger's mechanism: evidence per site, a ranking and a verified circuit.
@@ -467,6 +485,15 @@ def scan_backdoor(
             ``None``: every site exactly.
         screen_above: the number of head rows above which the screen acts.
         screen_verify: heads verified exactly by the screen.
+        verify: the intervention the circuit is grown, ranked and verified with:
+            ``"ablation"``: joint mean ablation at ``positions`` (clean inputs and controls
+            ablated alike); ``"restore"``: a joint restoring patch, each member's output on the
+            clean input put into the triggered run (every position from the first differing
+            one; clean inputs are untouched by construction, so only the residual bounds it);
+            ``"reference"`` (needs ``reference``): a joint reference patch, each member's output
+            taken from ``reference`` on the same input, on triggered, clean and control inputs
+            alike (every position): where poisoning changed the model. The ranking score is the
+            matching evidence (module docstring).
         progress: show a progress bar over the scan's stages.
 
     Returns:
@@ -502,6 +529,13 @@ def scan_backdoor(
     if reference is not None:
         _tl.check_same_shape_models(model, reference, "reference")
     control_tokens = _controls(model, controls, n)
+    if verify not in VERIFY:
+        raise ValueError(f"verify must be one of {sorted(VERIFY)}, got {verify!r}")
+    if verify == "reference" and reference is None:
+        raise ValueError(
+            "verify='reference' patches the reference model's activations in: pass reference= "
+            "(e.g. the benign model the suspect was fine-tuned from)"
+        )
     if screen not in ("auto", "atp", "relp", None):
         raise ValueError(f"screen must be 'auto', 'atp', 'relp' or None, got {screen!r}")
     for arg, v, lo in (
@@ -650,6 +684,22 @@ def scan_backdoor(
             r["site"]: -torch.tensor(r["pairs"], dtype=torch.float64) for r in rt.to_dict("records")
         }
         ev["ref_restore"] = {k: ref[p] for k, p in patch_of.items()}
+        # the same patch on clean inputs: what replacing the site by the reference's does there
+        rc = causal_patching(
+            model,
+            C,
+            C,
+            rows_metric,
+            list(dict.fromkeys(patch_of.values())),
+            positions="all",
+            source_model=reference,
+            per_pair=True,
+            progress=False,
+        )
+        moved = {
+            r["site"]: torch.tensor(r["pairs"], dtype=torch.float64) for r in rc.to_dict("records")
+        }
+        ev["ref_clean"] = {k: moved[p] for k, p in patch_of.items()}
         ev["act_distance"] = _act_distance(model, reference, T, site_list, ablate)
         embedding = _embedding_change(model, reference, T[differs])
         bar.update()
@@ -658,7 +708,10 @@ def scan_backdoor(
     gap_se = float((base_t - base_c).std() / math.sqrt(n_pairs))
     # a gap within noise, or too small to matter, has no mechanism to locate
     backdoor = gap > max(min_gap, 2 * gap_se)
-    table = _table(site_list, ev, base_t, base_c, n_boot, seed)
+    table = _table(
+        site_list, ev, VERIFY[verify][:2], screen_info.get("estimated", ()), base_t, base_c,
+        n_boot, seed,
+    )
     table["estimated"] = table["site"].isin(screen_info.get("estimated", ()))
     info: dict[str, Any] = {
         "gap": gap,
@@ -673,7 +726,8 @@ def scan_backdoor(
         "readout_positions": read,
         "max_residual": max_residual,
         "clean_tol": clean_tol,
-        "score": "ablation_drop - |ablation_clean| (shares of the gap)",
+        "score": VERIFY_SCORE[verify],
+        "verify": verify,
         "n_boot": n_boot,
         "seed": seed,
         "embedding": embedding,
@@ -696,20 +750,46 @@ def scan_backdoor(
         else {}
     )
     info["controls"] = control_base
+    all_sets = {**sets, **control_tokens}
+    bases = {"clean": float(base_c.mean()), **control_base}
+
+    def joint(combos: list[tuple[str, ...]]) -> dict[tuple[str, ...], dict[str, float]]:
+        """The metric of each set with each combination's intervention (``verify``)."""
+        if verify == "ablation":
+            df = ablation_sweep(
+                model,
+                all_sets,
+                rows_metric,
+                sites=[],
+                combos={"+".join(c): list(c) for c in combos},
+                method="mean",
+                means=means,
+                positions=ablate,
+                batch_size=batch_size,
+                progress=False,
+            )
+            val = {(r["site"], r["input_set"]): r["value"] for r in df.to_dict("records")}
+            return {c: {k: val[("+".join(c), k)] for k in all_sets} for c in combos}
+        out = {}
+        for c in combos:
+            members = [Site.parse(m) for m in c]
+            if verify == "restore":
+                t = _joint_patched(model, model, C, T, rows_metric, members, trig_pos[0],
+                                   batch_size)
+                out[c] = {**bases, "triggered": float(t.mean())}
+            else:
+                assert reference is not None  # checked with the arguments
+                out[c] = {
+                    k: float(
+                        _joint_patched(model, reference, x, x, rows_metric, members, 0, batch_size)
+                        .mean()
+                    )
+                    for k, x in all_sets.items()
+                }
+        return out
+
     circuit, steps, verdict = _grow(
-        model,
-        {**sets, **control_tokens},
-        rows_metric,
-        means,
-        ablate,
-        candidates,
-        gap,
-        {"clean": float(base_c.mean()), **control_base},
-        max_residual,
-        clean_tol,
-        max_size,
-        beam,
-        batch_size,
+        joint, candidates, gap, bases, max_residual, clean_tol, max_size, beam
     )
     bar.update()
     bar.close()
@@ -864,6 +944,41 @@ def _mean_ablated(
     return {s.name: v for s, v in zip(sites, vals, strict=True)}
 
 
+@torch.no_grad()
+def _joint_patched(
+    model: HookedTransformer,
+    source_model: HookedTransformer,
+    source: Tensor,
+    target: Tensor,
+    metric: MetricLike,
+    sites: Sequence[Site],
+    p0: int,
+    batch_size: int,
+) -> Float[Tensor, " batch"]:
+    """Per row: the metric of ``model`` on ``target`` with every site's output, from position
+    ``p0`` on, replaced at once by ``source_model``'s on ``source``."""
+    names = list(dict.fromkeys(_hook(s) for s in sites))
+    out = []
+    for i in range(0, len(target), batch_size):
+        _, cache = _tl.run_with_cache(source_model, source[i : i + batch_size], names)
+        hooks = [(_hook(s), _put(cache[_hook(s)], p0, s.head)) for s in sites]
+        logits = _tl.run_with_hooks(model, target[i : i + batch_size], hooks)
+        out.append(call_metric(metric, logits).double())
+    return torch.cat(out)
+
+
+def _put(src: Tensor, p0: int, head: int | None) -> Callable[[Tensor, object], Tensor]:
+    def hook(act: Tensor, hook: object) -> Tensor:
+        act = act.clone()
+        if head is None:
+            act[:, p0:] = src[:, p0:].to(act.dtype)
+        else:
+            act[:, p0:, head] = src[:, p0:, head].to(act.dtype)
+        return act
+
+    return hook
+
+
 def _patch_site(s: Site) -> Site:
     """The patched site for a row: the embedding's is ``resid_pre0`` (positions agree)."""
     return Site(0, "resid_pre") if s.kind == "embed" else s
@@ -948,6 +1063,8 @@ def _interval(boot: Tensor) -> tuple[float, float]:
 def _table(
     sites: Sequence[Site],
     ev: dict[str, dict[str, Tensor]],
+    score_of: tuple[str, str | None],
+    estimated: Iterable[str],
     base_t: Tensor,
     base_c: Tensor,
     n_boot: int,
@@ -968,12 +1085,13 @@ def _table(
             row[col], row[f"{col}_lo"], row[f"{col}_hi"] = _bootstrap(
                 ev[col][s.name], gap if share else None, n_boot, idx
             )
-        if s.name not in ev["ablation_drop"]:  # left estimated by the screen: no exact score
+        if s.name in estimated:  # left estimated by the screen: no exact score
             row.update(score=math.nan, score_lo=math.nan, score_hi=math.nan)
             records.append(row)
             continue
         # the score's own interval: |mean clean change| per resample, not the mean of |change|
-        drop, clean = ev["ablation_drop"][s.name], ev["ablation_clean"][s.name]
+        drop = ev[score_of[0]][s.name]
+        clean = ev[score_of[1]][s.name] if score_of[1] else torch.zeros_like(drop)
         point = float((drop.mean() - clean.mean().abs()) / gap.mean())
         boot = (drop[idx].mean(1) - clean[idx].mean(1).abs()) / gap[idx].mean(1)
         lo, hi = _interval(boot) if n_boot else (math.nan, math.nan)
@@ -998,11 +1116,7 @@ def _table(
 
 
 def _grow(
-    model: HookedTransformer,
-    sets: dict[str, Tensor],
-    metric: MetricLike,
-    means: dict[str, Tensor],
-    positions: list[int] | None,
+    joint: Callable[[list[tuple[str, ...]]], dict[tuple[str, ...], dict[str, float]]],
     candidates: list[str],
     gap: float,
     bases: dict[str, float],
@@ -1010,33 +1124,19 @@ def _grow(
     clean_tol: float,
     max_size: int,
     beam: int,
-    batch_size: int,
 ) -> tuple[list[str], pd.DataFrame, dict[str, Any]]:
-    """Greedy growth along the ranking, verified by joint mean ablation; then pruning."""
+    """Greedy growth along the ranking, verified by ``joint`` (each combination's metric per
+    input set under the scan's intervention); then pruning."""
     tried: dict[tuple[str, ...], tuple[float, float]] = {}
 
     def measure(combos: list[tuple[str, ...]]) -> None:
         new = [c for c in combos if c not in tried]
         if not new:
             return
-        df = ablation_sweep(
-            model,
-            sets,
-            metric,
-            sites=[],
-            combos={"+".join(c): list(c) for c in new},
-            method="mean",
-            means=means,
-            positions=positions,
-            batch_size=batch_size,
-            progress=False,
-        )
-        val = {(r["site"], r["input_set"]): r["value"] for r in df.to_dict("records")}
-        for c in new:
-            key = "+".join(c)
+        for c, val in joint(new).items():
             tried[c] = (
-                (val[(key, "triggered")] - bases["clean"]) / gap,
-                max(abs(val[(key, k)] - b) for k, b in bases.items()) / abs(gap),
+                (val["triggered"] - bases["clean"]) / gap,
+                max(abs(val[k] - b) for k, b in bases.items()) / abs(gap),
             )
 
     def distance(c: tuple[str, ...]) -> float:

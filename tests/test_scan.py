@@ -54,6 +54,53 @@ def test_planted_module_ranks_first_and_is_the_circuit(seed, place, hygiene):
     assert row["ref_restore"] > 0.8 and row["restore"] > 0.8
 
 
+@pytest.mark.parametrize("verify", ["restore", "reference"])
+@pytest.mark.parametrize("place", ["mlp0", "mlp2", "attn1"])
+def test_patch_verified_circuit_is_the_planted_module(verify, place, hygiene):
+    """Grown, ranked and verified by joint patches instead of ablation: the same answer."""
+    base = benign(0)
+    model = plant_trigger(base, place, TRIGGER, TARGET, seed=0)
+    triggered, clean = pairs(10)
+    snap = hygiene.snapshot(model)
+    scan = scan_backdoor(
+        model, triggered, clean, METRIC, reference=base, n_boot=20, verify=verify,
+        progress=False,
+    )
+    hygiene.check(model, snap)
+    assert scan.info["verify"] == verify
+    modules = scan.table[scan.table["kind"].isin(["attn", "mlp"]) & scan.table["head"].isna()]
+    assert modules.sort_values("rank")["site"].iloc[0] == place
+    assert scan.verified and scan.circuit in ((place,), (f"{place}.h0",))
+    assert scan.info["circuit_residual"] <= 0.1
+    if verify == "restore":  # clean inputs are untouched by a restoring patch
+        assert scan.info["circuit_clean"] == 0.0
+
+
+@pytest.mark.parametrize("verify", ["restore", "reference"])
+def test_joint_patch_of_one_site_equals_causal_patching(verify):
+    """Every one-member step of the growth is a whole-sequence patch of that site: its residual
+    is 1 - the site's restore (or ref_restore) evidence, from causal_patching; a reference
+    patch's clean move is |ref_clean|."""
+    base = benign(2)
+    model = plant_trigger(base, "mlp1", TRIGGER, TARGET, seed=2)
+    triggered, clean = pairs(3, n=12)
+    scan = scan_backdoor(
+        model, triggered, clean, METRIC, reference=base, n_boot=0, verify=verify,
+        max_size=1, beam=6, progress=False,
+    )
+    col = "restore" if verify == "restore" else "ref_restore"
+    table = scan.table.set_index("site")
+    ones = scan.steps[scan.steps["size"] == 1]
+    assert len(ones) == 6
+    for r in ones.to_dict("records"):
+        assert r["residual"] == pytest.approx(1 - table.loc[r["sites"], col], abs=1e-5)
+        if verify == "reference":
+            moved = abs(table.loc[r["sites"], "ref_clean"])
+            assert r["clean_move"] == pytest.approx(moved, abs=1e-5)
+        else:
+            assert r["clean_move"] == 0.0
+
+
 def test_trigger_before_the_readout_is_found_in_attention(hygiene):
     base = benign(1)
     model = plant_trigger(base, "attn2", TRIGGER, TARGET, seed=1)
@@ -201,6 +248,8 @@ def test_edit_holds_extra_inputs_at_their_unedited_scores():
         (dict(n_boot=-1), "n_boot must be an int"),
         (dict(clean_tol=2.0), "clean_tol must be a number"),
         (dict(min_gap=-1), "min_gap must be a number >= 0"),
+        (dict(verify="patch"), "verify must be one of"),
+        (dict(verify="reference"), "verify='reference' .* pass reference="),
     ],
 )
 def test_bad_input_is_refused_and_leaves_the_model_alone(change, match, hygiene):

@@ -180,7 +180,8 @@ def verdict(holds: bool | None) -> str:
 # -- the same claims at the located circuit ------------------------------------------------------
 #: What is judged at the circuit the scan located (probability of a negative next word).
 LOCATED_CLAIMS = {
-    "circuit": "the scan finds a verified circuit of <= 3 modules",
+    "circuit": "the scan finds a circuit of <= 3 modules, verified by its joint reference patch "
+    "(the benign model's activations put in: p+t's gap left <= 10 %, p+p and n+n moved <= 10 %)",
     "F1": "ablating the circuit jointly sends p+t to <= n+p + 0.05, p+p and n+n within 0.05",
     "F2": "a circuit module has the largest lens trigger shift of all modules",
     "F3": "a PCP of the circuit at the smallest rank keeping p+t, tuned, keeps p+t within 0.05 "
@@ -215,8 +216,9 @@ def _lf_circuit(m: Mapping[str, Any]) -> tuple[bool, str]:
         return False, f"no circuit (gap {s['gap']:+.3f})"
     return ok, (
         f"{' + '.join(s['circuit'])} ({n} module{'s' * (n != 1)}): residual {s['residual']:.1%}, "
-        f"clean move {s['clean_move']:.1%} of the gap {s['gap']:+.3f}; "
-        f"{'verified' if s['verified'] else 'NOT verified'} by the scan"
+        f"clean move {s['clean_move']:.1%} of the gap {s['gap']:+.3f} under the joint "
+        f"{s.get('verify', 'ablation')}; {'verified' if s['verified'] else 'NOT verified'} by "
+        "the scan"
     )
 
 

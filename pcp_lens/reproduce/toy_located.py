@@ -3,8 +3,9 @@
 The paper's tables edit the modules it named (the layer-1 MLP, the layer-2 attention); in our toy
 models poisoning puts the trigger's mechanism elsewhere, and where it moves with the seed. Here
 :func:`~pcp_lens.scan.scan_backdoor` locates it (p+t against p+p pairs, the probability of a
-negative next word, the benign model as reference, Tab. I's plain mean, n+n as a control), and
-the same kinds of claim are measured at the located circuit:
+negative next word, the benign model as reference, the circuit verified by the joint reference
+patch, Tab. I's plain mean for ablation, n+n as a control), and the same kinds of claim are
+measured at the located circuit:
 
 1. ablating the circuit jointly sends p+t to n+p's level while p+p and n+n stay put (F1);
 2. a circuit module leads the lens's trigger shift (F2);
@@ -29,7 +30,7 @@ from pcp_lens.ablation import ablation_sweep
 from pcp_lens.means import ablation_means
 from pcp_lens.reproduce import paper
 from pcp_lens.reproduce.toy_tables import MEAN_KEYS, METRIC_SUFFIX, ROW_KEYS, ToyCtx
-from pcp_lens.scan import SCAN_KINDS, BackdoorScan, circuit_modules, scan_backdoor
+from pcp_lens.scan import SCAN_KINDS, BackdoorScan, Verify, circuit_modules, scan_backdoor
 from pcp_lens.sites import all_sites
 from pcp_lens.toy.train import poison
 
@@ -37,14 +38,20 @@ from pcp_lens.toy.train import poison
 TOP_ROWS = 8
 
 
-def located_scan(c: ToyCtx, model: Any = None, *, progress: bool = False) -> BackdoorScan:
+def located_scan(
+    c: ToyCtx, model: Any = None, *, verify: Verify = "reference", progress: bool = False
+) -> BackdoorScan:
     """Scan ``model`` (default: the study's poisoned model) on the study's p+t / p+p pairs.
 
     The metric is the probability of a negative next word; the benign model is the reference.
-    Ablation is to Tab. I's plain mean over pp, nn, pn, np at the last position (the paper's
-    mean ablation), and n+n is a control the circuit must leave alone: on p+p alone, a module
-    that reads every last word (layer-0 attention does, in our models) looks trigger-specific,
-    since p+p's own mean is all it is compared with.
+    The circuit is grown and verified by ``verify`` (default: the joint reference patch, the
+    benign model's activations put in, on p+t, p+p and n+n alike: where poisoning changed the
+    model). Mean ablation, the scan's evidence and the located F1, is to Tab. I's plain mean over
+    pp, nn, pn, np at the last position, where the trigger also is: there it removes what every
+    input needs (layer-0 attention carries every last word), which is why the circuit is not
+    verified by it (docs/toy_study.md). n+n is a control the circuit must leave alone: on p+p
+    alone, a module that reads every last word looks trigger-specific, since p+p's own mean is
+    all it is compared with.
     """
     model = c.model if model is None else model
     # the trigger is a positive word: where p+p's second word is the trigger itself, the two
@@ -62,6 +69,7 @@ def located_scan(c: ToyCtx, model: Any = None, *, progress: bool = False) -> Bac
         reference=c.benign.model,
         means=means,
         controls={"nn": c.tokens["nn"]},
+        verify=verify,
         seed=c.seed,
         progress=progress,
     )
@@ -78,6 +86,7 @@ def _scan_record(scan: BackdoorScan, seconds: float) -> dict[str, Any]:
         "circuit": list(scan.circuit),
         "modules": circuit_modules(scan.circuit, embed=True),
         "verified": scan.verified,
+        "verify": scan.info["verify"],
         "gap": round(i["gap"], 4),
         "residual": round(float(i["circuit_residual"]), 4) if scan.circuit else None,
         "clean_move": round(float(i["circuit_clean"]), 4) if scan.circuit else None,
