@@ -2,7 +2,10 @@
 
 Patches every attn_out and mlp_out site at every position of a GPT-2-small-shaped random model
 (12 layers, d_model 768, d_vocab 50257; 8 prompts x 16 tokens; metric read at the last position)
-and prints the time of each, their ratios and the largest difference of results. TransformerLens
+and prints the time of each (wall clock and the process's CPU time), their ratios and the largest
+difference of results. With one torch thread the CPU time is the work done, whatever else the
+machine runs, so its ratio holds on a shared box where the wall-clock ratio drifts with the
+load (both are printed; docs/benchmarks.md says which was quiet). TransformerLens
 computes full logits whatever the metric, so it runs once (plain callable); pcp_lens runs with the
 metric declaring its position (``PositionMetric``) and with the same plain callable.
 
@@ -51,32 +54,38 @@ def main() -> None:
         f"torch threads {torch.get_num_threads()}"
     )
 
-    t_tl: list[float] = []
-    t_ours: dict[str, list[float]] = {k: [] for k in metrics}
+    t_tl: list[tuple[float, float]] = []
+    t_ours: dict[str, list[tuple[float, float]]] = {k: [] for k in metrics}
     dfs = {}
     for _ in range(args.repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with torch.no_grad():
             _, clean_cache = model.run_with_cache(clean)
             ref = {
                 "attn": tlp.get_act_patch_attn_out(model, corrupted, clean_cache, diff),
                 "mlp": tlp.get_act_patch_mlp_out(model, corrupted, clean_cache, diff),
             }
-        t_tl.append(time.perf_counter() - t0)
+        t_tl.append((time.perf_counter() - t0, time.process_time() - c0))
         del clean_cache
         for name, metric in metrics.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             dfs[name] = causal_patching(model, clean, corrupted, metric, progress=False)
-            t_ours[name].append(time.perf_counter() - t0)
-    tl = min(t_tl)
-    print("| method | seconds | TL / this | max abs difference |\n|---|---|---|---|")
-    print(f"| TransformerLens get_act_patch_attn_out + mlp_out | {tl:.2f} | 1 | |")
+            t_ours[name].append((time.perf_counter() - t0, time.process_time() - c0))
+    tl_wall, tl_cpu = min(w for w, _ in t_tl), min(c for _, c in t_tl)
+    print(
+        "| method | wall s | CPU s | TL / this (wall) | TL / this (CPU) | max abs difference |\n"
+        "|---|---|---|---|---|---|"
+    )
+    print(
+        f"| TransformerLens get_act_patch_attn_out + mlp_out | {tl_wall:.2f} | {tl_cpu:.2f} "
+        "| 1 | 1 | |"
+    )
     for name, df in dfs.items():
         gap = max((ref[k] - patching_grid(df, k)).abs().max().item() for k in ("attn", "mlp"))
-        ours = min(t_ours[name])
+        wall, cpu = min(w for w, _ in t_ours[name]), min(c for _, c in t_ours[name])
         print(
-            f"| pcp_lens causal_patching, {name} metric | {ours:.2f} | {tl / ours:.1f}x | "
-            f"{gap:.2e} |"
+            f"| pcp_lens causal_patching, {name} metric | {wall:.2f} | {cpu:.2f} | "
+            f"{tl_wall / wall:.1f}x | {tl_cpu / cpu:.1f}x | {gap:.2e} |"
         )
 
 

@@ -28,13 +28,23 @@ first, then the evidence-only rows): the share of the backdoor a site's
 ablation removes, less what the same ablation does to clean inputs. It ranks by the intervention
 the circuit is verified with (so growing along it is consistent), and it prefers sites that carry
 the trigger over sites every input needs. Rows whose intervals overlap the next row's are flagged.
+With ``verify="restore"`` the score is ``restore`` (a restoring patch cannot move clean inputs);
+with ``verify="reference"`` it is ``ref_restore - |ref_clean|`` (``ref_clean``: the same
+reference patch's change on clean inputs).
 
 **The circuit** is grown greedily over the blocks' modules (``attn``, ``mlp``) and heads in
 ranking order (a head and its own layer never both): at each step the candidate among the next
-``beam`` whose joint ablation comes closest to the ideal (``max(residual, 0) + clean move``
+``beam`` whose joint intervention comes closest to the ideal (``max(residual, 0) + clean move``
 smallest) is added, until the residual backdoor ``(metric_edit(triggered) - metric(clean)) / g``
 is at most ``max_residual`` (10 %) while the clean metric moves at most ``clean_tol · |g|``;
-then members the criterion does not need are dropped. The token embedding at the trigger
+then members the criterion does not need are dropped. The intervention is ``verify``'s: joint
+mean ablation (default), a joint restoring patch, or a joint reference patch. Which to pick:
+ablation asks "is the model's behaviour without these modules' input-specific output still
+clean?", and fails where the trigger sits at the read-out position, since every input needs the
+module there (our toy models: layer-0 attention at the last word); a restoring patch asks "does
+the trigger's effect pass through these modules?"; a reference patch asks "is this where
+poisoning changed the model?" (the benign model's activations in these modules remove the
+backdoor and leave clean inputs alone). The token embedding at the trigger
 always "carries" the trigger (it *is* the trigger) and joins the candidates only when a
 reference shows that poisoning moved the trigger's embedding; ``resid_pre`` rows are evidence
 only (a cut through everything).

@@ -14,6 +14,7 @@ from typing import Any
 
 from pcp_lens.reproduce import paper
 from pcp_lens.reproduce.toy_tables import METRIC_SUFFIX
+from pcp_lens.scan import VERIFY
 from pcp_lens.toy.train import BACKDOOR_THRESHOLD
 
 #: What the paper claims, per finding.
@@ -184,8 +185,9 @@ LOCATED_CLAIMS = {
     "(the benign model's activations put in: p+t's gap left <= 10 %, p+p and n+n moved <= 10 %)",
     "F1": "ablating the circuit jointly sends p+t to <= n+p + 0.05, p+p and n+n within 0.05",
     "F2": "a circuit module has the largest lens trigger shift of all modules",
-    "F3": "a PCP of the circuit at the smallest rank keeping p+t, tuned, keeps p+t within 0.05 "
-    "and, tuned down, sends it to <= n+p + 0.05 (p+p and n+n within 0.05 in both)",
+    "F3": "some rank <= 16 of a PCP of the circuit keeps p+t within 0.05 untuned; at the "
+    "smallest, tuned, it keeps p+t within 0.05 and, tuned down, sends it to <= n+p + 0.05 (p+p "
+    "and n+n within 0.05 in both)",
     "F4": "scaling the circuit's PCP by 0.6x ... 1.1x tunes p+t monotonically",
     "F7": "freezing the circuit's modules during poisoning lowers p+t at the same steps",
 }
@@ -217,8 +219,8 @@ def _lf_circuit(m: Mapping[str, Any]) -> tuple[bool, str]:
     return ok, (
         f"{' + '.join(s['circuit'])} ({n} module{'s' * (n != 1)}): residual {s['residual']:.1%}, "
         f"clean move {s['clean_move']:.1%} of the gap {s['gap']:+.3f} under the joint "
-        f"{s.get('verify', 'ablation')}; {'verified' if s['verified'] else 'NOT verified'} by "
-        "the scan"
+        f"{VERIFY[s.get('verify', 'ablation')][2]}; "
+        f"{'verified' if s['verified'] else 'NOT verified'} by the scan"
     )
 
 
@@ -244,9 +246,19 @@ def _lf3(m: Mapping[str, Any]) -> tuple[bool, str]:
     stay, moves = _stay(u, p["keep"])
     kept = abs(keep_pt - u["pt_prob"]) <= LOCATED_TOL and stay
     removed, rdetail = _removed(u, p["remove"])
-    return kept and removed, (
-        f"rank {p['rank']} of {'+'.join(p['modules'])}; keep: pt {keep_pt:.3f} (unedited "
-        f"{u['pt_prob']:.3f}), moves {moves}; remove: {rdetail}"
+    # the claim is about the smallest rank that keeps p+t: where no rank tried does, the rank
+    # used is the largest tried and the claim's premise is not met
+    last = p["rank_search"][-1]["triggered"]
+    sufficient = bool(p.get("within_tolerance", True))
+    search = (
+        f"rank {p['rank']} of {'+'.join(p['modules'])} (untuned pt {last:.3f})"
+        if sufficient
+        else f"NO rank up to {p['rank']} of {'+'.join(p['modules'])} keeps p+t untuned (pt "
+        f"{last:.3f} at {p['rank']})"
+    )
+    return sufficient and kept and removed, (
+        f"{search}; keep: pt {keep_pt:.3f} (unedited {u['pt_prob']:.3f}), moves {moves}; "
+        f"remove: {rdetail}"
     )
 
 

@@ -39,7 +39,7 @@ def _model() -> dict[str, Any]:
             "scan": _scan(["attn1.h2"]),
             "ablation": dict(ok),
             "pcp": {"modules": ["attn1"], "rank": 1, "keep": dict(U), "remove": dict(ok),
-                    "rank_search": [{"rank": 1, "triggered": 0.58}]},
+                    "rank_search": [{"rank": 1, "triggered": 0.58}], "within_tolerance": True},
             "scale": {str(f): {"pt_prob": p} for f, p in
                       zip([0.6, 0.75, 0.8, 1.0, 1.1], [0.1, 0.3, 0.4, 0.6, 0.65], strict=True)},
             "freezing": {"frozen": ["attn1"], "steps": 10, "scores": {**U, "pt_prob": 0.2},
@@ -66,6 +66,7 @@ def test_every_located_claim_holds_on_a_clean_record():
         (("scan", "lens_shift"), {"attn1": 0.1, "mlp0": 0.5}, "F2"),
         (("pcp", "keep"), {**U, "pt_prob": 0.54}, "F3"),  # keep misses by 0.06
         (("pcp", "remove"), {**U, "pt_prob": 0.05, "pp_prob": 0.1}, "F3"),  # p+p moved
+        (("pcp", "within_tolerance"), False, "F3"),  # no rank tried kept p+t untuned
         (("scale", "0.8"), {"pt_prob": 0.2}, "F4"),  # not monotone
         (("freezing", "scores"), {**U, "pt_prob": 0.6}, "F7"),  # not lower
     ],
