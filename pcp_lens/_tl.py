@@ -596,15 +596,20 @@ def from_hf(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     tokenizer: Any | None = None,
+    *,
+    keep: bool = True,
 ) -> HookedTransformer:
     """A model of the installed backend with a Hugging Face causal LM's weights.
 
     ``flags`` are ``from_pretrained``'s weight processing (``fold_ln``, ``center_writing_weights``,
     ``center_unembed``, ``fold_value_biases``); they are recorded on ``model.cfg`` for
-    :func:`processing_fingerprint`. The ``hooked`` backend converts GPT-2 only.
+    :func:`processing_fingerprint`. The ``hooked`` backend converts GPT-2 only. ``keep=True``
+    leaves ``hf_model`` as it was; ``keep=False`` lets the bridge wrap it in place (its modules
+    become the bridge's, and processing rewrites its weights), for a model read only for this.
     """
     dtype = dtype or next(hf_model.parameters()).dtype
-    return _impl.from_hf(hf_model, flags, None if device is None else str(device), dtype, tokenizer)
+    dev = None if device is None else str(device)
+    return _impl.from_hf(hf_model, flags, dev, dtype, tokenizer, keep=keep)
 
 
 def load_named(

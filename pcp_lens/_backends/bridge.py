@@ -87,10 +87,12 @@ def named_parameters(model: TransformerBridge) -> dict[str, Any]:
     would silently undo the folding).
     """
     folded = model.cfg.normalization_type in ("LNPre", "RMSPre")
+    # parameters and views of one, frozen or not (as TL 3 lists them); not plain tensors (b_U)
     items = [
         (n, t)
         for n, t in model.tl_named_parameters()
-        if t.requires_grad and not (folded and n.rsplit(".", 2)[-2].startswith("ln"))
+        if isinstance(_leaf(t), torch.nn.Parameter)
+        and not (folded and n.rsplit(".", 2)[-2].startswith("ln"))
     ]
     # TL 3's order (freezing lists names in it): the bridge lists an MLP's weights first
     first = {}
@@ -98,6 +100,12 @@ def named_parameters(model: TransformerBridge) -> dict[str, Any]:
         first.setdefault(n.rsplit(".", 1)[0], i)
     items.sort(key=lambda it: (first[it[0].rsplit(".", 1)[0]], _mlp_rank(it[0].rsplit(".", 1)[1])))
     return dict(items)
+
+
+def _leaf(t: Tensor) -> Tensor:
+    """The tensor ``t`` is a view of (itself if none); a view of a frozen parameter is a leaf
+    too, so ``is_leaf`` cannot tell."""
+    return t if t._base is None else t._base
 
 
 def _mlp_rank(name: str) -> int:
@@ -132,7 +140,7 @@ def parameter_leaves(model: TransformerBridge) -> dict[str, Any]:
     weight): what an optimizer steps and ``requires_grad`` switches."""
     out = {}
     for name, t in named_parameters(model).items():
-        leaf = t if t.is_leaf else t._base
+        leaf = _leaf(t)
         if not isinstance(leaf, torch.nn.Parameter):
             raise ValueError(f"parameter {name!r} is not a view of one parameter of the model")
         out[name] = leaf
@@ -222,7 +230,7 @@ def new_model(cfg: TransformerBridgeConfig, **kwargs: Any) -> TransformerBridge:
         )
         flags["fold_ln"] = cfg.normalization_type == "LNPre"
         device = None if cfg.device is None else str(cfg.device)
-        model = from_hf(hf.eval(), flags, device, cfg.dtype, tokenizer)
+        model = from_hf(hf.eval(), flags, device, cfg.dtype, tokenizer, keep=False)
     model.cfg.default_prepend_bos = bos
     # pcp_lens's own flag (training keeps W_U = W_E.T); the bridge rebuilds cfg without it
     model.cfg.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
@@ -357,13 +365,19 @@ def from_hf(
     device: str | None,
     dtype: torch.dtype,
     tokenizer: Any | None,
+    *,
+    keep: bool = True,
 ) -> TransformerBridge:
     """A bridge around a Hugging Face causal LM (any architecture TransformerLens 4 adapts).
 
     ``flags`` all False: compatibility mode without processing (= TL 3's
     ``from_pretrained_no_processing``); otherwise ``enable_compatibility_mode(**flags)``. The
-    flags are recorded on ``cfg`` (the bridge records none).
+    flags are recorded on ``cfg`` (the bridge records none). The bridge replaces the model's
+    modules by its own and processing rewrites its weights, so with ``keep=True`` it wraps a
+    copy and ``hf_model`` stays as it was.
     """
+    if keep:
+        hf_model = copy.deepcopy(hf_model)
     hf_model = hf_model.to(dtype)
     if device is not None:
         hf_model = hf_model.to(device)

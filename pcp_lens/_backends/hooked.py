@@ -188,8 +188,13 @@ def from_hf(
     device: str | None,
     dtype: torch.dtype,
     tokenizer: Any | None,
+    *,
+    keep: bool = True,
 ) -> HookedTransformer:
-    """A ``HookedTransformer`` with ``hf_model``'s GPT-2 weights, processed as ``flags`` say."""
+    """A ``HookedTransformer`` with ``hf_model``'s GPT-2 weights, processed as ``flags`` say.
+
+    ``hf_model`` is only read (its weights are copied), whatever ``keep`` says.
+    """
     hf_cfg = hf_model.config
     over: dict[str, Any] = {"dtype": dtype}
     if device is not None:
