@@ -723,10 +723,13 @@ def is_official_model_name(name: str) -> bool:
         >>> is_official_model_name("gpt2-medium"), is_official_model_name("gpt3-mediun")
         (True, False)
     """
-    try:
+    try:  # TransformerLens 2.x/3.x
         from transformer_lens import loading_from_pretrained as loading
-    except ImportError:  # pragma: no cover - a TransformerLens without this module
-        return True
+    except ImportError:  # TransformerLens 4.x keeps the list (and aliases) here
+        try:
+            from transformer_lens import supported_models as loading
+        except ImportError:  # pragma: no cover - a TransformerLens without either module
+            return True
     names = getattr(loading, "OFFICIAL_MODEL_NAMES", None)
     aliases = getattr(loading, "MODEL_ALIASES", None)
     if names is None:  # pragma: no cover

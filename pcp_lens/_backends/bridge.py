@@ -35,6 +35,8 @@ with warnings.catch_warnings():
     from transformer_lens.model_bridge import TransformerBridge
     from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
+from pcp_lens._backends import local_tokenizer
+
 NAME = "bridge"
 MODEL_CLASS = TransformerBridge
 #: ``HookedTransformerConfig``'s stand-in: the same field names (n_layers, d_model, ... seed)
@@ -464,22 +466,26 @@ def _probe_word(tokenizer: Any) -> str:
 
 
 def attach_tokenizer(model: TransformerBridge, tokenizer: Any) -> None:
-    """Attach a Hugging Face tokenizer (``bridge.tokenizer = tok``), offline.
+    """Attach a Hugging Face tokenizer, offline, normalised as TransformerLens 3 attaches one.
 
-    The bridge detects whether the tokenizer prepends BOS from ``tokenizer.encode("a")``; a
-    vocabulary that cannot encode ``"a"`` gets the same detection on one of its own words.
+    The bridge's ``tokenizer`` setter normalises a tokenizer (``add_bos_token=True`` copy, pad
+    = eos, BOS/EOS detection) only when it *replaces* one, and then also rewrites ``d_vocab``
+    from the tokenizer's size; on a model built without one it stores the tokenizer as given
+    (GPT-2's has no pad token, so padded batches fail). Here every tokenizer gets
+    TransformerLens's own normalisation (``setup_tokenizer``) and ``d_vocab`` is left alone.
+    The BOS/EOS detection encodes ``"a"``; a vocabulary that cannot gets it on one of its own
+    words.
     """
-    try:
-        model.tokenizer = tokenizer
-        return
-    except Exception:  # the bridge's probe raises whatever the tokenizer raises
-        pass
     from transformer_lens.model_bridge.sources._hf_format import (  # type: ignore[import-not-found]
         setup_tokenizer,
     )
 
-    tok = setup_tokenizer(tokenizer, default_padding_side=model.cfg.default_padding_side)
-    ids = tok.encode(_probe_word(tok))
+    with local_tokenizer(tokenizer) as local:
+        tok = setup_tokenizer(local, default_padding_side=model.cfg.default_padding_side)
+    try:
+        ids = tok.encode("a")
+    except Exception:  # a word-level vocabulary without "a" raises its own error
+        ids = tok.encode(_probe_word(tok))
     lead = {i for i in (tok.bos_token_id, getattr(tok, "cls_token_id", None)) if i is not None}
     model.cfg.tokenizer_prepends_bos = len(ids) > 1 and ids[0] in lead
     model.cfg.tokenizer_appends_eos = (
