@@ -603,13 +603,20 @@ def from_hf(
 
     ``flags`` are ``from_pretrained``'s weight processing (``fold_ln``, ``center_writing_weights``,
     ``center_unembed``, ``fold_value_biases``); they are recorded on ``model.cfg`` for
-    :func:`processing_fingerprint`. The ``hooked`` backend converts GPT-2 only. ``keep=True``
+    :func:`processing_fingerprint`; ``cfg.tie_word_embeddings`` says whether ``W_U == W_E.T``.
+    The ``hooked`` backend converts GPT-2 only. ``keep=True``
     leaves ``hf_model`` as it was; ``keep=False`` lets the bridge wrap it in place (its modules
     become the bridge's, and processing rewrites its weights), for a model read only for this.
     """
     dtype = dtype or next(hf_model.parameters()).dtype
     dev = None if device is None else str(device)
-    return _impl.from_hf(hf_model, flags, dev, dtype, tokenizer, keep=keep)
+    model = _impl.from_hf(hf_model, flags, dev, dtype, tokenizer, keep=keep)
+    # pcp_lens's flag (training keeps W_U = W_E.T): true exactly when they are equal, on both
+    # backends (the bridge copies the HF config's, which processing may have made untrue)
+    model.cfg.tie_word_embeddings = bool(
+        torch.equal(unembed_matrix(model).detach(), embedding_matrix(model).detach().T)
+    )
+    return model
 
 
 def load_named(

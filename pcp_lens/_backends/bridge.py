@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import importlib.metadata
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import torch
 from jaxtyping import Float
@@ -374,7 +374,8 @@ def from_hf(
 
     ``flags`` all False: compatibility mode without processing (= TL 3's
     ``from_pretrained_no_processing``); otherwise ``enable_compatibility_mode(**flags)``. The
-    flags are recorded on ``cfg`` (the bridge records none). The bridge replaces the model's
+    flags are recorded on ``cfg`` (the bridge records none); the model's own dropout is switched
+    off, as TL 3's models have none. The bridge replaces the model's
     modules by its own and processing rewrites its weights, so with ``keep=True`` it wraps a
     copy and ``hf_model`` stays as it was.
     """
@@ -392,6 +393,14 @@ def from_hf(
             hf_model, arch, hf_config=hf_model.config, dtype=dtype, device=device
         )
     _processed(model, flags)
+    # TL 3's models have no dropout (pcp_lens.training adds its own, through hooks); the Hugging
+    # Face model's (GPT-2: 0.1) would otherwise fire in train mode, on top of those hooks
+    # (the embedding dropout, ``transformer.drop``, is in the wrapped model only)
+    for module in (*model.modules(), *hf_model.modules()):
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):  # Llama-style
+            cast(Any, module).attention_dropout = 0.0
     if tokenizer is not None:
         attach_tokenizer(model, tokenizer)
     return model

@@ -105,9 +105,6 @@ def _convert(
     model = _tl.from_hf(
         hf_model, flags, device=device, dtype=dtype, tokenizer=tokenizer, keep=keep
     )
-    model.cfg.tie_word_embeddings = bool(
-        torch.equal(model.unembed.W_U.detach(), model.embed.W_E.detach().T)
-    )
     return model.eval()
 
 

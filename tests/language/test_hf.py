@@ -191,3 +191,18 @@ def test_export_and_reload_are_exact_on_either_backend(tmp_path, processing):
     if processing:  # the centred unembedding: the same distribution (see hf_from_hooked)
         a, b = a.log_softmax(-1), b.log_softmax(-1)
     assert (a - b).abs().max() <= 1e-6
+
+
+def test_a_loaded_model_has_no_dropout_of_its_own(hf_gpt2, tmp_path):
+    # GPT-2's config has dropout 0.1; TL 3's models have none (training adds its own by hooks),
+    # and a bridge wrapping the HF model must not apply it in train mode either
+    assert hf_gpt2.config.resid_pdrop > 0
+    hf_gpt2.save_pretrained(tmp_path / "m")
+    m = load_hf_gpt2(tmp_path / "m", processing=False, device="cpu")
+    x = torch.randint(0, 50257, (2, 6), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = m(x)
+        m.train()
+        a, b = m(x), m(x)
+    assert torch.equal(a, b) and torch.equal(a, ref)
+    assert m.cfg.tie_word_embeddings  # GPT-2 ties W_U to W_E, and loading says so
