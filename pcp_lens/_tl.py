@@ -596,15 +596,27 @@ def from_hf(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     tokenizer: Any | None = None,
+    *,
+    keep: bool = True,
 ) -> HookedTransformer:
     """A model of the installed backend with a Hugging Face causal LM's weights.
 
     ``flags`` are ``from_pretrained``'s weight processing (``fold_ln``, ``center_writing_weights``,
     ``center_unembed``, ``fold_value_biases``); they are recorded on ``model.cfg`` for
-    :func:`processing_fingerprint`. The ``hooked`` backend converts GPT-2 only.
+    :func:`processing_fingerprint`; ``cfg.tie_word_embeddings`` says whether ``W_U == W_E.T``.
+    The ``hooked`` backend converts GPT-2 only. ``keep=True``
+    leaves ``hf_model`` as it was; ``keep=False`` lets the bridge wrap it in place (its modules
+    become the bridge's, and processing rewrites its weights), for a model read only for this.
     """
     dtype = dtype or next(hf_model.parameters()).dtype
-    return _impl.from_hf(hf_model, flags, None if device is None else str(device), dtype, tokenizer)
+    dev = None if device is None else str(device)
+    model = _impl.from_hf(hf_model, flags, dev, dtype, tokenizer, keep=keep)
+    # pcp_lens's flag (training keeps W_U = W_E.T): true exactly when they are equal, on both
+    # backends (the bridge copies the HF config's, which processing may have made untrue)
+    model.cfg.tie_word_embeddings = bool(
+        torch.equal(unembed_matrix(model).detach(), embedding_matrix(model).detach().T)
+    )
+    return model
 
 
 def load_named(
@@ -718,10 +730,13 @@ def is_official_model_name(name: str) -> bool:
         >>> is_official_model_name("gpt2-medium"), is_official_model_name("gpt3-mediun")
         (True, False)
     """
-    try:
+    try:  # TransformerLens 2.x/3.x
         from transformer_lens import loading_from_pretrained as loading
-    except ImportError:  # pragma: no cover - a TransformerLens without this module
-        return True
+    except ImportError:  # TransformerLens 4.x keeps the list (and aliases) here
+        try:
+            from transformer_lens import supported_models as loading
+        except ImportError:  # pragma: no cover - a TransformerLens without either module
+            return True
     names = getattr(loading, "OFFICIAL_MODEL_NAMES", None)
     aliases = getattr(loading, "MODEL_ALIASES", None)
     if names is None:  # pragma: no cover

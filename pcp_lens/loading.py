@@ -109,5 +109,5 @@ def load_model(
         (path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")
     ):
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    model = _tl.from_hf(hf, flags, device=device, dtype=dtype, tokenizer=tokenizer)
+    model = _tl.from_hf(hf, flags, device=device, dtype=dtype, tokenizer=tokenizer, keep=False)
     return model.eval()

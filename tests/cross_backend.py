@@ -86,9 +86,39 @@ def tables(folder: str, processing: bool) -> dict[str, Any]:
     new = generate(model, prompts, 6, hooks=pcp.hooks(model))
     plain = generate(model, prompts, 6, use_cache=False)
     out["generation"] = {"cached_with_pcp": new.tolist(), "uncached": plain.tolist()}
+    out["finetune_export"] = finetune_export(model, tokens)
     if not processing:
         out["scan"] = scan_table(model)
     return out
+
+
+def finetune_export(model: Any, tokens: torch.Tensor) -> dict[str, Any]:
+    """Two fine-tuning steps of a copy with ``mlp0`` frozen, then its HF GPT-2 export's logits.
+
+    The exported model is a plain ``GPT2LMHeadModel``, the same class on both backends.
+    """
+    from pcp_lens import _tl
+    from pcp_lens.language.finetune import finetune_text
+    from pcp_lens.language.hf import hf_from_hooked
+    from pcp_lens.training import TextBatch
+
+    tuned = _tl.copy_model(model)
+    before = {k: v.detach().clone() for k, v in _tl.named_parameters(tuned).items()}
+    batch = TextBatch(tokens, torch.ones_like(tokens, dtype=torch.bool))
+    res = finetune_text(tuned, batch, lr=1e-3, max_steps=2, batch_size=8, dropout=0.0,
+                        freeze=("mlp0",), progress=False, seed=0)
+    after = _tl.named_parameters(tuned)
+    moved = {k: float((after[k].detach() - before[k]).abs().max()) for k in before}
+    with torch.no_grad():
+        logits = hf_from_hooked(tuned).eval()(tokens[:2]).logits[:, -1]
+    # TL 3 also freezes its b_U, a parameter the bridge's GPT-2 does not have
+    frozen = sorted(k for k in res.frozen if k != _tl.B_U_NAME)
+    return {
+        "frozen": frozen,
+        "frozen_moved": max(moved[k] for k in res.frozen),
+        "others_moved": min(v for k, v in moved.items() if k not in res.frozen) > 0,
+        "exported_logits": logits.log_softmax(-1).tolist(),
+    }
 
 
 def scan_table(model: Any) -> dict[str, Any]:

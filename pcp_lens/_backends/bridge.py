@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import importlib.metadata
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import torch
 from jaxtyping import Float
@@ -34,6 +34,8 @@ with warnings.catch_warnings():
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge
     from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+from pcp_lens._backends import local_tokenizer
 
 NAME = "bridge"
 MODEL_CLASS = TransformerBridge
@@ -87,10 +89,12 @@ def named_parameters(model: TransformerBridge) -> dict[str, Any]:
     would silently undo the folding).
     """
     folded = model.cfg.normalization_type in ("LNPre", "RMSPre")
+    # parameters and views of one, frozen or not (as TL 3 lists them); not plain tensors (b_U)
     items = [
         (n, t)
         for n, t in model.tl_named_parameters()
-        if t.requires_grad and not (folded and n.rsplit(".", 2)[-2].startswith("ln"))
+        if isinstance(_leaf(t), torch.nn.Parameter)
+        and not (folded and n.rsplit(".", 2)[-2].startswith("ln"))
     ]
     # TL 3's order (freezing lists names in it): the bridge lists an MLP's weights first
     first = {}
@@ -98,6 +102,12 @@ def named_parameters(model: TransformerBridge) -> dict[str, Any]:
         first.setdefault(n.rsplit(".", 1)[0], i)
     items.sort(key=lambda it: (first[it[0].rsplit(".", 1)[0]], _mlp_rank(it[0].rsplit(".", 1)[1])))
     return dict(items)
+
+
+def _leaf(t: Tensor) -> Tensor:
+    """The tensor ``t`` is a view of (itself if none); a view of a frozen parameter is a leaf
+    too, so ``is_leaf`` cannot tell."""
+    return t if t._base is None else t._base
 
 
 def _mlp_rank(name: str) -> int:
@@ -132,7 +142,7 @@ def parameter_leaves(model: TransformerBridge) -> dict[str, Any]:
     weight): what an optimizer steps and ``requires_grad`` switches."""
     out = {}
     for name, t in named_parameters(model).items():
-        leaf = t if t.is_leaf else t._base
+        leaf = _leaf(t)
         if not isinstance(leaf, torch.nn.Parameter):
             raise ValueError(f"parameter {name!r} is not a view of one parameter of the model")
         out[name] = leaf
@@ -222,7 +232,7 @@ def new_model(cfg: TransformerBridgeConfig, **kwargs: Any) -> TransformerBridge:
         )
         flags["fold_ln"] = cfg.normalization_type == "LNPre"
         device = None if cfg.device is None else str(cfg.device)
-        model = from_hf(hf.eval(), flags, device, cfg.dtype, tokenizer)
+        model = from_hf(hf.eval(), flags, device, cfg.dtype, tokenizer, keep=False)
     model.cfg.default_prepend_bos = bos
     # pcp_lens's own flag (training keeps W_U = W_E.T); the bridge rebuilds cfg without it
     model.cfg.tie_word_embeddings = bool(getattr(cfg, "tie_word_embeddings", False))
@@ -357,13 +367,20 @@ def from_hf(
     device: str | None,
     dtype: torch.dtype,
     tokenizer: Any | None,
+    *,
+    keep: bool = True,
 ) -> TransformerBridge:
     """A bridge around a Hugging Face causal LM (any architecture TransformerLens 4 adapts).
 
     ``flags`` all False: compatibility mode without processing (= TL 3's
     ``from_pretrained_no_processing``); otherwise ``enable_compatibility_mode(**flags)``. The
-    flags are recorded on ``cfg`` (the bridge records none).
+    flags are recorded on ``cfg`` (the bridge records none); the model's own dropout is switched
+    off, as TL 3's models have none. The bridge replaces the model's
+    modules by its own and processing rewrites its weights, so with ``keep=True`` it wraps a
+    copy and ``hf_model`` stays as it was.
     """
+    if keep:
+        hf_model = copy.deepcopy(hf_model)
     hf_model = hf_model.to(dtype)
     if device is not None:
         hf_model = hf_model.to(device)
@@ -376,6 +393,14 @@ def from_hf(
             hf_model, arch, hf_config=hf_model.config, dtype=dtype, device=device
         )
     _processed(model, flags)
+    # TL 3's models have no dropout (pcp_lens.training adds its own, through hooks); the Hugging
+    # Face model's (GPT-2: 0.1) would otherwise fire in train mode, on top of those hooks
+    # (the embedding dropout, ``transformer.drop``, is in the wrapped model only)
+    for module in (*model.modules(), *hf_model.modules()):
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):  # Llama-style
+            cast(Any, module).attention_dropout = 0.0
     if tokenizer is not None:
         attach_tokenizer(model, tokenizer)
     return model
@@ -450,22 +475,26 @@ def _probe_word(tokenizer: Any) -> str:
 
 
 def attach_tokenizer(model: TransformerBridge, tokenizer: Any) -> None:
-    """Attach a Hugging Face tokenizer (``bridge.tokenizer = tok``), offline.
+    """Attach a Hugging Face tokenizer, offline, normalised as TransformerLens 3 attaches one.
 
-    The bridge detects whether the tokenizer prepends BOS from ``tokenizer.encode("a")``; a
-    vocabulary that cannot encode ``"a"`` gets the same detection on one of its own words.
+    The bridge's ``tokenizer`` setter normalises a tokenizer (``add_bos_token=True`` copy, pad
+    = eos, BOS/EOS detection) only when it *replaces* one, and then also rewrites ``d_vocab``
+    from the tokenizer's size; on a model built without one it stores the tokenizer as given
+    (GPT-2's has no pad token, so padded batches fail). Here every tokenizer gets
+    TransformerLens's own normalisation (``setup_tokenizer``) and ``d_vocab`` is left alone.
+    The BOS/EOS detection encodes ``"a"``; a vocabulary that cannot gets it on one of its own
+    words.
     """
-    try:
-        model.tokenizer = tokenizer
-        return
-    except Exception:  # the bridge's probe raises whatever the tokenizer raises
-        pass
     from transformer_lens.model_bridge.sources._hf_format import (  # type: ignore[import-not-found]
         setup_tokenizer,
     )
 
-    tok = setup_tokenizer(tokenizer, default_padding_side=model.cfg.default_padding_side)
-    ids = tok.encode(_probe_word(tok))
+    with local_tokenizer(tokenizer) as local:
+        tok = setup_tokenizer(local, default_padding_side=model.cfg.default_padding_side)
+    try:
+        ids = tok.encode("a")
+    except Exception:  # a word-level vocabulary without "a" raises its own error
+        ids = tok.encode(_probe_word(tok))
     lead = {i for i in (tok.bos_token_id, getattr(tok, "cls_token_id", None)) if i is not None}
     model.cfg.tokenizer_prepends_bos = len(ids) > 1 and ids[0] in lead
     model.cfg.tokenizer_appends_eos = (

@@ -8,13 +8,14 @@ unembedding, resuming blocks from cached keys/values, the KV cache and tokenizer
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 from typing import Any, cast
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+from pcp_lens._backends import local_tokenizer
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -188,8 +189,13 @@ def from_hf(
     device: str | None,
     dtype: torch.dtype,
     tokenizer: Any | None,
+    *,
+    keep: bool = True,
 ) -> HookedTransformer:
-    """A ``HookedTransformer`` with ``hf_model``'s GPT-2 weights, processed as ``flags`` say."""
+    """A ``HookedTransformer`` with ``hf_model``'s GPT-2 weights, processed as ``flags`` say.
+
+    ``hf_model`` is only read (its weights are copied), whatever ``keep`` says.
+    """
     hf_cfg = hf_model.config
     over: dict[str, Any] = {"dtype": dtype}
     if device is not None:
@@ -242,23 +248,8 @@ def cached_residual(model: HookedTransformer, tokens: Tensor, kv_cache: Any) -> 
 
 
 def attach_tokenizer(model: HookedTransformer, tokenizer: Any) -> None:
-    """Attach a Hugging Face tokenizer, offline.
-
-    TransformerLens re-loads the tokenizer by its ``name_or_path`` with ``add_bos_token=True``
-    (from the hub for a name like ``"gpt2"``); a tokenizer built in memory has no such path. It
-    is then saved to a temporary folder and re-loaded from there, so nothing is downloaded.
-    """
-    import tempfile
-
-    from transformers import AutoTokenizer
-
-    path = tokenizer.init_kwargs.get("name_or_path")
-    if path and os.path.isdir(path):
-        model.set_tokenizer(tokenizer)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save_pretrained(tmp)
-        local = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
+    """Attach a Hugging Face tokenizer, offline (see :func:`pcp_lens._backends.local_tokenizer`)."""
+    with local_tokenizer(tokenizer) as local:
         model.set_tokenizer(local)
 
 

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import torch
 
+from pcp_lens import _tl
 from pcp_lens._tl import B_U_NAME, HookedTransformer
 from pcp_lens.language._checks import check_int, check_strings, is_int, with_overrides
 from pcp_lens.language.generate import tokenize_prompts
@@ -145,7 +146,7 @@ def finetune_text(
     # GPT-2's LM head has no bias: TransformerLens's b_U stays what the checkpoint implies
     if (
         getattr(model.cfg, "original_architecture", None) == "GPT2LMHeadModel"
-        and B_U_NAME in dict(model.named_parameters())
+        and B_U_NAME in _tl.named_parameters(model)
         and B_U_NAME not in cfg.freeze
     ):
         cfg = dataclasses.replace(cfg, freeze=(*cfg.freeze, B_U_NAME))

@@ -77,6 +77,20 @@ def hooked_from_hf(
         >>> bool((m(x) - hf(x).logits).abs().max() < 1e-4)
         True
     """
+    return _convert(hf_model, processing, tokenizer, device, dtype, keep=True)
+
+
+def _convert(
+    hf_model: Any,
+    processing: bool,
+    tokenizer: Any | None,
+    device: str | torch.device | None,
+    dtype: torch.dtype | str | None,
+    *,
+    keep: bool,
+) -> HookedTransformer:
+    """:func:`hooked_from_hf`; ``keep=False`` lets the backend take ``hf_model`` over (the bridge
+    wraps it in place instead of copying it, for a model nobody else holds)."""
     if type(hf_model).__name__ != "GPT2LMHeadModel":
         raise ValueError(
             f"hf_model must be a transformers GPT2LMHeadModel, got {type(hf_model).__name__}"
@@ -88,9 +102,8 @@ def hooked_from_hf(
     if tokenizer is not None:
         _check_tokenizer(tokenizer, hf_model.config.vocab_size)
     flags = PROCESSING if processing else dict.fromkeys(PROCESSING, False)
-    model = _tl.from_hf(hf_model, flags, device=device, dtype=dtype, tokenizer=tokenizer)
-    model.cfg.tie_word_embeddings = bool(
-        torch.equal(model.unembed.W_U.detach(), model.embed.W_E.detach().T)
+    model = _tl.from_hf(
+        hf_model, flags, device=device, dtype=dtype, tokenizer=tokenizer, keep=keep
     )
     return model.eval()
 
@@ -148,9 +161,8 @@ def load_hf_gpt2(
                 f"path={str(path)!r} has tokenizer files that cannot be loaded ({e}); fix them "
                 "or pass tokenizer="
             ) from None
-    return hooked_from_hf(
-        hf, processing=processing, tokenizer=tokenizer, device=device, dtype=dtype
-    )
+    # the model was read here and nobody else holds it: the bridge may wrap it without a copy
+    return _convert(hf, processing, tokenizer, device, dtype, keep=False)
 
 
 def _check_tokenizer(tokenizer: Any, vocab_size: int) -> None:
@@ -341,7 +353,8 @@ def hf_from_hooked(model: HookedTransformer) -> Any:
     )
     hf: Any = GPT2LMHeadModel(hf_cfg)
     hf = hf.to(cfg.dtype).eval()
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    # TL-3 names and shapes on both backends (the bridge's state_dict has Hugging Face's)
+    sd = {k: v.detach().cpu() for k, v in _tl.named_parameters(model).items()}
 
     def ln(prefix: str, target: Any) -> None:
         w, b = sd.get(f"{prefix}.w"), sd.get(f"{prefix}.b")

@@ -513,9 +513,10 @@ def _base_model(cfg: LanguageConfig) -> HookedTransformer:
     dtype = DTYPES[cfg.dtype]
     if Path(cfg.model).is_dir():
         return load_hf_gpt2(cfg.model, processing=False, device=cfg.device, dtype=dtype)
-    from transformer_lens import HookedTransformer as HT
+    from pcp_lens.loading import load_model
 
-    return HT.from_pretrained_no_processing(cfg.model, device=cfg.device, dtype=dtype)
+    # a hub name, through the installed backend (TransformerLens 4 has no HookedTransformer)
+    return load_model(cfg.model, processing=False, device=cfg.device, dtype=dtype)
 
 
 def load_models(

@@ -71,13 +71,15 @@ def test_gpt2_tokenizer_trigger_ids(gpt2_tokenizer):
 
 
 def test_export_refuses_what_gpt2_cannot_hold(tmp_path):
-    m = tiny_model(n_layers=1, d_model=4, d_vocab=50)  # random b_U, not a function of W_U
-    with pytest.raises(ValueError, match="b_U"):
-        hf_from_hooked(m)
+    m = tiny_model(n_layers=1, d_model=4, d_vocab=50)
+    if _tl.B_U_NAME in _tl.named_parameters(m):  # TL 3: a random b_U, not a function of W_U
+        with pytest.raises(ValueError, match="b_U"):
+            hf_from_hooked(m)
+        with torch.no_grad():
+            m.unembed.b_U.zero_()
+    # (a bridge around GPT-2 has no b_U parameter: its LM head has no bias, as GPT-2's)
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "notes.txt").write_text("mine")
-    with torch.no_grad():
-        m.unembed.b_U.zero_()
     with pytest.raises(FileExistsError, match="not a GPT-2"):
         save_hf_gpt2(m, tmp_path / "x")
     assert (tmp_path / "x" / "notes.txt").read_text() == "mine"
@@ -159,3 +161,48 @@ def test_device_dtype_and_flags_are_checked_before_loading(hf_gpt2, tmp_path, kw
 def test_dtype_by_name_is_applied(hf_gpt2):
     m = hooked_from_hf(hf_gpt2, processing=False, device="cpu", dtype="bfloat16")
     assert m.cfg.dtype == torch.bfloat16 and m.embed.W_E.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("processing", [False, True])
+def test_export_and_reload_are_exact_on_either_backend(tmp_path, processing):
+    hf = random_hf_gpt2(vocab_size=80, n_layer=2, seed=3)
+    hf.save_pretrained(tmp_path / "in")
+    m = load_hf_gpt2(tmp_path / "in", processing=processing, device="cpu")
+    x = torch.randint(0, 80, (3, 9), generator=torch.Generator().manual_seed(1))
+    if not processing:  # an unprocessed model is written back as the very same tensors
+        from safetensors.torch import load_file
+
+        save_hf_gpt2(m, tmp_path / "same")
+        a, b = load_file(tmp_path / "in" / "model.safetensors"), load_file(
+            tmp_path / "same" / "model.safetensors"
+        )
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # weights moved as fine-tuning moves them (b_U stays: finetune_text keeps GPT-2's fixed),
+    # so the export must read the live ones
+    g = torch.Generator().manual_seed(2)
+    leaves = _tl.parameter_leaves(m)
+    with torch.no_grad():
+        for p in dict.fromkeys(v for k, v in leaves.items() if k != _tl.B_U_NAME):
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    out = save_hf_gpt2(m, tmp_path / "out")
+    back = load_hf_gpt2(out, processing=False, device="cpu")
+    with torch.no_grad():
+        a, b = m(x), back(x)
+    if processing:  # the centred unembedding: the same distribution (see hf_from_hooked)
+        a, b = a.log_softmax(-1), b.log_softmax(-1)
+    assert (a - b).abs().max() <= 1e-6
+
+
+def test_a_loaded_model_has_no_dropout_of_its_own(hf_gpt2, tmp_path):
+    # GPT-2's config has dropout 0.1; TL 3's models have none (training adds its own by hooks),
+    # and a bridge wrapping the HF model must not apply it in train mode either
+    assert hf_gpt2.config.resid_pdrop > 0
+    hf_gpt2.save_pretrained(tmp_path / "m")
+    m = load_hf_gpt2(tmp_path / "m", processing=False, device="cpu")
+    x = torch.randint(0, 50257, (2, 6), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = m(x)
+        m.train()
+        a, b = m(x), m(x)
+    assert torch.equal(a, b) and torch.equal(a, ref)
+    assert m.cfg.tie_word_embeddings  # GPT-2 ties W_U to W_E, and loading says so
