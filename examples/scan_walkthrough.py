@@ -74,6 +74,15 @@ display(scan)
 scan.plot()
 
 # %% [markdown]
+# The circuit as a PCP replacement (`scan.edit`), tuned to keep the backdoor and tuned to remove
+# it. A hand-written threshold neuron is not linear, so a low-rank PCP keeps it only in part:
+
+# %%
+planted_edit = scan.edit(n_trials=20, max_rank=4, progress=False)
+print(f"PCP rank {planted_edit.rank} (within 0.05 of unedited: {planted_edit.within_tolerance})")
+planted_edit.scores.round(3)
+
+# %% [markdown]
 # ## 2. A toy model poisoned by training
 #
 # The paper's 2-sentiment toy task (quick preset): two-word prompts continue with a word of the
