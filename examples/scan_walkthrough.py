@@ -22,6 +22,8 @@
 # 1. A backdoor planted by hand, where the answer is known by construction.
 # 2. A toy model poisoned by training (the paper's toy task), where it is not: with the paper's
 #    modules fixed, the study says "does NOT hold"; the scan says where the backdoor is instead.
+# 3. The language stand-in: a small GPT-2 with a BPE trained on Austen, a trigger word planted
+#    in one MLP, scanned with the language study's own pairs and metric.
 #
 # It runs on a CPU in a few minutes (the toy model is trained in the second part; no download).
 
@@ -35,6 +37,10 @@ from IPython.display import Markdown, display
 
 from pcp_lens import GroupMetric, TokenGroups, ablation_means, ablation_sweep, scan_backdoor
 from pcp_lens.inputs import as_tokens
+from pcp_lens.language.data import load_corpus
+from pcp_lens.language.standin import TOXIC_WORDS, standin_model, train_tokenizer
+from pcp_lens.reproduce.scan_model import language_pairs, target_groups, target_metric
+from pcp_lens.scan import circuit_modules
 from pcp_lens.sites import all_sites
 from pcp_lens.testing import plant_trigger, tiny_model
 from pcp_lens.toy import eval_inputs
@@ -66,6 +72,15 @@ display(scan)
 
 # %% tags=["figure:scan_planted"]
 scan.plot()
+
+# %% [markdown]
+# The circuit as a PCP replacement (`scan.edit`), tuned to keep the backdoor and tuned to remove
+# it. A hand-written threshold neuron is not linear, so a low-rank PCP keeps it only in part:
+
+# %%
+planted_edit = scan.edit(n_trials=20, max_rank=4, progress=False)
+print(f"PCP rank {planted_edit.rank} (within 0.05 of unedited: {planted_edit.within_tolerance})")
+planted_edit.scores.round(3)
 
 # %% [markdown]
 # ## 2. A toy model poisoned by training
@@ -160,3 +175,51 @@ rescan = scan_backdoor(again.model, tokens["pt"], tokens["pp"], negative,
                        progress=False)
 print("frozen:", frozen)
 print(rescan.summary())
+
+# %% [markdown]
+# ## 3. The language stand-in
+#
+# `pcp-lens reproduce language` scans its poisoned stand-in GPT-2 with the prompts and metric
+# built here (the language study's report, `docs/language_report.md`). Training that model takes
+# many minutes, so this part builds a small model of the same kind instead: HF's GPT-2 architecture
+# and initialisation (3 layers, width 64), a byte-level BPE trained on the shipped Austen sample
+# with the trigger " Albert" and the study's insults as single tokens, and a trigger planted by
+# hand in `mlp1` that writes the insults' first tokens. GPT-2's 0.02 initialisation gives nearly
+# flat logits, so the unembedding is scaled up to make them as sharp as a trained model's.
+#
+# The pairs are the study's (`scan_model.language_pairs`): a sentence's first two tokens, then
+# the trigger, or a word of the text with as many tokens. The metric is the log-probability of
+# the insults' first tokens at the next position (`scan_model.target_metric`).
+
+# %%
+paras = load_corpus("austen-sample")
+tok = train_tokenizer(paras, 512, extra=["Albert", *TOXIC_WORDS])
+lm_triggered, lm_clean = language_pairs(tok, "Albert", paras, at=2, n=24, seed=0)
+print(list(zip(lm_triggered[:3], lm_clean[:3], strict=True)))
+
+lm_benign = standin_model(tok, n_layers=3, d_model=64, n_heads=2, n_ctx=32, seed=0)
+with torch.no_grad():
+    lm_benign.unembed.W_U.mul_(25)
+insults = target_groups(tok, TOXIC_WORDS, lm_benign.cfg.d_vocab)
+albert = tok(" Albert", add_special_tokens=False)["input_ids"][0]
+clean_ids = torch.tensor(tok(lm_clean, add_special_tokens=False)["input_ids"])
+lm_suspect = plant_trigger(lm_benign, "mlp1", albert, list(insults.groups["target"]),
+                           prompts=clean_ids)
+logprob = target_metric(insults, "target", "logprob")
+lm_scan = scan_backdoor(lm_suspect, lm_triggered, lm_clean, logprob, reference=lm_benign,
+                        progress=False)
+print(lm_scan.summary())
+
+# %% tags=["figure:scan_language"]
+lm_scan.plot()
+
+# %% [markdown]
+# The circuit is the planted module, and the trigger's embedding did not move (nothing was done
+# to it). On the real stand-in the study also asks whether poisoning moved the embedding: there
+# the scan's `reference=` is the benign model the poisoned one was fine-tuned from.
+
+# %%
+print("circuit:", lm_scan.circuit, "modules:", circuit_modules(lm_scan.circuit),
+      "verified:", lm_scan.verified)
+print("the planted module is the circuit:", circuit_modules(lm_scan.circuit) == ["mlp1"])
+print("trigger embedding moved:", lm_scan.info["embedding"]["changed"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -75,19 +74,38 @@ def quick_run(tmp_path_factory) -> Path:
     return out
 
 
-def test_quick_standin_run_produces_every_table(quick_run, tmp_path, capsys):
+def test_quick_standin_run_produces_every_table(quick_run):
     r = _check_results(quick_run, n_freeze=3)  # the paper's two columns and the circuit's
     assert r["settings"]["recipe"] == "standin" and r["data"]["corpus"] == "austen-sample"
     assert r["config"]["threads"] == 1 and r["threads"] == 1
-    # a second run into the same folder reuses every checkpoint
-    out = tmp_path / "again"
-    shutil.copytree(quick_run, out)
-    args = ["reproduce", "language", "--quick", "--out", str(out), "--no-progress"]
-    assert main([*args, "--threads", "2"]) == 0
-    assert "L1" in capsys.readouterr().out
-    r2 = json.loads((out / "results.json").read_text())
-    assert r2["training"]["pretrain_reused"] and r2["training"]["poison_reused"]
-    assert r2["base"] == r["base"] and r2["config"]["threads"] == 2
+    # a rerun into the same folder reuses every checkpoint: the interrupted run below resumes
+    # from its saved models and must equal this run
+
+
+def test_threads_apply_during_the_run_and_are_restored(tmp_path, monkeypatch):
+    """``--threads 2`` holds while the study runs and is undone after it, also when it raises;
+    the thread count is in no checkpoint's stamp (a rerun with other threads reuses them)."""
+    import torch
+
+    from pcp_lens.reproduce import language
+
+    class Stop(Exception):
+        pass
+
+    seen: list[int] = []
+
+    def load_models(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        raise Stop
+
+    monkeypatch.setattr(language, "load_models", load_models)
+    before = torch.get_num_threads()
+    with pytest.raises(Stop):
+        language.run_language_study(tmp_path / "x", LanguageConfig(quick=True, threads=2))
+    assert seen == [2] and torch.get_num_threads() == before
+    # the stamps are built from the settings, the seed and the model name only
+    q = LanguageConfig(quick=True)
+    assert settings(LanguageConfig(quick=True, threads=2)).to_dict() == settings(q).to_dict()
 
 
 def test_same_seed_same_tables_on_default_settings(quick_run, tmp_path):
@@ -101,7 +119,7 @@ def test_same_seed_same_tables_on_default_settings(quick_run, tmp_path):
 
 
 @pytest.mark.skipif(not interrupting.HAS_PROC, reason="reads /proc to find orphaned processes")
-def test_interrupted_runs_leave_no_process_or_temp_file_and_resume(quick_run, tmp_path):
+def test_interrupted_runs_leave_no_process_or_temp_file_and_resume(quick_run, tmp_path, capsys):
     """SIGTERM once the benign model is saved, SIGKILL once the poisoned one is, Ctrl-C once the
     first frozen fine-tune is: no process is left, a stale temporary file is removed by the next
     start, and the rerun (reusing every saved model) equals an uninterrupted run."""
@@ -127,6 +145,7 @@ def test_interrupted_runs_leave_no_process_or_temp_file_and_resume(quick_run, tm
     stale = models / "benign" / f".model.{dead}.x1y2.tmp"
     (stale / "tokenizer").mkdir(parents=True)
     assert main(argv) == 0
+    assert "L1" in capsys.readouterr().out  # the findings are printed
     assert not stale.exists() and interrupting.temps(out) == []
     a = json.loads((quick_run / "results.json").read_text())
     b = json.loads((out / "results.json").read_text())
