@@ -436,6 +436,7 @@ def _scan(args: argparse.Namespace) -> int:
             out=args.out,
             n_pairs=args.pairs,
             stat=args.stat,
+            verify=args.verify,
             seed=args.seed,
             progress=not args.no_progress,
         )
@@ -465,6 +466,13 @@ def _add_scan(sub: argparse._SubParsersAction) -> None:
         "the language study's insults; toy: the negative words)",
     )
     sc.add_argument("--reference", default=None, help="the benign model folder it came from")
+    sc.add_argument(
+        "--verify",
+        choices=["ablation", "restore", "reference"],
+        default="ablation",
+        help="how the circuit is grown and verified: joint mean ablation (default), restoring "
+        "patch, or reference patch (needs --reference); docs/scan.md",
+    )
     sc.add_argument("--out", default=None, help="write scan.json, scan.png and report.md here")
     sc.add_argument("--pairs", type=_int_at_least(2), default=64, help="prompt pairs (default 64)")
     sc.add_argument(

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 
 from pcp_lens.groups import GroupMetric, PositionMetric, TokenGroups, prob_mass
-from pcp_lens.scan import BackdoorScan, scan_backdoor
+from pcp_lens.scan import BackdoorScan, Verify, scan_backdoor
 
 __all__ = [
     "language_pairs",
@@ -183,10 +183,16 @@ def scan_folder(
     out: str | os.PathLike[str] | None = None,
     n_pairs: int = 64,
     stat: Stat = "logprob",
+    verify: Verify = "ablation",
     seed: int = 0,
     progress: bool = True,
 ) -> BackdoorScan:
-    """Scan a model folder for ``trigger``; write ``scan.json``, ``scan.png``, ``report.md``."""
+    """Scan a model folder for ``trigger``; write ``scan.json``, ``scan.png``, ``report.md``.
+
+    ``verify`` is :func:`~pcp_lens.scan.scan_backdoor`'s (``"reference"`` needs ``reference``).
+    """
+    if verify == "reference" and reference is None:
+        raise ValueError("--verify reference needs --reference (the benign model folder)")
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise ValueError(f"--out must be a folder; {str(out)!r} is an existing file")
     if not isinstance(trigger, str) or not trigger.strip():
@@ -220,6 +226,7 @@ def scan_folder(
             clean,
             target_metric(groups, group, stat),
             reference=ref,
+            verify=verify,
             seed=seed,
             progress=progress,
         )

@@ -55,6 +55,19 @@ def test_toy_checkpoint_scan_writes_three_files(toy_folder, tmp_path, capsys):
     assert "circuit:" in capsys.readouterr().out
 
 
+def test_toy_scan_verified_by_the_reference_patch(toy_folder, tmp_path, capsys):
+    """--verify reference against the model itself: the reference patch changes nothing, so
+    the evidence is zero everywhere and the report says which intervention verified it."""
+    out = tmp_path / "scan"
+    args = ["scan", str(toy_folder), "--trigger", "love", "--pairs", "8", "--no-progress"]
+    rc = main([*args, "--reference", str(toy_folder), "--verify", "reference", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    data = json.loads((out / "scan.json").read_text())
+    assert data["info"]["verify"] == "reference"
+    assert all(abs(r["ref_restore"]) < 1e-6 for r in data["table"] if r["kind"] != "resid_pre")
+    assert "ref_restore - |ref_clean|" in (out / "report.md").read_text()
+
+
 def test_gpt2_folder_scan_pairs_differ_only_at_the_trigger(gpt2_folder, tmp_path, capsys):
     prompts = tmp_path / "p.txt"
     prompts.write_text(
@@ -92,6 +105,7 @@ def test_gpt2_folder_scan_pairs_differ_only_at_the_trigger(gpt2_folder, tmp_path
         (["scan", "TOY", "--trigger", "love", "--reference", "GPT2"], "reference must have"),
         (["scan", "TOY", "--trigger", "love", "--pairs", "1"], "--pairs"),
         (["scan", "TOY", "--trigger", "love", "--prompts", "/nope.txt"], "is not a file"),
+        (["scan", "TOY", "--trigger", "love", "--verify", "reference"], "needs --reference"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2_with_nothing_written(
