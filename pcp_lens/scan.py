@@ -762,6 +762,15 @@ def scan_backdoor(
     info["controls"] = control_base
     all_sets = {**sets, **control_tokens}
     bases = {"clean": float(base_c.mean()), **control_base}
+    # a patch's source run is the same for every combination tried: run it once per input set,
+    # caching every candidate's hook
+    hooks = list(dict.fromkeys(_hook(Site.parse(c)) for c in candidates))
+    sources: dict[str, dict[str, Tensor]] = {}
+
+    def source(key: str, source_model: HookedTransformer, tokens: Tensor) -> dict[str, Tensor]:
+        if key not in sources:
+            sources[key] = _activations(source_model, tokens, hooks, batch_size)
+        return sources[key]
 
     def joint(combos: list[tuple[str, ...]]) -> dict[tuple[str, ...], dict[str, float]]:
         """The metric of each set with each combination's intervention (``verify``)."""
@@ -784,15 +793,16 @@ def scan_backdoor(
         for c in combos:
             members = [Site.parse(m) for m in c]
             if verify == "restore":
-                t = _joint_patched(model, model, C, T, rows_metric, members, trig_pos[0],
-                                   batch_size)
+                acts = source("clean", model, C)
+                t = _joint_patched(model, acts, T, rows_metric, members, trig_pos[0], batch_size)
                 out[c] = {**bases, "triggered": float(t.mean())}
             else:
                 assert reference is not None  # checked with the arguments
                 out[c] = {
                     k: float(
-                        _joint_patched(model, reference, x, x, rows_metric, members, 0, batch_size)
-                        .mean()
+                        _joint_patched(
+                            model, source(k, reference, x), x, rows_metric, members, 0, batch_size
+                        ).mean()
                     )
                     for k, x in all_sets.items()
                 }
@@ -955,10 +965,21 @@ def _mean_ablated(
 
 
 @torch.no_grad()
+def _activations(
+    model: HookedTransformer, tokens: Tensor, names: Sequence[str], batch_size: int
+) -> dict[str, Tensor]:
+    """``model``'s activations at the hooks ``names`` on every row of ``tokens``."""
+    parts = [
+        _tl.run_with_cache(model, tokens[i : i + batch_size], names)[1]
+        for i in range(0, len(tokens), batch_size)
+    ]
+    return {n: torch.cat([p[n] for p in parts]) for n in names}
+
+
+@torch.no_grad()
 def _joint_patched(
     model: HookedTransformer,
-    source_model: HookedTransformer,
-    source: Tensor,
+    source: Mapping[str, Tensor],
     target: Tensor,
     metric: MetricLike,
     sites: Sequence[Site],
@@ -966,13 +987,12 @@ def _joint_patched(
     batch_size: int,
 ) -> Float[Tensor, " batch"]:
     """Per row: the metric of ``model`` on ``target`` with every site's output, from position
-    ``p0`` on, replaced at once by ``source_model``'s on ``source``."""
-    names = list(dict.fromkeys(_hook(s) for s in sites))
+    ``p0`` on, replaced at once by the ``source`` activations (by hook, row for row)."""
     out = []
     for i in range(0, len(target), batch_size):
-        _, cache = _tl.run_with_cache(source_model, source[i : i + batch_size], names)
-        hooks = [(_hook(s), _put(cache[_hook(s)], p0, s.head)) for s in sites]
-        logits = _tl.run_with_hooks(model, target[i : i + batch_size], hooks)
+        rows = slice(i, i + batch_size)
+        hooks = [(_hook(s), _put(source[_hook(s)][rows], p0, s.head)) for s in sites]
+        logits = _tl.run_with_hooks(model, target[rows], hooks)
         out.append(call_metric(metric, logits).double())
     return torch.cat(out)
 
