@@ -316,6 +316,16 @@ def hook_points(model: Model) -> list[HookPoint]:
     return _impl.hook_points(model)
 
 
+#: the hook point the logits pass through
+LOGITS_HOOK = "unembed.hook_out"
+
+
+def has_hooks(model: Model, name: str) -> bool:
+    """Whether any forward hook is attached to hook point ``name`` (``False`` if it has none)."""
+    hp = model.hook_dict.get(name)
+    return hp is not None and len(hp.fwd_hooks) > 0
+
+
 def attached_hook_count(model: HookedTransformer) -> int:
     """Count the non-permanent hooks attached anywhere on ``model`` (0 after pcp_lens returns).
 
@@ -384,6 +394,22 @@ def attached(
         yield model
 
 
+def fast_activations(model: HookedTransformer) -> Any:
+    """A context within which the model's activation functions compute the same values faster
+    (TransformerLens's ``gelu_new`` with two temporaries instead of eight); restored on exit.
+
+    Examples:
+        >>> from pcp_lens.testing import tiny_model
+        >>> m = tiny_model(n_layers=1)
+        >>> x = torch.randint(0, 50, (1, 4))
+        >>> with fast_activations(m):
+        ...     fast = m(x)
+        >>> bool(torch.equal(fast, m(x)))
+        True
+    """
+    return _impl.fast_activations(model)
+
+
 def run_blocks(
     model: HookedTransformer,
     resid: Float[Tensor, "batch pos d_model"],
@@ -431,14 +457,21 @@ def kv_hook_names(layer: int) -> tuple[str, str]:
 class FinalLogits:
     """Final LayerNorm + unembedding, with the transposed unembedding prepared once.
 
+    With ``columns``, only those vocabulary entries' logits are computed.
+
     TransformerLens's ``Unembed.forward`` copies ``W_U.T`` into contiguous memory on every call
     (154 MB for GPT-2 small); a function that unembeds many small batches does that copy once
     here and keeps the same arithmetic (``F.linear`` on the transposed weight) and hook points.
     """
 
-    def __init__(self, model: HookedTransformer):
+    def __init__(self, model: HookedTransformer, columns: Sequence[int] | None = None):
         self.model = model
         self.w_t = model.unembed.W_U.T.contiguous()
+        self.b_u = model.unembed.b_U
+        if columns is not None:
+            # logits of these vocabulary entries only (``[..., len(columns)]``)
+            cols = torch.tensor(list(columns), device=self.w_t.device)
+            self.w_t, self.b_u = self.w_t[cols], self.b_u[cols]
 
     def __call__(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
         """Final LayerNorm (its own scale, with affine; none without normalisation), then the
@@ -454,7 +487,7 @@ class FinalLogits:
         hook_out = getattr(unembed, "hook_out", None)
         x = x.to(self.model.cfg.dtype)
         x = hook_in(x) if hook_in is not None else x
-        logits = torch.nn.functional.linear(x, self.w_t, unembed.b_U)
+        logits = torch.nn.functional.linear(x, self.w_t, self.b_u)
         return hook_out(logits) if hook_out is not None else logits
 
     def cached(
@@ -803,8 +836,39 @@ def relp_hooks(model: HookedTransformer) -> Hooks:
     return hooks
 
 
-class _PatternReached(Exception):
-    """Raised by :func:`attention_patterns` once it has the pattern, to skip the block's rest."""
+class _Reached(Exception):
+    """Raised by :func:`block_activations` once it has every activation, to skip the rest."""
+
+
+def block_activations(
+    model: HookedTransformer,
+    layer: int,
+    resid: Float[Tensor, "batch pos d_model"],
+    names: Sequence[str],
+    past_kv: tuple[Tensor, Tensor] | None = None,
+) -> list[Tensor]:
+    """The activations ``names`` of block ``layer`` on a residual stream, by its own forward.
+
+    ``past_kv`` as in :func:`run_blocks`. The block stops as soon as the last of ``names`` has
+    fired, so what follows it is not computed; the user's hooks on those names fire first.
+    """
+    got: dict[str, Tensor] = {}
+
+    def grab(name: str) -> Callable[[Tensor, HookPoint], None]:
+        # keyed by the name asked for: the bridge's ``hook.name`` may be a canonical alias
+        def hook(act: Tensor, hook: HookPoint) -> None:
+            got[name] = act
+            if len(got) == len(names):
+                raise _Reached
+
+        return hook
+
+    try:
+        with model.hooks(fwd_hooks=[(nm, grab(nm)) for nm in names]):
+            run_blocks(model, resid, layer, layer + 1, [past_kv])
+    except _Reached:
+        pass
+    return [got[nm] for nm in names]
 
 
 def attention_patterns(
@@ -819,15 +883,19 @@ def attention_patterns(
     ones, and the pattern has ``prefix + pos`` key positions). The block stops once the pattern
     is computed: its value and MLP parts are not needed.
     """
-    got: list[Tensor] = []
+    return block_activations(model, layer, resid, [pattern_name(layer)], past_kv)[0]
 
-    def grab(pattern: Tensor, hook: HookPoint) -> None:
-        got.append(pattern)
-        raise _PatternReached
 
-    try:
-        with model.hooks(fwd_hooks=[(pattern_name(layer), grab)]):
-            run_blocks(model, resid, layer, layer + 1, [past_kv])
-    except _PatternReached:
-        pass
-    return got[0]
+def block_kv(
+    model: HookedTransformer,
+    layer: int,
+    resid: Float[Tensor, "batch pos d_model"],
+    past_kv: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Block ``layer``'s keys and values at ``resid``'s positions, as its KV cache stores them.
+
+    Only the attention's input projections run (the block stops there); ``past_kv`` as in
+    :func:`run_blocks`, for models whose keys depend on the position.
+    """
+    k, v = block_activations(model, layer, resid, kv_hook_names(layer), past_kv)
+    return k, v

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 import torch
@@ -320,6 +320,22 @@ def patched_metrics(
         >>> len(vals), tuple(base.shape)
         (4, (3,))
     """
+    with _tl.fast_activations(model), _tl.fast_activations(source_model):
+        return _patched_metrics(
+            model, source_model, source, target, metric, units, max_batch_tokens, progress
+        )
+
+
+def _patched_metrics(
+    model: HookedTransformer,
+    source_model: HookedTransformer,
+    source: Tensor | Mapping[str, Tensor],
+    target: Tensor,
+    metric: MetricLike,
+    units: list[PatchUnit],
+    max_batch_tokens: int,
+    progress: bool,
+) -> tuple[list[Float[Tensor, " batch"]], Float[Tensor, " batch"]]:
     n_layers = model.cfg.n_layers
     src_names, tgt_names = _needed_hooks(units, n_layers)
     # neither run needs logits beyond the positions the metric reads (the source run none)
@@ -342,15 +358,27 @@ def patched_metrics(
     if declared is not None:
         metric_pos = sorted(resolve_positions(declared, n, name="metric positions") or [])
         target_logits = final_logits(target_resid[:, metric_pos])
-        base_value = call_metric(metric, target_logits, metric_pos, n=n)
+        index = {p: j for j, p in enumerate(metric_pos)}  # position -> row of target_logits
+
+        def score(lg: Tensor) -> Tensor:
+            return call_metric(metric, lg, metric_pos, n=n)
     else:
         target_logits = final_logits(target_resid)
-        base_value = call_metric(metric, target_logits)
+        index = {p: p for p in range(n)}
+
+        def score(lg: Tensor) -> Tensor:
+            return call_metric(metric, lg)
+
         metric_pos = read_positions(metric, target_logits)
-    baseline = _rows(base_value, b, "unpatched target run")
-    # a plain metric reading only some positions is scored on the target's logits with those
-    # positions overwritten (and put back after each call): one buffer, no copy per unit
-    buffer = target_logits.clone() if declared is None and metric_pos is not None else None
+    baseline = _rows(score(target_logits), b, "unpatched target run")
+    # a metric reading known positions is scored on the target's logits with a unit's own
+    # written in at the positions (and vocabulary columns) it reads: one buffer, no copy per
+    # unit, and only the columns read are unembedded (a user's hook on the logits sees them all)
+    buffer = target_logits.clone() if metric_pos is not None else None
+    cols = None
+    if buffer is not None and not _tl.has_hooks(model, _tl.LOGITS_HOOK):
+        cols = read_columns(score, target_logits)
+    unit_logits = final_logits if cols is None else _tl.FinalLogits(model, columns=cols)
 
     # group units sharing a position window; within a group, order by layer so runs join the
     # batch as it passes their layer
@@ -370,29 +398,27 @@ def patched_metrics(
         for i in range(0, len(group), per_chunk):
             chunk = group[i : i + per_chunk]
             bar.update(1)
-            if metric_pos is not None and (not metric_pos or metric_pos[-1] < p0):
+            if metric_pos is None:
+                logits = final_logits(_run_chunk(model, src_cache, tgt_cache, chunk, p0, p1))
+                for j, u in enumerate(chunk):
+                    full = torch.cat([target_logits[:, :p0], logits[j * b : (j + 1) * b]], dim=1)
+                    values[u] = _rows(score(full), b, f"patching {u.site.name} at {p0}")
+                continue
+            assert buffer is not None  # known positions come with a buffer
+            later = [p for p in metric_pos if p >= p0]
+            if not later:
                 # the patch cannot reach any position the metric reads: the target's value
                 values.update({u: baseline for u in chunk})
                 continue
-            resid = _run_chunk(model, src_cache, tgt_cache, chunk, p0, p1)
-            if metric_pos is not None:
-                later = [p for p in metric_pos if p >= p0]
-                logits = final_logits(resid[:, [p - p0 for p in later]])
-            else:
-                logits = final_logits(resid)
+            resid = _run_chunk(model, src_cache, tgt_cache, chunk, p0, p1, later[0])
+            logits = unit_logits(resid[:, [p - later[0] for p in later]])
+            region = _Region(buffer, [index[p] for p in later], cols)
             for j, u in enumerate(chunk):
-                mine = logits[j * b : (j + 1) * b]
-                if buffer is not None:
-                    buffer[:, later] = mine
-                    v = call_metric(metric, buffer)
-                    v = v.clone() if isinstance(v, Tensor) else v  # it may be a view of buffer
-                    buffer[:, later] = target_logits[:, later]
-                elif metric_pos is not None:
-                    full = _with_prefix(target_logits, mine, metric_pos, p0)
-                    v = call_metric(metric, full, metric_pos, n=n)
-                else:
-                    v = call_metric(metric, torch.cat([target_logits[:, :p0], mine], dim=1))
+                region.put(logits[j * b : (j + 1) * b])
+                v = score(region.buffer)
+                v = v.clone() if isinstance(v, Tensor) else v  # it may be a view of the buffer
                 values[u] = _rows(v, b, f"patching {u.site.name} at {p0}")
+            region.put(region.saved)  # the target's logits back for the next chunk
     bar.close()
     return [values[u] for u in units], baseline
 
@@ -450,6 +476,57 @@ def read_positions(
     return read
 
 
+def read_columns(
+    score: Callable[[Tensor], Tensor], logits: Float[Tensor, "batch k d_vocab"]
+) -> list[int] | None:
+    """The vocabulary entries a metric reads, from its gradient; ``None`` when unconfirmed.
+
+    A logit difference reads two entries of 50k; a log-probability reads all (its softmax), and
+    then the answer is ``None``, as for a metric with no gradient. The gradient's nonzero
+    columns are confirmed like :func:`read_positions`: every other column replaced at once, by
+    NaN and by other finite logits, must leave the value bit-identical.
+
+    Args:
+        score: the metric as a function of ``logits`` alone.
+        logits: logits it is probed at (e.g. an unpatched run's).
+
+    Returns:
+        The sorted columns read (fewer than half the vocabulary), or ``None``.
+
+    Examples:
+        >>> lg = torch.randn(2, 3, 50)
+        >>> read_columns(lambda x: (x[:, -1, 7] - x[:, 0, 3]).mean(), lg)
+        [3, 7]
+        >>> read_columns(lambda x: x.log_softmax(-1)[:, -1, 7].mean(), lg) is None
+        True
+    """
+    try:
+        with torch.enable_grad():
+            x = logits.detach().clone().requires_grad_(True)
+            value = torch.as_tensor(score(x))
+            if not value.requires_grad:
+                return None
+            (grad,) = torch.autograd.grad(value.sum(), x, allow_unused=True)
+        if grad is None:
+            return None
+        cols = grad.ne(0).flatten(0, -2).any(0).nonzero().flatten().tolist()
+        if 2 * len(cols) >= logits.shape[-1]:
+            return None
+        with torch.no_grad():
+            ref = torch.as_tensor(score(logits))
+            rest = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
+            rest[cols] = False
+            other = -logits.roll(1, dims=0) + 1.0
+            for fill in (torch.full_like(logits, float("nan")), other):
+                probe = logits.clone()
+                probe[..., rest] = fill[..., rest]
+                if not torch.equal(torch.as_tensor(score(probe)), ref):
+                    return None
+    except Exception:  # any failure of the probe means: read every column
+        return None
+    return cols
+
+
 def _with_last_resid(
     cache: _Cache, names: set[str], resid: Tensor, n_layers: int
 ) -> dict[str, Tensor]:
@@ -467,16 +544,20 @@ def _rows(value: Tensor, b: int, where: str) -> Float[Tensor, " batch"]:
     return rows if rows is not None else torch.full((b,), acc.value, dtype=torch.float64)
 
 
-def _with_prefix(
-    target_sel: Tensor, computed: Tensor, metric_pos: list[int], p0: int
-) -> Float[Tensor, "batch n_positions d_vocab"]:
-    """Metric-position logits: unaffected ones (before ``p0``) from the target run."""
-    if metric_pos[0] >= p0:
-        return computed
-    out = target_sel.clone()
-    k = sum(p >= p0 for p in metric_pos)
-    out[:, len(metric_pos) - k :] = computed
-    return out
+class _Region:
+    """The part of a logits buffer a unit's patch rewrites: some rows, and some columns or all."""
+
+    def __init__(self, buffer: Tensor, rows: list[int], cols: list[int] | None):
+        self.buffer = buffer
+        r = torch.tensor(rows, device=buffer.device)
+        if cols is None:
+            self.index: tuple[Any, ...] = (slice(None), r)
+        else:
+            self.index = (slice(None), r[:, None], torch.tensor(cols, device=buffer.device))
+        self.saved = buffer[self.index].clone()
+
+    def put(self, values: Tensor) -> None:
+        self.buffer[self.index] = values
 
 
 def _run_chunk(
@@ -486,9 +567,13 @@ def _run_chunk(
     units: list[PatchUnit],
     p0: int,
     p1: int,
+    read_from: int | None = None,
 ) -> Float[Tensor, "rows suffix d_model"]:
-    """Residual stream after the last block for each unit's patched run (B rows per unit)."""
+    """Residual stream after the last block for each unit's patched run (B rows per unit), at
+    positions ``[read_from, n)`` (default ``p0``): nothing reads the last block's output before
+    the metric's first position, so there that block computes only keys and values."""
     n_layers = model.cfg.n_layers
+    cut = 0 if read_from is None else read_from - p0  # the last block's outputs skipped
     b = tgt_cache[_tl.block_input_name(0)].shape[0]
 
     def prefix_kv(layer: int, n_units: int) -> tuple[Tensor, Tensor] | None:
@@ -509,6 +594,7 @@ def _run_chunk(
         return new if active is None else torch.cat([active, new])
 
     active: Tensor | None = None
+    last = n_layers - 1
     for layer in range(n_layers):
         if layer in entering:
             us = entering[layer]
@@ -517,15 +603,31 @@ def _run_chunk(
                 x[j * b : (j + 1) * b, : p1 - p0] = src_cache[u.site.hook_name][:, p0:p1]
             active = join(active, x)
         if active is not None:
-            active = _tl.run_blocks(
-                model, active, layer, layer + 1, [prefix_kv(layer, active.shape[0] // b)]
-            )
+            past = prefix_kv(layer, active.shape[0] // b)
+            if layer == last and cut > 0:
+                active = _last_block_from(model, active, layer, cut, past)
+            else:
+                active = _tl.run_blocks(model, active, layer, layer + 1, [past])
         if layer in leaving:
-            active = join(
-                active, patched_block(model, src_cache, tgt_cache, leaving[layer], layer, p0, p1)
-            )
+            out = patched_block(model, src_cache, tgt_cache, leaving[layer], layer, p0, p1)
+            active = join(active, out[:, cut:] if layer == last else out)
     assert active is not None
     return active
+
+
+def _last_block_from(
+    model: HookedTransformer,
+    x: Float[Tensor, "rows suffix d_model"],
+    layer: int,
+    cut: int,
+    past: tuple[Tensor, Tensor] | None,
+) -> Float[Tensor, "rows suffix_minus_cut d_model"]:
+    """Block ``layer`` on ``x[:, cut:]`` only, behind ``past`` and the keys/values of
+    ``x[:, :cut]``: the outputs of the first ``cut`` positions are never computed."""
+    k, v = _tl.block_kv(model, layer, x[:, :cut], past)
+    if past is not None:
+        k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)
+    return _tl.run_blocks(model, x[:, cut:], layer, layer + 1, [(k, v)])
 
 
 def patched_block(

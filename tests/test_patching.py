@@ -398,3 +398,68 @@ def test_plain_metric_reads_only_its_positions_exactly(model, pair, fn):
     )
     assert df["value"].tolist() == dense["value"].tolist()
     assert df["pairs"].tolist() == dense["pairs"].tolist()
+
+
+def test_read_columns_of_metrics():
+    from pcp_lens.patching import read_columns
+
+    lg = torch.randn(3, 2, 40, generator=torch.Generator().manual_seed(0))
+    assert read_columns(lambda x: (x[:, -1, 3] - x[:, 0, 30]).mean(), lg) == [3, 30]
+    assert read_columns(lambda x: x[:, -1, 5], lg) == [5]  # per prompt
+    # a softmax reads every column; argmax has no gradient; both mean: all columns
+    assert read_columns(lambda x: x.log_softmax(-1)[:, -1, 3].mean(), lg) is None
+    assert read_columns(lambda x: (x.argmax(-1) == 3).float().mean(), lg) is None
+    # the gradient misses a column read only through a comparison: the probe's fills catch it
+    assert read_columns(lambda x: x[:, -1, 3].sum() * (x[:, -1, 9] > -100).all(), lg) is None
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [
+        PositionMetric(lambda lg: (lg[:, 0, 4] - lg[:, 1, 9]).mean(), positions=(2, -1)),
+        lambda lg: lg[:, 3, 2] - lg[:, -1, 7],  # plain, per prompt
+    ],
+)
+def test_few_columns_and_trimmed_last_block_equal_the_naive_definition(model, pair, metric):
+    """A metric reading a few logits at a few positions is served by unembedding only those
+    columns and running the last block only from its first read position: the numbers of the
+    definition, for every kind of site, the last block's own included."""
+    clean, corrupted = pair
+    sites = [Site(0, "resid_pre"), Site(1, "attn", 2), Site(2, "mlp"), Site(3, "attn"),
+             Site(3, "mlp"), Site(3, "resid_post")]
+    df = causal_patching(model, clean, corrupted, metric, sites=sites, per_pair=True,
+                         progress=False)
+    assert len(df) == len(sites) * 7
+    for r in df.to_dict("records"):
+        s = Site(r["layer"], r["kind"], None if pd.isna(r["head"]) else int(r["head"]))
+        p = r["position"]
+
+        def mean(lg):
+            return torch.as_tensor(metric(lg) if callable(metric) and not isinstance(
+                metric, PositionMetric) else metric.score(lg[:, [2, -1]])).mean()
+
+        ref = naive(model, clean, corrupted, mean, s, slice(p, p + 1))
+        assert r["value"] == pytest.approx(ref, abs=1e-5)
+
+
+def test_a_hook_on_the_logits_sees_every_column(model, pair):
+    """With a user's hook on the logits, every column is unembedded (the hook may change any):
+    its edit is in force and the numbers are the naive definition's under the same hook."""
+    clean, corrupted = pair
+    widths = set()
+
+    def boost(lg, hook):
+        widths.add(lg.shape[-1])
+        lg = lg.clone()
+        lg[..., 3] += lg[..., 11]  # column 3 now depends on column 11
+        return lg
+
+    sites = [Site(1, "mlp"), Site(2, "attn")]
+    with model.hooks(fwd_hooks=[(_tl.LOGITS_HOOK, boost)]):
+        df = causal_patching(model, clean, corrupted, logit_diff, sites=sites, progress=False)
+        for r in df.itertuples():
+            pos = slice(r.position, r.position + 1)
+            ref = naive(model, clean, corrupted, logit_diff, Site(r.layer, r.kind), pos)
+            assert r.value == pytest.approx(ref, abs=1e-5)
+    assert widths == {V}
+    assert _tl.attached_hook_count(model) == 0

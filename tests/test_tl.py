@@ -228,3 +228,24 @@ def test_processing_fingerprint(model, model_lnpre):
     assert fp_pre["fold_ln"] is True
     assert fp_pre["normalization_type"] == "LNPre"
     assert fp != fp_pre
+
+
+def test_fast_activations_are_bit_identical_and_restored():
+    from pcp_lens.testing import tiny_model
+
+    model = tiny_model(n_layers=2, d_model=32, n_heads=4, d_vocab=50, seed=1)
+    tokens = torch.randint(0, 50, (3, 6), generator=torch.Generator().manual_seed(0))
+    before = [getattr(b.mlp, "act_fn", None) for b in model.blocks]
+    with torch.no_grad():
+        ref = model(tokens)
+        with _tl.fast_activations(model):
+            fast = model(tokens)
+        assert torch.equal(fast, ref)
+        with pytest.raises(RuntimeError, match="boom"), _tl.fast_activations(model):
+            raise RuntimeError("boom")
+    assert [getattr(b.mlp, "act_fn", None) for b in model.blocks] == before
+    # with a graph the in-place formula defers to the original: gradients still flow
+    with _tl.fast_activations(model):
+        model(tokens)[:, -1, 0].sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.zero_grad(set_to_none=True)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import copy
 import importlib.metadata
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
 import torch
@@ -359,6 +361,12 @@ def run_block(
         kwargs["past_key_values"] = cache
     out = model.blocks[layer](resid, **kwargs)
     return out[0] if isinstance(out, tuple) else out
+
+
+@contextmanager
+def fast_activations(model: TransformerBridge) -> Iterator[None]:
+    """Nothing to speed up here: the Hugging Face blocks' activations run as they are."""
+    yield
 
 
 def from_hf(

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -20,6 +23,7 @@ from pcp_lens._backends import local_tokenizer
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.utilities.activation_functions import gelu_new
 
     try:  # TransformerLens 3.x
         from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
@@ -27,6 +31,9 @@ with warnings.catch_warnings():
         from transformer_lens.past_key_value_caching import (  # type: ignore[no-redef]
             HookedTransformerKeyValueCacheEntry as TransformerLensKeyValueCacheEntry,
         )
+
+#: the constant of ``gelu_new``, the same float64 value it multiplies by
+_SQRT_2_OVER_PI = np.sqrt(2.0 / np.pi)
 
 NAME = "hooked"
 #: the class every model of this backend is an instance of
@@ -110,6 +117,32 @@ def run_block(
         k, v = past
         entry = TransformerLensKeyValueCacheEntry(past_keys=k, past_values=v, frozen=True)
     return model.blocks[layer](resid, past_kv_cache_entry=entry)
+
+
+def _gelu_new_in_place(x: Tensor) -> Tensor:
+    """TransformerLens's ``gelu_new``, bit for bit (the same operations in the same order), with
+    two temporaries instead of eight: the formula's fresh ``[batch, pos, d_mlp]`` tensors cost more
+    than its arithmetic. In-place steps would break autograd, so with a graph it defers."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return gelu_new(x)
+    t = torch.pow(x, 3.0)
+    t.mul_(0.044715).add_(x).mul_(_SQRT_2_OVER_PI).tanh_().add_(1.0)
+    return (0.5 * x).mul_(t)
+
+
+@contextmanager
+def fast_activations(model: HookedTransformer) -> Iterator[None]:
+    """Within the block, MLPs computing ``gelu_new`` compute it without its temporaries (the same
+    values, bit for bit); restored on exit, also after an error."""
+    mlps: list[Any] = [getattr(b, "mlp", None) for b in model.blocks]  # attention-only: None
+    swapped = [m for m in mlps if getattr(m, "act_fn", None) is gelu_new]
+    for mlp in swapped:
+        mlp.act_fn = _gelu_new_in_place
+    try:
+        yield
+    finally:
+        for mlp in swapped:
+            mlp.act_fn = gelu_new
 
 
 def gpt2_config_from_hf(hf_config: Any, **overrides: Any) -> HookedTransformerConfig:
