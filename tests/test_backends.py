@@ -195,3 +195,21 @@ def test_shared_embeddings_is_refused_where_it_cannot_be_built():
                                          positional_embedding_type="rotary")
     with pytest.raises(ValueError, match="needs a GPT-2-shaped config"):
         _tl.new_model(rotary, shared_embeddings=True)
+
+
+def test_a_checkpoint_refuses_a_bad_or_unbuildable_shared_embeddings_field(tmp_path):
+    import json
+
+    from pcp_lens.checkpoints import load_checkpoint, save_checkpoint
+
+    save_checkpoint(tiny_model(n_layers=1), tmp_path / "ck")
+    cfg_file = tmp_path / "ck" / "config.json"
+    meta = json.loads(cfg_file.read_text())
+    assert "shared_embeddings" not in meta  # only written where W_U is W_E's own parameter
+    cfg_file.write_text(json.dumps({**meta, "shared_embeddings": "yes"}))
+    with pytest.raises(ValueError, match="'shared_embeddings' must be true or false, got 'yes'"):
+        load_checkpoint(tmp_path / "ck")
+    if _tl.BACKEND == "hooked":  # a bridge's tied GPT-2 cannot be a HookedTransformer
+        cfg_file.write_text(json.dumps({**meta, "shared_embeddings": True}))
+        with pytest.raises(ValueError, match=r"HookedTransformer always has its own unembed\.W_U"):
+            load_checkpoint(tmp_path / "ck")
