@@ -32,6 +32,7 @@ __all__ = [
     "is_tied",
     "load_checkpoint",
     "save_checkpoint",
+    "shares_embeddings",
     "tie_embeddings",
 ]
 
@@ -252,7 +253,8 @@ def save_checkpoint(
     """Save weights (safetensors), config (JSON), tokenizer and ``extra`` to a folder, atomically.
 
     Layout: ``model.safetensors`` (the full ``state_dict``), ``config.json`` (``format``,
-    ``format_version``, the model config via :func:`config_to_json`, ``extra``) and, if a
+    ``format_version``, the model config via :func:`config_to_json`, ``extra``, and
+    ``shared_embeddings: true`` where :func:`shares_embeddings`) and, if a
     tokenizer is given (default: ``model.tokenizer``), ``tokenizer/`` via ``save_pretrained``.
     Everything is written to a temporary folder beside ``directory`` and renamed into place, so
     a crash never leaves a half-written checkpoint. An existing ``directory`` is replaced only if
