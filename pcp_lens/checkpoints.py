@@ -32,6 +32,7 @@ __all__ = [
     "is_tied",
     "load_checkpoint",
     "save_checkpoint",
+    "shares_embeddings",
     "tie_embeddings",
 ]
 
@@ -94,6 +95,22 @@ def tie_embeddings(model: HookedTransformer) -> HookedTransformer:
         w_u.copy_(w_e.T)
     model.cfg.tie_word_embeddings = True
     return model
+
+
+def shares_embeddings(model: HookedTransformer) -> bool:
+    """Whether ``unembed.W_U`` is a view of ``embed.W_E``'s own parameter, not a copy kept equal.
+
+    A Hugging Face GPT-2 on the bridge backend (TransformerLens 4) has its LM head tied that way;
+    a ``HookedTransformer`` and pcp_lens's toy models never do. Checkpoints record it, so a
+    reloaded model has the same parameters (``model.parameters()`` counts the matrix once).
+
+    Examples:
+        >>> from pcp_lens.testing import tiny_model
+        >>> shares_embeddings(tiny_model())
+        False
+    """
+    leaves = _tl.parameter_leaves(model)
+    return _tl.W_E_NAME in leaves and leaves.get(_tl.W_U_NAME) is leaves[_tl.W_E_NAME]
 
 
 def _jsonable(v: Any) -> tuple[bool, Any]:
@@ -236,7 +253,8 @@ def save_checkpoint(
     """Save weights (safetensors), config (JSON), tokenizer and ``extra`` to a folder, atomically.
 
     Layout: ``model.safetensors`` (the full ``state_dict``), ``config.json`` (``format``,
-    ``format_version``, the model config via :func:`config_to_json`, ``extra``) and, if a
+    ``format_version``, the model config via :func:`config_to_json`, ``extra``, and
+    ``shared_embeddings: true`` where :func:`shares_embeddings`) and, if a
     tokenizer is given (default: ``model.tokenizer``), ``tokenizer/`` via ``save_pretrained``.
     Everything is written to a temporary folder beside ``directory`` and renamed into place, so
     a crash never leaves a half-written checkpoint. An existing ``directory`` is replaced only if
@@ -288,6 +306,8 @@ def save_checkpoint(
         },
         "extra": extra_json,
     }
+    if shares_embeddings(model):  # written only then: other checkpoints stay as they were
+        meta["shared_embeddings"] = True
     with atomic_dir(target) as tmp:
         state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / _WEIGHTS), metadata={"format": CHECKPOINT_FORMAT})
@@ -364,8 +384,16 @@ def load_checkpoint(
                 f"the tokenizer in {_TOKENIZER}/ cannot be loaded ({type(e).__name__}: {e})"
             ) from e
 
+    shared = meta.get("shared_embeddings", False)
+    if not isinstance(shared, bool):
+        raise bad(f"{_CONFIG} field 'shared_embeddings' must be true or false, got {shared!r}")
+    kw: dict[str, Any] = {"shared_embeddings": True} if shared else {}
+    if tok is not None:
+        kw["tokenizer"] = tok
     try:
-        model = _tl.new_model(cfg, tokenizer=tok) if tok is not None else _tl.new_model(cfg)
+        # without the shared matrix a reloaded tied GPT-2 would have two (the same model, but
+        # not the same parameters: a rerun reusing it would report another parameter count)
+        model = _tl.new_model(cfg, **kw)
     except Exception as e:  # a config TransformerLens accepts may still fail to build
         raise bad(f"{_CONFIG} 'model_config' cannot build a model ({type(e).__name__}: {e})") from e
     expected = model.state_dict()

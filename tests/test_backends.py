@@ -139,3 +139,77 @@ def test_word_tokenizer_without_a_attaches():
     assert m.cfg.tokenizer_prepends_bos == (len(ids) > 1 and ids[0] == tok.bos_token_id)
     want = tok.encode("happy sad", add_special_tokens=False)
     assert m.to_tokens("happy sad", prepend_bos=False).tolist() == [want]
+
+
+def _tied_gpt2(seed: int = 0) -> _tl.Model:
+    """A random Hugging Face GPT-2 (its config's dropout 0.1, LM head tied to wte), loaded raw."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from pcp_lens.language.hf import hooked_from_hf
+
+    torch.manual_seed(seed)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=60, n_positions=16))
+    assert hf.config.resid_pdrop > 0 and hf.lm_head.weight is hf.transformer.wte.weight
+    return hooked_from_hf(hf.eval(), processing=False, device="cpu")
+
+
+def _trained(model: _tl.Model, global_seed: int) -> dict[str, torch.Tensor]:
+    from pcp_lens.training import TrainConfig, train
+
+    x = torch.randint(0, 60, (32, 12), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(global_seed)  # what ran before, e.g. a pretraining a rerun loads from disk
+    cfg = TrainConfig(lr=1e-2, batch_size=8, epochs=1, dropout=0.0, max_grad_norm=1.0,
+                      progress=False)
+    train(model, x, x[:8], cfg)
+    return {k: v.detach().clone() for k, v in _tl.named_parameters(model).items()}
+
+
+def test_training_a_loaded_gpt2_does_not_draw_on_the_global_rng():
+    # The language --quick run on the bridge gave other tables when it reused its cached
+    # pretraining: the wrapped model's own dropout (GPT-2's 0.1) drew its masks from torch's
+    # global generator, which the skipped pretraining no longer advanced (docs/tl4.md)
+    a, b = _trained(_tied_gpt2(), 1), _trained(_tied_gpt2(), 2)
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
+
+
+def test_a_checkpoint_reloads_a_tied_gpt2_with_the_same_parameters(tmp_path):
+    from pcp_lens.checkpoints import load_checkpoint, save_checkpoint, shares_embeddings
+
+    fresh = _tied_gpt2()
+    save_checkpoint(fresh, tmp_path / "ck")
+    loaded = load_checkpoint(tmp_path / "ck").model
+    # the bridge's GPT-2 has one matrix for W_E and W_U; a reload with two counted 1920 more
+    assert shares_embeddings(loaded) == shares_embeddings(fresh) == (_tl.BACKEND == "bridge")
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in fresh.parameters())
+    a, b = _trained(fresh, 0), _trained(loaded, 0)
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
+
+
+@bridge_only
+def test_shared_embeddings_is_refused_where_it_cannot_be_built():
+    cfg = tiny_model(n_layers=1).cfg
+    with pytest.raises(ValueError, match="shared_embeddings must be True or False, got 1"):
+        _tl.new_model(cfg, shared_embeddings=1)
+    rotary = _tl.HookedTransformerConfig(n_layers=1, d_model=16, n_ctx=8, d_head=8, n_heads=2,
+                                         d_vocab=20, act_fn="gelu",
+                                         positional_embedding_type="rotary")
+    with pytest.raises(ValueError, match="needs a GPT-2-shaped config"):
+        _tl.new_model(rotary, shared_embeddings=True)
+
+
+def test_a_checkpoint_refuses_a_bad_or_unbuildable_shared_embeddings_field(tmp_path):
+    import json
+
+    from pcp_lens.checkpoints import load_checkpoint, save_checkpoint
+
+    save_checkpoint(tiny_model(n_layers=1), tmp_path / "ck")
+    cfg_file = tmp_path / "ck" / "config.json"
+    meta = json.loads(cfg_file.read_text())
+    assert "shared_embeddings" not in meta  # only written where W_U is W_E's own parameter
+    cfg_file.write_text(json.dumps({**meta, "shared_embeddings": "yes"}))
+    with pytest.raises(ValueError, match="'shared_embeddings' must be true or false, got 'yes'"):
+        load_checkpoint(tmp_path / "ck")
+    if _tl.BACKEND == "hooked":  # a bridge's tied GPT-2 cannot be a HookedTransformer
+        cfg_file.write_text(json.dumps({**meta, "shared_embeddings": True}))
+        with pytest.raises(ValueError, match=r"HookedTransformer always has its own unembed\.W_U"):
+            load_checkpoint(tmp_path / "ck")

@@ -170,7 +170,7 @@ def _tl3_mode(model: TransformerBridge, **processing: bool) -> TransformerBridge
     return model.eval()
 
 
-def _gpt2_config(cfg: TransformerBridgeConfig) -> Any:
+def _gpt2_config(cfg: TransformerBridgeConfig, shared_embeddings: bool = False) -> Any:
     """The Hugging Face ``GPT2Config`` of a GPT-2-shaped TransformerLens config, else ``None``."""
     from transformers import GPT2Config
 
@@ -198,8 +198,9 @@ def _gpt2_config(cfg: TransformerBridgeConfig) -> Any:
         attn_pdrop=0.0,
         # TransformerLens's own default (0.8 / sqrt(d_model)), not GPT-2's 0.02
         initializer_range=cfg.initializer_range,
-        # TransformerLens 3's random models have their own W_U; tying is pcp_lens's choice
-        tie_word_embeddings=False,
+        # TransformerLens 3's random models have their own W_U (pcp_lens ties it by copying);
+        # a checkpoint of a Hugging Face GPT-2 whose LM head *is* wte asks for that again
+        tie_word_embeddings=shared_embeddings,
     )
 
 
@@ -211,13 +212,23 @@ def new_model(cfg: TransformerBridgeConfig, **kwargs: Any) -> TransformerBridge:
     ``normalization_type="LNPre"`` folds its LayerNorms (``fold_ln``), as TL 3's ``LNPre`` is. Other
     configs become a TL-native model (``boot_native``), which has no KV cache. ``tokenizer=``
     attaches a tokenizer; ``move_to_device`` is accepted for the ``hooked`` backend's sake.
+    ``shared_embeddings=True`` makes the LM head's weight the token embedding's own parameter,
+    as a Hugging Face GPT-2 has it (``load_checkpoint`` rebuilds such a model so).
     """
     tokenizer = kwargs.pop("tokenizer", None)
     kwargs.pop("move_to_device", None)
+    shared = kwargs.pop("shared_embeddings", False)
     if kwargs:
         raise ValueError(f"new_model: unknown arguments {sorted(kwargs)} for the bridge backend")
+    if not isinstance(shared, bool):
+        raise ValueError(f"shared_embeddings must be True or False, got {shared!r}")
     bos = cfg.default_prepend_bos
-    hf_cfg = _gpt2_config(cfg)
+    hf_cfg = _gpt2_config(cfg, shared)
+    if hf_cfg is None and shared:
+        raise ValueError(
+            "shared_embeddings=True needs a GPT-2-shaped config (LayerNorm, learned positions): "
+            "a TL-native bridge (boot_native) has its own unembedding"
+        )
     if hf_cfg is None:
         model = TransformerBridge.boot_native(cfg, device=cfg.device, dtype=cfg.dtype)
         _tl3_mode(model)

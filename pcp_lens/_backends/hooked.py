@@ -63,6 +63,12 @@ def named_parameters(model: HookedTransformer) -> dict[str, torch.nn.Parameter]:
 
 def new_model(cfg: HookedTransformerConfig, **kwargs: Any) -> HookedTransformer:
     """Build a ``HookedTransformer`` without TransformerLens 3.x's deprecation warning."""
+    if kwargs.pop("shared_embeddings", False):
+        raise ValueError(
+            "shared_embeddings=True: a HookedTransformer always has its own unembed.W_U (a "
+            "checkpoint whose W_U is W_E's own parameter was written by the bridge backend, "
+            "TransformerLens 4)"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return HookedTransformer(cfg, **kwargs)
