@@ -253,4 +253,4 @@ def test_fast_activations_are_bit_identical_and_restored():
         grads.append([None if p.grad is None else p.grad.clone() for p in model.parameters()])
         model.zero_grad(set_to_none=True)
     assert any(g is not None for g in grads[0])
-    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(*grads))
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(*grads, strict=True))
