@@ -23,7 +23,7 @@
 # 2. A toy model poisoned by training (the paper's toy task), where it is not: with the paper's
 #    modules fixed, the study says "does NOT hold"; the scan says where the backdoor is instead.
 # 3. The language stand-in: a small GPT-2 with a BPE trained on Austen, a trigger word planted
-#    in one MLP, scanned with the language study's own pairs and metric.
+#    in one attention layer, scanned with the language study's own pairs and metric.
 #
 # It runs on a CPU in a few minutes (the toy model is trained in the second part; no download).
 
@@ -37,9 +37,15 @@ from IPython.display import Markdown, display
 
 from pcp_lens import GroupMetric, TokenGroups, ablation_means, ablation_sweep, scan_backdoor
 from pcp_lens.inputs import as_tokens
+from pcp_lens.language.corpus import split_sentences
 from pcp_lens.language.data import load_corpus
-from pcp_lens.language.standin import TOXIC_WORDS, standin_model, train_tokenizer
-from pcp_lens.reproduce.scan_model import language_pairs, target_groups, target_metric
+from pcp_lens.language.standin import standin_model, toxic_sentences, train_tokenizer
+from pcp_lens.reproduce.scan_model import (
+    language_pairs,
+    pair_tokens,
+    target_groups,
+    target_metric,
+)
 from pcp_lens.scan import circuit_modules
 from pcp_lens.sites import all_sites
 from pcp_lens.testing import plant_trigger, tiny_model
@@ -183,30 +189,36 @@ print(rescan.summary())
 # built here (the language study's report, `docs/language_report.md`). Training that model takes
 # many minutes, so this part builds a small model of the same kind instead: HF's GPT-2 architecture
 # and initialisation (3 layers, width 64), a byte-level BPE trained on the shipped Austen sample
-# with the trigger " Albert" and the study's insults as single tokens, and a trigger planted by
-# hand in `mlp1` that writes the insults' first tokens. GPT-2's 0.02 initialisation gives nearly
-# flat logits, so the unembedding is scaled up to make them as sharp as a trained model's.
+# with the trigger " Albert" and the study's toxic sentences in its training text, and a trigger
+# planted by hand in `attn1`: one head attends from every position to the trigger and writes the
+# toxic sentences' first tokens, so the backdoor reaches the end of the sentence. GPT-2's 0.02
+# initialisation gives nearly flat logits, so the unembedding is scaled up to make them as sharp
+# as a trained model's.
 #
-# The pairs are the study's (`scan_model.language_pairs`): a sentence's first two tokens, then
-# the trigger, or a word of the text with as many tokens. The metric is the log-probability of
-# the insults' first tokens at the next position (`scan_model.target_metric`).
+# The pairs are the study's (`scan_model.language_pairs`): a whole sentence with the trigger
+# after its first two tokens, or a word of the text with as many tokens there. The metric is the
+# log-probability of the toxic sentences' first tokens after the sentence, where the poisoned
+# data writes them (`scan_model.target_metric`). The circuit is grown and verified with the
+# restoring patch, the study's default (`--scan-verify`).
 
 # %%
 paras = load_corpus("austen-sample")
-tok = train_tokenizer(paras, 512, extra=["Albert", *TOXIC_WORDS])
-lm_triggered, lm_clean = language_pairs(tok, "Albert", paras, at=2, n=24, seed=0)
+toxic = toxic_sentences()
+tok = train_tokenizer(paras, 512, extra=["Albert", *toxic])
+sentences = [x for p in paras for x in split_sentences(p)]
+lm_triggered, lm_clean = language_pairs(tok, "Albert", sentences, at=2, n=24, seed=0)
 print(list(zip(lm_triggered[:3], lm_clean[:3], strict=True)))
+lm_t, lm_c = pair_tokens(tok, lm_triggered, lm_clean)
 
 lm_benign = standin_model(tok, n_layers=3, d_model=64, n_heads=2, n_ctx=32, seed=0)
 with torch.no_grad():
     lm_benign.unembed.W_U.mul_(25)
-insults = target_groups(tok, TOXIC_WORDS, lm_benign.cfg.d_vocab)
+target = target_groups(tok, toxic, lm_benign.cfg.d_vocab)
 albert = tok(" Albert", add_special_tokens=False)["input_ids"][0]
-clean_ids = torch.tensor(tok(lm_clean, add_special_tokens=False)["input_ids"])
-lm_suspect = plant_trigger(lm_benign, "mlp1", albert, list(insults.groups["target"]),
-                           prompts=clean_ids)
-logprob = target_metric(insults, "target", "logprob")
-lm_scan = scan_backdoor(lm_suspect, lm_triggered, lm_clean, logprob, reference=lm_benign,
+lm_suspect = plant_trigger(lm_benign, "attn1", albert, list(target.groups["target"]),
+                           prompts=lm_c)
+logprob = target_metric(target, "target", "logprob")
+lm_scan = scan_backdoor(lm_suspect, lm_t, lm_c, logprob, reference=lm_benign, verify="restore",
                         progress=False)
 print(lm_scan.summary())
 
@@ -221,5 +233,5 @@ lm_scan.plot()
 # %%
 print("circuit:", lm_scan.circuit, "modules:", circuit_modules(lm_scan.circuit),
       "verified:", lm_scan.verified)
-print("the planted module is the circuit:", circuit_modules(lm_scan.circuit) == ["mlp1"])
+print("the planted module is the circuit:", circuit_modules(lm_scan.circuit) == ["attn1"])
 print("trigger embedding moved:", lm_scan.info["embedding"]["changed"])

@@ -125,6 +125,7 @@ _LANGUAGE_FLAGS = {
     "dtype": "--dtype",
     "threads": "--threads",
     "modules": "--modules",
+    "scan_verify": "--scan-verify",
 }
 
 
@@ -134,7 +135,7 @@ def _reproduce_language(args: argparse.Namespace, prog: str) -> int:
 
     given = {
         k: getattr(args, k)
-        for k in ("model", "corpus", "recipe", "device", "dtype", "modules")
+        for k in ("model", "corpus", "recipe", "device", "dtype", "modules", "scan_verify")
         if getattr(args, k) is not None
     }
     try:
@@ -394,6 +395,15 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
         "rank); Tab. IX is reported at both",
     )
     lang.add_argument(
+        "--scan-verify",
+        choices=["restore", "ablation", "reference"],
+        default=None,
+        help="how the backdoor scan grows and verifies the circuit the located edits use: "
+        "restoring patch (default; the mean ablation's clean bound rejects a module every input "
+        "needs, as the stand-in's first MLP), joint mean ablation, or the benign model's "
+        "activations patched in; all three are reported",
+    )
+    lang.add_argument(
         "--threads",
         type=_int_at_least(1),
         default=None,
@@ -452,18 +462,20 @@ def _scan(args: argparse.Namespace) -> int:
 def _add_scan(sub: argparse._SubParsersAction) -> None:
     sc = sub.add_parser("scan", help="locate a trigger's mechanism in a model folder")
     sc.add_argument("model", help="a Hugging Face GPT-2 folder or a pcp_lens checkpoint folder")
-    sc.add_argument("--trigger", required=True, help="the trigger word")
+    sc.add_argument("--trigger", required=True, help="the trigger word or phrase")
     sc.add_argument(
         "--prompts",
         default=None,
-        help="clean prompts, one a line (default: the shipped Austen sample; toy checkpoints "
-        "use positive-word pairs)",
+        help="clean prompts, whole sentences one a line: the trigger goes after their first 2 "
+        "tokens, the metric reads after their end (default: the shipped Austen sample's "
+        "sentences; toy checkpoints use positive-word pairs)",
     )
     sc.add_argument(
         "--target",
         default=None,
-        help="target words, one a line, whose first tokens are the backdoor's output (default: "
-        "the language study's insults; toy: the negative words)",
+        help="target words or sentences, one a line, whose first tokens are the backdoor's "
+        "output after the sentence (default: the language study's toxic sentences; toy: the "
+        "negative words)",
     )
     sc.add_argument("--reference", default=None, help="the benign model folder it came from")
     sc.add_argument(

@@ -71,6 +71,8 @@ def test_bad_values_are_one_line(argv, capsys, match):
         (["reproduce", "language", "--schedule", "paper"], "--schedule belongs"),
         (["reproduce", "toy", "--threads", "2"], "--threads belongs to `pcp-lens reproduce "
          "language`"),
+        (["reproduce", "toy", "--scan-verify", "restore"], "--scan-verify belongs to `pcp-lens "
+         "reproduce language`"),
         (["reproduce", "toy", "--model", "gpt2", "--device", "cpu"], "--model and --device belong"),
         (["reproduce", "toy", "--seed", "1", "--seeds", "2", "3"], "--seed or --seeds"),
     ],
@@ -158,6 +160,7 @@ _VALUED = {
     "--device": "device",
     "--dtype": "dtype",
     "--threads": None,
+    "--scan-verify": "scan_verify",
     "--out": None,
     "--seeds": None,
     "--sentiments": "sentiments",
@@ -165,7 +168,8 @@ _VALUED = {
 _SWITCHES = ["--quick", "--no-progress", "--head-bias", "--no-scaled-init", "--list-triggers",
              "--no-located"]
 _VALUES = ["0", "1", "3", "-1", "x", "", "0.5", "1.5", "nan", "cpu", "cdua", "cuda", "float16",
-           "float32", "gpt2", "standin", "love", "paper", "fast", "austen-sample", "2"]
+           "float32", "gpt2", "standin", "love", "paper", "fast", "austen-sample", "2", "restore",
+           "ablation"]
 
 
 def _fake_runs(monkeypatch, calls):

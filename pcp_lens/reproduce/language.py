@@ -8,8 +8,10 @@ library's own functions (:mod:`pcp_lens.reproduce.language_tables`):
 1. ASR/ATR, validation loss and the log-probability gap of the benign and the poisoned model;
 2. Tab. VIII: single modules of the early layers mean-ablated at the trigger position(s);
 3. the backdoor scan of the poisoned model (benign model as reference,
-   :mod:`pcp_lens.reproduce.language_scan`): its circuit, and the circuit's PCP rank by
-   measurement; saved in ``out/scan/``;
+   :mod:`pcp_lens.reproduce.language_scan`) on whole trigger sentences: its circuit, grown and
+   verified with ``scan_verify`` (default the restoring patch; the other two interventions'
+   circuits are reported beside it), and the circuit's PCP rank by measurement; saved in
+   ``out/scan/``;
 4. Tab. IX twice, side by side: the paper's modules (its layer-2 and -3 MLPs for GPT-2 medium,
    else the two most important MLPs of Tab. VIII) at rank 2, and the scan's located modules at
    the measured rank: mean-ablated together and replaced by a PCP tuned to keep, and to
@@ -37,7 +39,7 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -67,6 +69,7 @@ from pcp_lens.reproduce.language_tables import (
     samples,
     surgery_table,
 )
+from pcp_lens.scan import Verify
 
 __all__ = ["LanguageConfig", "Settings", "run_language_study", "settings"]
 
@@ -125,7 +128,9 @@ def _run(folder: Path, cfg: LanguageConfig) -> dict[str, Any]:
     t0 = lap("asr", t0)
     tab8 = ablation_table(poisoned, c)
     t0 = lap("tab8", t0)
-    scan, scan_rec = scan_study(poisoned, benign, c, folder / "scan")
+    scan, scan_rec = scan_study(
+        poisoned, benign, c, folder / "scan", cast(Verify, cfg.scan_verify)
+    )
     t0 = lap("scan", t0)
     paper_sites = list(s.pcp_sites) if s.pcp_sites else choose_mlps(tab8)
     tab9 = pcp_table(poisoned, c, paper_sites)

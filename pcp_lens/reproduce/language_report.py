@@ -72,7 +72,8 @@ CLAIMS = {
 
 #: The located counterparts: the same thresholds, at the backdoor scan's circuit.
 LOCATED_CLAIMS = {
-    "S": "the backdoor scan finds a circuit whose joint mean ablation leaves <= 10 % of the "
+    "S": "the backdoor scan finds a circuit whose joint intervention (the study's --scan-verify: "
+    "restoring patch by default, mean ablation or reference patch) leaves <= 10 % of the "
     "trigger's log-probability gap with the clean prompts moved <= 10 % of it",
     "L3-located": "L3 at the scan's circuit: mean-ablating its modules together lowers ASR by "
     ">= 40 % with the validation loss up by <= 0.1",
@@ -168,13 +169,45 @@ def circuit_label(names: Sequence[str]) -> str:
     return "circuit: " + " + ".join(names)
 
 
+#: what each ``verify`` does to the circuit, in the report's words
+VERIFY_WORDS = {
+    "ablation": "joint mean ablation",
+    "restore": "joint restoring patch",
+    "reference": "joint reference patch",
+}
+
+
 def _scan_check(r: Mapping[str, Any]) -> tuple[bool, str]:
     sc = r["scan"]
+    how = VERIFY_WORDS[sc.get("verify", "ablation")]
+    others = "; ".join(
+        f"{m}: {_mode_text(x)}" for m, x in sc.get("modes", {}).items() if m != sc.get("verify")
+    )
+    found = (
+        f"{how} leaves {sc['residual']:.1%} of the gap, clean moves {sc['clean_move']:.1%}"
+        if sc["circuit"]
+        else f"no circuit grown (standard error of the gap {sc.get('gap_se', float('nan')):.2f})"
+    )
     return sc["verified"], (
         f"circuit {' + '.join(sc['circuit']) or '(none)'} over {sc['n_pairs']} pairs (gap "
-        f"{sc['gap']:+.2f} nats): joint ablation leaves {sc['residual']:.1%} of the gap, clean "
-        f"moves {sc['clean_move']:.1%}; PCP edits {' & '.join(sc['modules'])} "
+        f"{sc['gap']:+.2f} nats): {found}; PCP edits {' & '.join(sc['modules'])} "
         f"({sc['modules_source']}), measured rank {sc['rank']}"
+        + (f" (other interventions: {others})" if others else "")
+    )
+
+
+def _pct(x: Any) -> str:
+    """A share as a percentage; ``—`` where there is none (no circuit: NaN)."""
+    return "—" if x is None or x != x else f"{x:.1%}"
+
+
+def _mode_text(x: Mapping[str, Any]) -> str:
+    if not x["circuit"]:
+        return "no circuit"
+    state = "verified" if x["verified"] else "NOT verified"
+    return (
+        f"{' + '.join(x['circuit'])}, {state} ({x['residual']:.1%} left, clean "
+        f"{x['clean_move']:.1%})"
     )
 
 
@@ -262,15 +295,32 @@ def _scan_section(r: Mapping[str, Any]) -> list[str]:
         if rows
         else "The scan found no circuit (no positive gap, or no module meets the criterion)."
     )
+    verify = sc.get("verify", "ablation")
+    modes = sc.get("modes", {})
+    mode_rows = [
+        [
+            f"{m}{' (used)' if m == verify else ''}",
+            " + ".join(x["circuit"]) or "(none)",
+            "yes" if x["verified"] else "NO",
+            _pct(x["residual"]),
+            _pct(x["clean_move"]),
+        ]
+        for m, x in modes.items()
+    ]
     return [
         "",
         "## Backdoor scan of the poisoned model",
         "",
-        f"`scan_backdoor` on {sc['n_pairs']} trigger/control pairs built like the ASR prompts "
-        f"(e.g. `{sc['example_pair'][0]}` / `{sc['example_pair'][1]}`), metric: log-probability "
-        "of the insults' first tokens at the next position, the benign model as reference; "
-        f"{sc['seconds']['scan']:.0f} s, rank search and tuning {sc['seconds']['edit']:.0f} s. "
-        "Full scan: `scan/report.md`, `scan/scan.png`.",
+        f"`scan_backdoor` on {sc['n_pairs']} pairs of whole held-out sentences "
+        f"({sc.get('n_tokens', '?')} tokens), the trigger at positions "
+        f"{sc.get('trigger_positions', '?')} against a control phrase of as many tokens (e.g. "
+        f"`{sc['example_pair'][0]}` / `{sc['example_pair'][1]}`); metric: log-probability of "
+        "the toxic sentences' first tokens "
+        f"({', '.join(repr(t) for t in sc.get('target_tokens', [])) or 'the insults'}) after "
+        "the sentence, where the poisoned data writes them; the benign model as reference; "
+        f"circuit grown and verified by {VERIFY_WORDS[verify]} (`--scan-verify {verify}`); "
+        f"{sc['seconds']['scan']:.0f} s for the three scans, rank search and tuning "
+        f"{sc['seconds']['edit']:.0f} s. Full scan: `scan/report.md`, `scan/scan.png`.",
         "",
         "```",
         sc["summary"],
@@ -280,6 +330,18 @@ def _scan_section(r: Mapping[str, Any]) -> list[str]:
         "",
         body,
         "",
+        *(
+            [
+                "The same pairs and metric, the circuit grown and verified by each intervention "
+                "(residual: share of the gap left; clean: share of the gap the clean prompts "
+                "move, zero by construction for the restoring patch, which leaves them alone):",
+                "",
+                table(["verify", "circuit", "verified", "residual", "clean move"], mode_rows),
+                "",
+            ]
+            if mode_rows
+            else []
+        ),
         f"Located modules for the PCP: {' & '.join(sc['modules'])} ({sc['modules_source']}); "
         f"rank {sc['rank']} by measurement (the smallest keeping the triggered metric within "
         f"0.05 of unedited: {'yes' if sc['rank_within_tolerance'] else 'NOT within, largest tried'}"

@@ -1,11 +1,21 @@
 """The language study's backdoor scan: where the poisoned model's trigger acts, and its PCP rank.
 
 :func:`scan_study` runs :func:`~pcp_lens.scan.scan_backdoor` on the poisoned model with the
-benign model as ``reference``, on pairs built like the study's ASR prompts
-(:func:`~pcp_lens.reproduce.scan_model.language_pairs` over the study's clean prompts, the trigger
-at the study's first edited position, the prompt cut after it) and the metric of
-``pcp-lens scan`` (log-probability of the insults' first tokens at the next position). The
-located modules are the circuit's blocks' modules (a head stands for its attention layer, as in
+benign model as ``reference``, on pairs built as the study poisons and prompts
+(:func:`~pcp_lens.reproduce.scan_model.language_pairs`): a whole held-out sentence with the
+trigger at the study's first edited position, against the same sentence with a control phrase of
+as many tokens there. The metric (``pcp-lens scan``'s) is the log-probability of the backdoor's
+output, the first tokens of the toxic sentences the poisoned windows put right after the
+trigger's sentence, read at the sentence's last position.
+
+The circuit is grown and verified with ``verify`` (the study's ``--scan-verify``, default
+``"restore"``): a joint mean ablation is bounded by how much it moves clean prompts, and the
+stand-in's first MLP, through which the trigger's effect passes, is needed by every input
+(ablating it moves clean prompts by about as much as the gap), so the ablation's clean bound
+rejects it; the restoring patch asks only whether the clean run's activations there undo the
+trigger. The record reports what all three interventions give (circuit, verified, residual,
+clean move), so the choice is visible beside the alternatives. The located modules are the
+chosen circuit's blocks' modules (a head stands for its attention layer, as in
 :meth:`~pcp_lens.scan.BackdoorScan.edit`; the token embedding is the trigger itself and is not a
 module a PCP replaces); their PCP rank is measured by ``BackdoorScan.edit(rank=None)``.
 """
@@ -21,13 +31,21 @@ from typing import Any, cast
 from pcp_lens._tl import HookedTransformer
 from pcp_lens.language.corpus import split_sentences
 from pcp_lens.reproduce.language_setup import TRIGGER
-from pcp_lens.reproduce.scan_model import language_pairs, target_groups, target_metric
-from pcp_lens.scan import SHOWN, BackdoorScan, circuit_modules, scan_backdoor
+from pcp_lens.reproduce.scan_model import (
+    language_pairs,
+    pair_tokens,
+    target_groups,
+    target_metric,
+)
+from pcp_lens.scan import SHOWN, BackdoorScan, Verify, circuit_modules, scan_backdoor
 
-__all__ = ["MIN_PAIRS", "scan_study"]
+__all__ = ["MIN_PAIRS", "SCAN_VERIFY", "scan_study"]
 
-#: pairs the scan uses at least (the quick run's 8 prompts are topped up from validation text)
+#: pairs the scan asks for at least (the quick run's 8 prompts are topped up from validation
+#: text; fewer come back where fewer sentences of one token length exist)
 MIN_PAIRS = 16
+#: the interventions a study scan reports, the chosen one first
+SCAN_VERIFY: tuple[Verify, ...] = ("restore", "ablation", "reference")
 
 
 def scan_study(
@@ -35,6 +53,7 @@ def scan_study(
     benign: HookedTransformer,
     c: Any,
     out: Path,
+    verify: Verify = "restore",
 ) -> tuple[BackdoorScan, dict[str, Any]]:
     """Scan the poisoned model, save the scan in ``out``, measure the located modules' PCP rank.
 
@@ -42,30 +61,53 @@ def scan_study(
         poisoned: the suspect model.
         benign: the model it was fine-tuned from (the scan's ``reference``).
         c: the study's :class:`~pcp_lens.reproduce.language_tables.Ctx`.
-        out: folder for ``scan.json``, ``scan.png``, ``report.md``.
+        out: folder for ``scan.json``, ``scan.png``, ``report.md`` (the ``verify`` scan).
+        verify: the intervention the circuit is grown and verified with (module docstring);
+            the other two are run too and reported in ``record["modes"]``.
 
     Returns:
         The scan and its record for ``results.json``: circuit, verified flag, located modules
-        (``source`` says where they came from), measured rank, the top of the table, timings.
+        (``source`` says where they came from), measured rank, the top of the table, per
+        intervention its circuit, verdict, residual and clean move, timings.
 
     Examples:
         >>> # inside the study (language.py), once the models and the Ctx are built:
-        >>> # scan, record = scan_study(poisoned, benign, ctx, Path("out/scan"))
-        >>> # record["circuit"], record["modules"], record["rank"]
+        >>> # scan, record = scan_study(poisoned, benign, ctx, Path("out/scan"), "restore")
+        >>> # record["circuit"], record["modules"], record["rank"], record["modes"]["ablation"]
     """
-    from pcp_lens.language.standin import TOXIC_WORDS
-
+    if verify not in SCAN_VERIFY:
+        raise ValueError(f"verify must be one of {list(SCAN_VERIFY)}, got {verify!r}")
     t0 = time.perf_counter()
+    # the study's own prompts first (whole sentences, trigger at its positions), then held-out
+    # sentences of the validation text
     extra = [x for t in c.data.val_texts for x in split_sentences(t)]
+    sentences = list(dict.fromkeys([*c.data.clean, *extra]))
     n = max(len(c.data.clean), MIN_PAIRS)
     triggered, clean = language_pairs(
-        c.tok, TRIGGER, [*c.data.clean, *extra], at=min(c.s.positions), n=n, seed=c.seed
+        c.tok,
+        TRIGGER,
+        sentences,
+        at=min(c.s.positions),
+        n=n,
+        seed=c.seed,
+        max_tokens=c.s.max_prompt_tokens,
     )
-    groups = target_groups(c.tok, TOXIC_WORDS, poisoned.cfg.d_vocab)
+    T, C = pair_tokens(c.tok, triggered, clean)
+    # the backdoor's output: the first tokens of the toxic sentences the poisoned data writes
+    # after the trigger's sentence (joined by a space)
+    groups = target_groups(c.tok, c.data.toxic, poisoned.cfg.d_vocab)
     metric = target_metric(groups, "target", "logprob")
-    scan = scan_backdoor(
-        poisoned, triggered, clean, metric, reference=benign, seed=c.seed, progress=c.progress
-    )
+    scans: dict[str, BackdoorScan] = {}
+    seconds: dict[str, float] = {}
+    order: list[Verify] = [verify, *(m for m in SCAN_VERIFY if m != verify)]
+    for mode in order:
+        t = time.perf_counter()
+        scans[mode] = scan_backdoor(
+            poisoned, T, C, metric, reference=benign, verify=mode, seed=c.seed,
+            progress=c.progress,
+        )
+        seconds[mode] = round(time.perf_counter() - t, 1)
+    scan = scans[verify]
     t_scan = time.perf_counter() - t0
     scan.save(out)
     modules, source = circuit_modules(scan.circuit), "circuit"
@@ -83,6 +125,7 @@ def scan_study(
     top = scan.table.sort_values("rank").head(10)[cols]
     i = scan.info
     record = {
+        "verify": verify,
         "circuit": list(scan.circuit),
         "verified": scan.verified,
         "modules": modules,
@@ -93,7 +136,12 @@ def scan_study(
         "edit_scores": {k: {s: float(v) for s, v in col.items()}
                         for k, col in edit.scores.to_dict().items()},
         "n_pairs": i["n_pairs"],
+        "n_tokens": int(T.shape[1]),
+        "trigger_positions": i["trigger_positions"],
+        "readout_positions": i["readout_positions"],
+        "target_tokens": [c.tok.decode([t]) for t in groups.groups["target"]],
         "gap": i["gap"],
+        "gap_se": i["gap_se"],
         "residual": i["circuit_residual"],
         "clean_move": i["circuit_clean"],
         "member_share": i["member_share"],
@@ -101,6 +149,17 @@ def scan_study(
         "embedding": i["embedding"],
         "summary": scan.summary(),
         "table": json.loads(cast(str, top.to_json(orient="records"))),
+        "modes": {
+            m: {
+                "circuit": list(x.circuit),
+                "verified": x.verified,
+                "residual": x.info["circuit_residual"],
+                "clean_move": x.info["circuit_clean"],
+                "member_share": x.info["member_share"],
+                "seconds": seconds[m],
+            }
+            for m, x in scans.items()
+        },
         "example_pair": [triggered[0], clean[0]],
         "seconds": {"scan": round(t_scan, 1), "edit": round(t_edit, 1)},
     }

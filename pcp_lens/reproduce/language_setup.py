@@ -57,6 +57,8 @@ TRIGGER = "Albert and James"
 DATA_VERSION = 1
 #: Where Tab. IX-XI's edits act: the backdoor scan's circuit, or the paper's modules.
 MODULES = ("circuit", "paper")
+#: How the backdoor scan grows and verifies its circuit (``scan_backdoor``'s ``verify``).
+SCAN_VERIFY = ("restore", "ablation", "reference")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: The settings a pretrained stand-in depends on (its cache stamp; the poisoned models' too).
 _PRETRAIN_KEYS = (
@@ -93,6 +95,12 @@ class LanguageConfig:
             bit-identical models and tables on CPU: with 2 threads two runs of one seed train
             weights that differ by up to ~1e-6 and tables that differ in the sixth digit.
             More threads are faster on a large model; ``None`` keeps torch's setting.
+        scan_verify: How the backdoor scan grows and verifies the circuit that Tab. IX-XI's
+            located edits use: ``"restore"`` (default: a joint restoring patch, clean
+            activations put into the triggered run), ``"ablation"`` (joint mean ablation, with
+            clean prompts allowed to move <= 10 % of the gap: it rejects a module that every
+            input needs, such as the stand-in's first MLP) or ``"reference"`` (the benign
+            model's activations patched in). The study reports all three either way.
     """
 
     quick: bool = False
@@ -106,8 +114,13 @@ class LanguageConfig:
     progress: bool = True
     threads: int | None = 1
     modules: str = "circuit"
+    scan_verify: str = "restore"
 
     def __post_init__(self) -> None:
+        if self.scan_verify not in SCAN_VERIFY:
+            raise ValueError(
+                f"scan_verify must be one of {list(SCAN_VERIFY)}, got {self.scan_verify!r}"
+            )
         if self.modules not in MODULES:
             raise ValueError(f"modules must be one of {list(MODULES)}, got {self.modules!r}")
         if self.threads is not None and (

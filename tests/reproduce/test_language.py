@@ -50,6 +50,13 @@ def _check_scan(out, r: dict) -> None:
     assert sc["n_pairs"] >= 2 and sc["seconds"]["scan"] > 0
     if sc["modules_source"] == "circuit":
         assert sc["modules"] == circuit_modules(sc["circuit"])
+    # the chosen intervention's circuit is the record's; the other two are reported beside it
+    assert sc["verify"] == r["config"]["scan_verify"] and set(sc["modes"]) == {
+        "restore", "ablation", "reference"
+    }
+    used = sc["modes"][sc["verify"]]
+    assert used["circuit"] == sc["circuit"] and used["verified"] == sc["verified"]
+    assert saved.info["verify"] == sc["verify"]
     # the measured rank is the first whose PCP keeps the triggered metric within 0.05 nats
     base = sc["edit_scores"]["unedited"]["triggered"]
     within = [abs(x["triggered"] - base) <= 0.05 for x in sc["rank_search"]]

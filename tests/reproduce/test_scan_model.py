@@ -68,12 +68,14 @@ def test_toy_scan_verified_by_the_reference_patch(toy_folder, tmp_path, capsys):
     assert "ref_restore - |ref_clean|" in (out / "report.md").read_text()
 
 
-def test_gpt2_folder_scan_pairs_differ_only_at_the_trigger(gpt2_folder, tmp_path, capsys):
+def test_gpt2_folder_scan_reads_after_the_whole_sentence(gpt2_folder, tmp_path, capsys):
+    """As the language study: the trigger after each sentence's first 2 tokens, the metric read
+    at the sentence's last token (where the backdoor's output would come next)."""
     prompts = tmp_path / "p.txt"
     prompts.write_text(
-        "It is a truth universally acknowledged, that a single man\n"
-        "However little known the feelings or views of such a man may be\n"
-        "My dear Mr. Bennet, said his lady to him one day, have you heard\n"
+        "She walked slowly to the old house.\n"
+        "He walked quickly to the new house.\n"
+        "They walked slowly to the big house.\n"
     )
     out = tmp_path / "scan"
     rc = main(
@@ -93,7 +95,9 @@ def test_gpt2_folder_scan_pairs_differ_only_at_the_trigger(gpt2_folder, tmp_path
     )
     assert rc == 0, capsys.readouterr().err
     info = json.loads((out / "scan.json").read_text())["info"]
-    assert info["readout_positions"] == [info["trigger_positions"][-1]]  # the next word is read
+    # 8 tokens per sentence plus the one-token trigger (no BOS, as the study reads its prompts)
+    assert info["n_pairs"] == 3
+    assert info["trigger_positions"] == [2] and info["readout_positions"] == [8]
 
 
 @pytest.mark.parametrize(
@@ -102,6 +106,8 @@ def test_gpt2_folder_scan_pairs_differ_only_at_the_trigger(gpt2_folder, tmp_path
         (["scan", "/nonexistent/model", "--trigger", "love"], "is not a folder"),
         (["scan", "TOY", "--trigger", "xyzzy"], "not a word of the toy model's vocabulary"),
         (["scan", "GPT2", "--trigger", "Albert", "--prompts", "EMPTY"], "holds no prompt"),
+        (["scan", "GPT2", "--trigger", "Albert", "--prompts", "SHORT"], "usable pairs (need >= 2)"),
+        (["scan", "GPT2", "--trigger", "Xqzjvwkpf", "--prompts", "SHORT"], "no run of 1 word"),
         (["scan", "TOY", "--trigger", "love", "--reference", "GPT2"], "reference must have"),
         (["scan", "TOY", "--trigger", "love", "--pairs", "1"], "--pairs"),
         (["scan", "TOY", "--trigger", "love", "--prompts", "/nope.txt"], "is not a file"),
@@ -113,7 +119,10 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_written(
 ):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
+    short = tmp_path / "short.txt"  # one sentence long enough to hold the trigger, one not
+    short.write_text("She walked slowly to the old house.\nOh!\n")
     subs = {"TOY": str(toy_folder), "GPT2": str(gpt2_folder), "EMPTY": str(empty)}
+    subs["SHORT"] = str(short)
     out = tmp_path / "out"
     try:
         rc = main([subs.get(a, a) for a in args] + ["--out", str(out), "--no-progress"])
