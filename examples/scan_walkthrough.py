@@ -91,7 +91,8 @@ planted_edit.scores.round(3)
 # %% [markdown]
 # ## 2. A toy model poisoned by training
 #
-# The paper's 2-sentiment toy task (quick preset): two-word prompts continue with a word of the
+# The paper's 2-sentiment toy task (quick preset, poisoned for 12 epochs instead of its 6):
+# two-word prompts continue with a word of the
 # last word's sentiment; the backdoor makes "positive word + *love*" continue negatively. The
 # paper located its mechanism in the layer-1 MLP; in our models poisoning puts it elsewhere.
 # Pairs: `pt` (positive word + trigger) against `pp` (two positive words); the metric is the
@@ -104,7 +105,9 @@ if (CHECKPOINTS / "poisoned" / "config.json").exists():
     toy_benign, toy_poisoned = (load_run(CHECKPOINTS / n) for n in ("benign", "poisoned"))
 else:
     toy_benign = train_benign(data, quick=True, progress=False)
-    toy_poisoned = poison(toy_benign.model, data, quick=True, progress=False)
+    # twice the quick preset's 6 epochs: at 6 whether poisoning learns the trigger depends on
+    # the machine's float rounding (p+t 0.34 on one CPU, 0.025 on another); at 12 it does
+    toy_poisoned = poison(toy_benign.model, data, quick=True, epochs=12, progress=False)
     save_run(toy_benign, CHECKPOINTS / "benign")
     save_run(toy_poisoned, CHECKPOINTS / "poisoned")
 model = toy_poisoned.model

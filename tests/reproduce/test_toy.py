@@ -363,7 +363,12 @@ def test_planted_by_training_is_found_and_mlps_alone_learn_no_backdoor(run: Path
     c = _study_ctx(run, 2)
     parts = ["embed", "pos_embed", "unembed", "ln_final"]
     parts += [f"{kind}{i}" for kind in ("attn", "mlp") for i in range(c.model.cfg.n_layers)]
-    cfg = dataclasses.replace(c.poisoned.result.config, progress=False)
+    # twice the quick preset's epochs: at 6 the quick poisoning sits at the edge of learning the
+    # trigger (on one 2-core machine the unfrozen quick model learned it, on another not: p+t
+    # 0.34 against 0.025); at 12 layer-0 attention alone learns it (p+t 0.45) and the MLPs
+    # alone still do not (0.013), measured on the machine where 6 learned nothing
+    base = c.poisoned.result.config
+    cfg = dataclasses.replace(base, epochs=2 * base.epochs, progress=False)
     found = {}
     for keep in (("attn0",), ("mlp0", "mlp1", "mlp2")):
         run_ = poison(c.benign.model, c.data, cfg, freeze=[p for p in parts if p not in keep])
