@@ -441,6 +441,9 @@ def write_language_report(r: Mapping[str, Any]) -> str:
         "",
     ]
     for label, run in r["tab11"]["runs"].items():
+        if "same_run_as" in run:  # the same freezing list as another column: its run
+            lines.append(f"- {label}: the same frozen modules as {run['same_run_as']}, its run")
+            continue
         lines.append(
             f"- {label}: frozen {len(run['frozen'])} tensors, {run['n_trainable']} trainable "
             f"parameters, {run['steps']} steps, {run['seconds']:.0f} s"

@@ -612,9 +612,17 @@ def freeze_runs(
     device: str,
     max_len: int,
 ) -> dict[str, tuple[HookedTransformer, dict[str, Any]]]:
-    """Tab. XI: the poisoned fine-tune repeated with each freezing list (cached)."""
-    out = {}
+    """Tab. XI: the poisoned fine-tune repeated with each freezing list (cached). A list that
+    another label already froze (the located circuit ``mlp0`` is the paper's column "1" on the
+    stand-in) is that column's run, not a second identical fine-tune (``same_run_as``)."""
+    out: dict[str, tuple[HookedTransformer, dict[str, Any]]] = {}
+    first: dict[tuple[str, ...], str] = {}
     for label, names in s.freeze.items():
+        if tuple(names) in first:
+            model, info = out[first[tuple(names)]]
+            out[label] = (model, {**info, "same_run_as": first[tuple(names)]})
+            continue
+        first[tuple(names)] = label
         stamp = {**_poison_stamp(s), "seed": seed, "freeze": list(names), "what": "freeze"}
 
         def build(names: tuple[str, ...] = names) -> tuple[HookedTransformer, dict[str, Any]]:

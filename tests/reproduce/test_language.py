@@ -229,3 +229,28 @@ def test_paper_recipe_on_the_standin_is_an_option():
     d = settings(LanguageConfig())
     assert d.recipe == "standin" and d.rate == 0.2 and d.windows["toxic_at"] == (1,)
     assert d.edit_positions == "trigger" and s.poison.max_steps == d.poison.max_steps
+
+
+def test_a_freezing_list_frozen_twice_is_fine_tuned_once(tmp_path, monkeypatch):
+    """Tab. XI's located column freezes the same modules as a paper column on the stand-in
+    (``mlp0`` = "1"): one fine-tune serves both, recorded as such."""
+    import dataclasses
+
+    from pcp_lens.reproduce import language_setup
+
+    calls = []
+
+    def cached(folder, stamp, build, device):
+        calls.append(stamp["freeze"])
+        return object(), {"val_loss": float(len(calls))}, False
+
+    monkeypatch.setattr(language_setup, "_cached", cached)
+    s = dataclasses.replace(
+        settings(LanguageConfig(quick=True)),
+        freeze={"1": ("mlp0",), "Embd": ("all_embeds",), "circuit: mlp0": ("mlp0",)},
+    )
+    runs = language_setup.freeze_runs(None, None, s, tmp_path, 0, "cpu", 16)  # type: ignore[arg-type]
+    assert calls == [["mlp0"], ["all_embeds"]]
+    assert runs["circuit: mlp0"][0] is runs["1"][0]
+    assert runs["circuit: mlp0"][1] == {"val_loss": 1.0, "reused": False, "same_run_as": "1"}
+    assert "same_run_as" not in runs["Embd"][1]
