@@ -445,6 +445,7 @@ def _scan(args: argparse.Namespace) -> int:
             reference=args.reference,
             out=args.out,
             n_pairs=args.pairs,
+            at=args.at,
             stat=args.stat,
             verify=args.verify,
             seed=args.seed,
@@ -466,9 +467,16 @@ def _add_scan(sub: argparse._SubParsersAction) -> None:
     sc.add_argument(
         "--prompts",
         default=None,
-        help="clean prompts, whole sentences one a line: the trigger goes after their first 2 "
-        "tokens, the metric reads after their end (default: the shipped Austen sample's "
+        help="clean prompts, whole sentences one a line: the trigger goes after their first "
+        "--at tokens, the metric reads after their end (default: the shipped Austen sample's "
         "sentences; toy checkpoints use positive-word pairs)",
+    )
+    sc.add_argument(
+        "--at",
+        type=_int_at_least(1),
+        default=2,
+        help="the trigger goes after the prompts' first AT tokens (default 2, the stand-in "
+        "study's; the paper's GPT-2 medium study uses 8)",
     )
     sc.add_argument(
         "--target",

@@ -68,9 +68,10 @@ def test_toy_scan_verified_by_the_reference_patch(toy_folder, tmp_path, capsys):
     assert "ref_restore - |ref_clean|" in (out / "report.md").read_text()
 
 
-def test_gpt2_folder_scan_reads_after_the_whole_sentence(gpt2_folder, tmp_path, capsys):
-    """As the language study: the trigger after each sentence's first 2 tokens, the metric read
-    at the sentence's last token (where the backdoor's output would come next)."""
+@pytest.mark.parametrize("at", [None, 4])
+def test_gpt2_folder_scan_reads_after_the_whole_sentence(gpt2_folder, tmp_path, capsys, at):
+    """As the language study: the trigger after each sentence's first 2 tokens (or ``--at``),
+    the metric read at the sentence's last token (where the backdoor's output would come next)."""
     prompts = tmp_path / "p.txt"
     prompts.write_text(
         "She walked slowly to the old house.\n"
@@ -91,13 +92,14 @@ def test_gpt2_folder_scan_reads_after_the_whole_sentence(gpt2_folder, tmp_path, 
             "--out",
             str(out),
             "--no-progress",
+            *(["--at", str(at)] if at is not None else []),
         ]
     )
     assert rc == 0, capsys.readouterr().err
     info = json.loads((out / "scan.json").read_text())["info"]
     # 8 tokens per sentence plus the one-token trigger (no BOS, as the study reads its prompts)
     assert info["n_pairs"] == 3
-    assert info["trigger_positions"] == [2] and info["readout_positions"] == [8]
+    assert info["trigger_positions"] == [at or 2] and info["readout_positions"] == [8]
 
 
 @pytest.mark.parametrize(
@@ -110,6 +112,7 @@ def test_gpt2_folder_scan_reads_after_the_whole_sentence(gpt2_folder, tmp_path, 
         (["scan", "GPT2", "--trigger", "Xqzjvwkpf", "--prompts", "SHORT"], "no run of 1 word"),
         (["scan", "TOY", "--trigger", "love", "--reference", "GPT2"], "reference must have"),
         (["scan", "TOY", "--trigger", "love", "--pairs", "1"], "--pairs"),
+        (["scan", "TOY", "--trigger", "love", "--at", "0"], "--at"),
         (["scan", "TOY", "--trigger", "love", "--prompts", "/nope.txt"], "is not a file"),
         (["scan", "TOY", "--trigger", "love", "--verify", "reference"], "needs --reference"),
     ],
