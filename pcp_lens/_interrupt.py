@@ -45,7 +45,33 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
+#: files whose code the interpreter runs as callbacks, printing and dropping what they raise
+_CALLBACK_FILES = ("weakref.py", "_weakrefset.py")
+
+
+def _swallowed(frame: FrameType | None) -> bool:
+    """Whether an exception raised in ``frame`` would be printed and dropped, not propagated: a
+    finalizer (``__del__``) or a weakref callback is on the stack (e.g. one run while autograd
+    frees a graph during ``backward``: a Ctrl-C landing there was lost, and training went on)."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or os.path.basename(code.co_filename) in _CALLBACK_FILES:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _later(signum: int) -> None:
+    """Deliver ``signum`` to the main thread again in 50 ms, out of the callback it hit."""
+    main = threading.main_thread().ident
+    assert main is not None
+    threading.Timer(0.05, signal.pthread_kill, (main, signum)).start()
+
+
 def _raise(signum: int, frame: FrameType | None) -> None:
+    if _swallowed(frame):
+        _later(signum)
+        return
     raise Interrupted(signum)
 
 
@@ -102,6 +128,9 @@ def deferred_signals() -> Iterator[None]:
 def _exit_on_term(signum: int, frame: FrameType | None) -> None:
     # SystemExit unwinds (the atomic writers remove their temporary files) and multiprocessing
     # ends the worker quietly, without the traceback a KeyboardInterrupt would print
+    if _swallowed(frame):
+        _later(signum)
+        return
     raise SystemExit(128 + signum)
 
 

@@ -76,3 +76,41 @@ def test_sigterm_raises_interrupted_and_handlers_come_back():
     assert info.value.exit_code == 143 and isinstance(info.value, KeyboardInterrupt)
     assert signal.getsignal(signal.SIGINT) is before
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+class _SignalsWhileDying:
+    """An object whose finalizer is running when the signal is handled (as when autograd frees
+    a graph's objects during ``backward``): an exception raised there is printed and dropped."""
+
+    def __init__(self, sig: int):
+        self.sig = sig
+
+    def __del__(self):
+        os.kill(os.getpid(), self.sig)
+        for _ in range(10_000):  # the handler runs here, inside the finalizer
+            pass
+
+
+@pytest.mark.parametrize("callback", ["__del__", "weakref"])
+def test_a_signal_landing_in_a_finalizer_is_not_lost(callback):
+    """The signal is delivered again once the finalizer or weakref callback has returned, so
+    the run still stops (before, Ctrl-C during a poisoning's backward pass could be dropped)."""
+    import weakref
+
+    t0 = time.monotonic()
+    with pytest.raises(Interrupted) as info, interruptible():
+        if callback == "__del__":
+            _SignalsWhileDying(signal.SIGTERM)  # dies at once
+        else:
+            class Key:
+                pass
+
+            table = weakref.WeakKeyDictionary()
+            key = Key()
+            table[key] = 1
+            # the dictionary's own callback runs when the key dies; the signal arrives just then
+            weakref.finalize(key, os.kill, os.getpid(), signal.SIGTERM)
+            del key
+        time.sleep(5)
+    assert info.value.exit_code == 143
+    assert time.monotonic() - t0 < 2.5
