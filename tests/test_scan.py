@@ -211,8 +211,10 @@ def test_means_and_controls_reach_the_ablation_and_the_criterion():
     assert not moved.table["ablation_drop"].equals(plain.table["ablation_drop"])
 
     copy = scan_backdoor(model, triggered, clean, METRIC, controls={"c": clean.clone()}, **kw)
+    # a share of the gap: equal up to float32 rounding of the runs (1e-6 of the gap; on the
+    # bridge the control's batch rounds 3e-10 apart)
     assert copy.circuit == plain.circuit and copy.info["circuit_clean"] == pytest.approx(
-        plain.info["circuit_clean"]
+        plain.info["circuit_clean"], abs=1e-6
     )
     assert copy.info["controls"] == {"c": pytest.approx(plain.info["clean"])}
     hard = scan_backdoor(model, triggered, clean, METRIC, controls={"t": triggered}, **kw)
