@@ -185,8 +185,11 @@ def test_the_same_outputs_are_produced(outputs) -> None:
 @pytest.mark.parametrize("key", sorted(load_file(str(FIXTURE))) if FIXTURE.exists() else [])
 def test_study_output_unchanged(outputs, key) -> None:
     want = load_file(str(FIXTURE))[key]
-    # the refactoring moved code, not arithmetic: equal up to float32 rounding of reordered sums
-    torch.testing.assert_close(outputs[key], want, rtol=1e-6, atol=1e-7, equal_nan=True)
+    # The refactoring moved code, not arithmetic: equal up to float32 rounding. Which rounding
+    # depends on the CPU kernels torch picks (AVX-512, AVX2, SSE4.2 differ): on one machine the
+    # largest difference from the fixture was 1.6e-6 (ATEN_CPU_CAPABILITY=default), every value
+    # is O(1) or below, and a changed formula moves numbers by 1e-3 or more, so 1e-5 separates them.
+    torch.testing.assert_close(outputs[key], want, rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
 if __name__ == "__main__":

@@ -383,7 +383,7 @@ def test_read_positions_of_plain_metrics():
 )
 def test_plain_metric_reads_only_its_positions_exactly(model, pair, fn):
     """A plain metric gets logits only where it reads them: the same numbers as the naive
-    definition, and bit-identical to the same metric declaring its positions."""
+    definition, and as the same metric declaring every position (up to float32 rounding)."""
     clean, corrupted = pair
     sites = [Site(1, "attn"), Site(2, "mlp"), Site(0, "resid_pre"), Site(3, "attn", 1)]
     df = causal_patching(model, clean, corrupted, fn, sites=sites, per_pair=True, progress=False)
@@ -396,8 +396,13 @@ def test_plain_metric_reads_only_its_positions_exactly(model, pair, fn):
     dense = causal_patching(
         model, clean, corrupted, full, sites=sites, per_pair=True, progress=False
     )
-    assert df["value"].tolist() == dense["value"].tolist()
-    assert df["pairs"].tolist() == dense["pairs"].tolist()
+    # not bit-identical: unembedding 2 positions instead of 7 is a differently shaped matmul, and
+    # on AVX-512 MKL its sums round differently (1.4e-7 seen, float32 eps of logits of a few units);
+    # a wrong position is off by more than 1e-3
+    assert df["value"].tolist() == pytest.approx(dense["value"].tolist(), abs=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(df["pairs"].tolist()), torch.tensor(dense["pairs"].tolist()), rtol=0, atol=1e-6
+    )
 
 
 def test_read_columns_of_metrics():
