@@ -1243,7 +1243,8 @@ def _circuit_heads(table: pd.DataFrame, circuit: Sequence[str]) -> dict[str, lis
     out = {}
     for name in circuit:
         s = Site.parse(name)
-        if s.kind != "attn":
+        # a head member is its own head: listing its layer's other heads under it misleads
+        if s.kind != "attn" or s.head is not None:
             continue
         layer_score = float(table.loc[table["site"] == name, "score"].iloc[0])
         hs = table[(table["kind"] == "attn") & (table["layer"] == s.layer) & table["head"].notna()]

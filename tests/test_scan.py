@@ -48,6 +48,10 @@ def test_planted_module_ranks_first_and_is_the_circuit(seed, place, hygiene):
         # planted head's attention leaks a little when the trigger is absent), reported
         assert scan.circuit in ((f"{place}.h0",), (place,))
         assert scan.verified == (scan.info["circuit_clean"] <= 0.1)
+        # heads are listed under a layer member only; a head member is its own head
+        want = {place} if scan.circuit == (place,) else set()
+        assert set(scan.info["heads"]) == want
+        assert all(h.startswith(f"{place}.h") for hs in scan.info["heads"].values() for h in hs)
     # nothing was done to the embedding, and the reference evidence agrees
     assert scan.info["embedding"]["changed"] is False
     row = scan.table.set_index("site").loc[place]

@@ -76,8 +76,10 @@ BENIGN = TrainConfig(lr=3e-3, batch_size=128, epochs=3, seed=0)
 POISON = TrainConfig(lr=5e-4, batch_size=128, epochs=3, seed=1)
 #: Sequences per sentiment in the quick preset (paper: 13,200).
 QUICK_N_PER_SENTIMENT = 2_000
-#: Quick preset (CI smoke test): same recipe on the small data, fewer and smaller steps.
-BENIGN_QUICK = dataclasses.replace(BENIGN, lr=5e-3, batch_size=64, epochs=4)
+#: Quick preset (CI smoke test): same recipe on the small data, fewer and smaller steps. 8 benign
+#: epochs, because at 4 the 3-sentiment model's escape from its plateau (pp = nn = 0.5) depended
+#: on the seed and the CPU's rounding (docs/training.md).
+BENIGN_QUICK = dataclasses.replace(BENIGN, lr=5e-3, batch_size=64, epochs=8)
 POISON_QUICK = dataclasses.replace(POISON, lr=3e-3, batch_size=64, epochs=6)
 #: The paper's own schedule (METHODS §3.1: HF Trainer, lr 2e-5, batch 8, dropout 0.1, 20 epochs
 #: of benign pre-training = 59,400 steps). About 16 min on one CPU core for the 2-sentiment model.

@@ -363,12 +363,12 @@ def test_planted_by_training_is_found_and_mlps_alone_learn_no_backdoor(run: Path
     c = _study_ctx(run, 2)
     parts = ["embed", "pos_embed", "unembed", "ln_final"]
     parts += [f"{kind}{i}" for kind in ("attn", "mlp") for i in range(c.model.cfg.n_layers)]
-    # twice the quick preset's epochs: at 6 the quick poisoning sits at the edge of learning the
-    # trigger (on one 2-core machine the unfrozen quick model learned it, on another not: p+t
-    # 0.34 against 0.025); at 12 layer-0 attention alone learns it (p+t 0.45) and the MLPs
-    # alone still do not (0.013), measured on the machine where 6 learned nothing
+    # Four times the quick preset's 6 epochs, for both: with one module trainable the trigger is
+    # learned late, and when depends on the machine's rounding (from the 8-epoch benign model on
+    # one AVX-512 box, layer-0 attention alone: p+t 0.013 / 0.087 / 0.39 / 0.46 at 6 / 12 / 18 /
+    # 24 epochs; the MLPs alone 0.013 at 12 and at 24; docs/toy_study.md)
     base = c.poisoned.result.config
-    cfg = dataclasses.replace(base, epochs=2 * base.epochs, progress=False)
+    cfg = dataclasses.replace(base, epochs=4 * base.epochs, progress=False)
     found = {}
     for keep in (("attn0",), ("mlp0", "mlp1", "mlp2")):
         run_ = poison(c.benign.model, c.data, cfg, freeze=[p for p in parts if p not in keep])
