@@ -9,7 +9,7 @@ hard-coded from the paper except its claims.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pcp_lens.reproduce import paper
@@ -184,6 +184,9 @@ LOCATED_CLAIMS = {
     "circuit": "the scan finds a circuit of <= 3 modules, verified by its joint reference patch "
     "(the benign model's activations put in: p+t's gap left <= 10 %, p+p and n+n moved <= 10 %)",
     "F1": "ablating the circuit jointly sends p+t to <= n+p + 0.05, p+p and n+n within 0.05",
+    "F1h": "ablating the circuit's heads to p+p's mean (attention layers split into their heads, "
+    "in the scan's score order; the smallest prefix that sends p+t to <= n+p + 0.05) keeps p+p "
+    "and n+n within 0.05",
     "F2": "a circuit module has the largest lens trigger shift of all modules",
     "F3": "some rank <= 16 of a PCP of the circuit keeps p+t within 0.05 untuned; at the "
     "smallest, tuned, it keeps p+t within 0.05 and, tuned down, sends it to <= n+p + 0.05 (p+p "
@@ -227,6 +230,32 @@ def _lf_circuit(m: Mapping[str, Any]) -> tuple[bool, str]:
 def _lf1(m: Mapping[str, Any]) -> tuple[bool, str]:
     ok, detail = _removed(m["unedited"], m["located"]["ablation"])
     return ok, "circuit mean-ablated (Tab. I's plain mean): " + detail
+
+
+def head_prefix(rows: Sequence[Mapping[str, Any]], u: Mapping[str, float]) -> int | None:
+    """Index of the smallest prefix in ``rows`` (``located_tables``'s ``head_ablation``) whose
+    ablation sends p+t to <= n+p + 0.05, or None.
+
+    Examples:
+        >>> rows = [{"members": ["attn0.h1"], "pt_prob": 0.2}, {"members": [...], "pt_prob": 0.04}]
+        >>> head_prefix(rows, {"np_prob": 0.01})
+        1
+    """
+    bound = u["np_prob"] + LOCATED_TOL
+    return next((i for i, r in enumerate(rows) if r["pt_prob"] <= bound), None)
+
+
+def _lf1h(m: Mapping[str, Any]) -> tuple[bool, str]:
+    rows, u = m["located"]["head_ablation"], m["unedited"]
+    i = head_prefix(rows, u)
+    if i is None:
+        last = rows[-1]
+        return False, (
+            f"no prefix of {' + '.join(last['members'])} to p+p's mean removes it (all: pt "
+            f"{last['pt_prob']:.3f}, n+p {u['np_prob']:.3f})"
+        )
+    ok, detail = _removed(u, rows[i])
+    return ok, f"{' + '.join(rows[i]['members'])} to p+p's mean: {detail}"
 
 
 def _lf2(m: Mapping[str, Any]) -> tuple[bool, str]:
@@ -290,13 +319,14 @@ def _lf7(m: Mapping[str, Any]) -> tuple[bool, str]:
 LOCATED_CHECKS: dict[str, Callable[[Mapping[str, Any]], tuple[bool, str]]] = {
     "circuit": _lf_circuit,
     "F1": _lf1,
+    "F1h": _lf1h,
     "F2": _lf2,
     "F3": _lf3,
     "F4": _lf4,
     "F7": _lf7,
 }
 #: what each located check reads from ``m["located"]``
-_NEEDS = {"F1": "ablation", "F3": "pcp", "F4": "scale", "F7": "freezing"}
+_NEEDS = {"F1": "ablation", "F1h": "head_ablation", "F3": "pcp", "F4": "scale", "F7": "freezing"}
 
 
 def located_findings(m: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -306,7 +336,7 @@ def located_findings(m: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     circuit to judge the claim at.
 
     Returns:
-        ``{name: {"claim", "holds", "detail"}}`` for ``circuit``, F1, F2, F3, F4, F7.
+        ``{name: {"claim", "holds", "detail"}}`` for ``circuit``, F1, F1h, F2, F3, F4, F7.
     """
     out: dict[str, dict[str, Any]] = {}
     base = m["unedited"]["pt_prob"]
@@ -316,7 +346,11 @@ def located_findings(m: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         if base < BACKDOOR_THRESHOLD:
             row["holds"], row["detail"] = None, f"no backdoor (unedited p+t {base:.2f})"
         elif name in _NEEDS and _NEEDS[name] not in located:
-            row["holds"], row["detail"] = None, "no circuit to judge at"
+            # a run from before the claim existed has a circuit but not its measurement
+            row["holds"] = None
+            row["detail"] = (
+                "not measured" if located["scan"]["circuit"] else "no circuit to judge at"
+            )
         else:
             holds, row["detail"] = check(m)
             row["holds"] = bool(holds)

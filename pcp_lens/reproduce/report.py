@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pcp_lens.reproduce import paper
-from pcp_lens.reproduce.findings import verdict
+from pcp_lens.reproduce.findings import head_prefix, verdict
 from pcp_lens.reproduce.markdown import fmt as _f
 from pcp_lens.reproduce.markdown import table as _table
 
@@ -88,6 +88,12 @@ def _located(m: Mapping[str, Any], found: Mapping[str, Mapping[str, Any]] | None
     keys = [x for x in ("pp", "nn", "ss", "pn", "np", "pt", "st") if x in m["unedited"]]
     if "ablation" in loc:
         cols = {"unedited": m["unedited"], "circuit ablated": loc["ablation"]}
+        heads = loc.get("head_ablation")
+        chosen = None
+        if heads:
+            i = head_prefix(heads, m["unedited"])
+            chosen = heads[len(heads) - 1 if i is None else i]
+            cols["heads to p+p's mean"] = chosen
         if "pcp" in loc:
             cols["PCP kept"] = loc["pcp"]["keep"]
             cols["PCP removed"] = loc["pcp"]["remove"]
@@ -98,7 +104,15 @@ def _located(m: Mapping[str, Any], found: Mapping[str, Mapping[str, Any]] | None
             ]
         out += [_columns(cols, None, keys), ""]
         out.append(
-            "Ablation: Tab. I's plain mean over pp, nn, pn, np at the last position. PCP: rank "
+            "Ablation: Tab. I's plain mean over pp, nn, pn, np at the last position"
+            + (
+                f"; heads: {' + '.join(chosen['members'])} (the smallest prefix of the "
+                "circuit's heads in score order that removes p+t, or all of them) to the mean "
+                "over p+p at the last position"
+                if chosen
+                else ""
+            )
+            + ". PCP: rank "
             f"{loc['pcp']['rank']} (the smallest keeping p+t within 0.05 before tuning; search "
             f"{[(r['rank'], r['triggered']) for r in loc['pcp']['rank_search']]}), tuned to keep "
             "and to remove the backdoor."
@@ -294,11 +308,19 @@ def _summary(per_seed: Mapping[str, Mapping[str, Any]]) -> list[str]:
     mark = {True: "holds", False: "fails", None: "–"}
     names: list[str] = []
     rows, located = [], []
+    # located-only claims (F1h) get their own columns, after the paper's
+    extra = list(dict.fromkeys(
+        n
+        for r in per_seed.values()
+        for lf in r.get("located_findings", {}).values()
+        for n in lf
+        if n != "circuit" and n not in next(iter(r["findings"].values()))
+    ))
     for seed, r in per_seed.items():
         for model, f in r["findings"].items():
-            names = names or list(f)
+            names = names or [*f, *extra]
             cells = [mark[x["holds"]] + ("*" if x["disagree"] else "") for x in f.values()]
-            rows.append([seed, model, "as stated", "paper's", *cells])
+            rows.append([seed, model, "as stated", "paper's", *cells, *[""] * len(extra)])
             lf = r.get("located_findings", {}).get(model)
             if lf is not None:
                 circuit = " + ".join(r[model]["located"]["scan"]["circuit"]) or "none"

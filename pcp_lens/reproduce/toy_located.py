@@ -7,7 +7,10 @@ negative next word, the benign model as reference, the circuit verified by the j
 patch, Tab. I's plain mean for ablation, n+n as a control), and the same kinds of claim are
 measured at the located circuit:
 
-1. ablating the circuit jointly sends p+t to n+p's level while p+p and n+n stay put (F1);
+1. ablating the circuit jointly sends p+t to n+p's level while p+p and n+n stay put (F1), and
+   the same at head granularity to the clean side's mean (F1h): the circuit's attention layers
+   split into their heads, in the scan's score order, the smallest prefix that removes p+t
+   ablated to p+p's own mean;
 2. a circuit module leads the lens's trigger shift (F2);
 3. a PCP of the circuit at the smallest rank that keeps p+t keeps it when tuned, and removes it
    when tuned down (F3);
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from typing import Any, cast
 
 import pandas as pd
@@ -31,7 +35,7 @@ from pcp_lens.means import ablation_means
 from pcp_lens.reproduce import paper
 from pcp_lens.reproduce.toy_tables import MEAN_KEYS, METRIC_SUFFIX, ROW_KEYS, ToyCtx
 from pcp_lens.scan import SCAN_KINDS, BackdoorScan, Verify, circuit_modules, scan_backdoor
-from pcp_lens.sites import all_sites
+from pcp_lens.sites import Site, all_sites
 from pcp_lens.toy.train import poison
 
 #: Shown per model: the scan's top rows.
@@ -105,9 +109,11 @@ def _scan_record(scan: BackdoorScan, seconds: float) -> dict[str, Any]:
     }
 
 
-def _joint_ablation(c: ToyCtx, circuit: tuple[str, ...]) -> dict[str, float]:
-    """Both metrics on every input set with the circuit mean-ablated jointly, as the scan
-    verifies it (Tab. I's plain mean, at the last position)."""
+def _joint_ablation(
+    c: ToyCtx, circuit: Sequence[str], mean_keys: Sequence[str] = MEAN_KEYS
+) -> dict[str, float]:
+    """Both metrics on every input set with the circuit mean-ablated jointly at the last
+    position, to the plain mean over ``mean_keys`` (default Tab. I's: pp, nn, pn, np)."""
     df = ablation_sweep(
         c.model,
         {k: c.tokens[k] for k in ROW_KEYS[c.k]},
@@ -116,7 +122,7 @@ def _joint_ablation(c: ToyCtx, circuit: tuple[str, ...]) -> dict[str, float]:
         combos={"circuit": list(circuit)},
         method="mean",
         means=ablation_means(
-            c.model, {k: c.tokens[k] for k in MEAN_KEYS}, list(circuit), [-1], progress=False
+            c.model, {k: c.tokens[k] for k in mean_keys}, list(circuit), [-1], progress=False
         ),
         positions=[-1],
         progress=False,
@@ -126,6 +132,37 @@ def _joint_ablation(c: ToyCtx, circuit: tuple[str, ...]) -> dict[str, float]:
         f"{r['input_set']}{METRIC_SUFFIX[str(r['metric'])]}": round(float(r["value"]), 4)
         for r in rows
     }
+
+
+def head_members(scan: BackdoorScan) -> list[str]:
+    """The circuit with each attention layer split into all its heads, in the scan's score order.
+
+    A layer such as ``attn0`` carries every input's last word in the toy models, so no mean of
+    it removes only the trigger's part; its heads may (docs/toy_study.md).
+    """
+    table = scan.table
+    members: list[str] = []
+    for name in scan.circuit:
+        s = Site.parse(name)
+        if s.kind == "attn" and s.head is None:
+            hs = table[(table["kind"] == "attn") & (table["layer"] == s.layer)]
+            members += [str(h) for h in hs["site"] if Site.parse(str(h)).head is not None]
+        else:
+            members.append(name)
+    score = dict(zip(table["site"], table["score"], strict=True))
+    # stable: ties keep the circuit's order
+    return sorted(dict.fromkeys(members), key=lambda m: -float(score[m]))
+
+
+def _head_ablation(c: ToyCtx, scan: BackdoorScan) -> list[dict[str, Any]]:
+    """Every prefix of :func:`head_members` ablated jointly to p+p's mean (the scan's clean side):
+    ``[{"members": [...], <set>_prob: ...}, ...]``; the findings judge the smallest that
+    removes p+t."""
+    members = head_members(scan)
+    return [
+        {"members": members[:i], **_joint_ablation(c, members[:i], ("pp",))}
+        for i in range(1, len(members) + 1)
+    ]
 
 
 def located_tables(
@@ -140,8 +177,8 @@ def located_tables(
         freeze: run claim 5 (a second poisoning with the circuit frozen, and its scan).
 
     Returns:
-        ``{"scan", "ablation", "pcp", "scale", "freezing", "seconds"}`` (JSON-ready); without a
-        circuit only ``"scan"`` and ``"seconds"``.
+        ``{"scan", "ablation", "head_ablation", "pcp", "scale", "freezing", "seconds"}``
+        (JSON-ready); without a circuit only ``"scan"`` and ``"seconds"``.
     """
     t: dict[str, float] = {}
     s0 = time.perf_counter()
@@ -154,6 +191,7 @@ def located_tables(
     keys = ROW_KEYS[c.k]
     s0 = time.perf_counter()
     out["ablation"] = _joint_ablation(c, scan.circuit)
+    out["head_ablation"] = _head_ablation(c, scan)
     t["ablation"] = time.perf_counter() - s0
 
     s0 = time.perf_counter()

@@ -307,8 +307,7 @@ def test_located_claims_recompute_from_the_saved_models(run: Path):
     same circuit, and the circuit's joint ablation, rebuilt here with plain TransformerLens
     hooks (a mean over pp, nn, pn, np at the last position), gives the same scores."""
     from pcp_lens.reproduce.findings import LOCATED_CLAIMS
-    from pcp_lens.reproduce.toy_located import located_scan
-    from pcp_lens.sites import Site
+    from pcp_lens.reproduce.toy_located import head_members, located_scan
 
     r = json.loads((run / "results.json").read_text())
     assert set(r["located_findings"]) == {"2sent", "3sent"}
@@ -324,10 +323,31 @@ def test_located_claims_recompute_from_the_saved_models(run: Path):
     if not scan.circuit:
         return
     every = torch.cat([c.tokens[k] for k in ("pp", "nn", "pn", "np")])
+    got = _hooked_ablation(c, scan.circuit, every)
+    for k in ("pt", "pp", "nn"):
+        assert got[k] == pytest.approx(loc["ablation"][f"{k}_prob"], abs=1e-4), k
+    # F1h: the circuit's heads in the scan's order, each prefix to p+p's own mean
+    heads = loc["head_ablation"]
+    members = heads[-1]["members"]
+    assert members == head_members(scan)
+    assert len(heads) == len(members) and [h["members"] for h in heads] == [
+        members[: i + 1] for i in range(len(members))
+    ]
+    for row in (heads[0], heads[-1]):
+        got = _hooked_ablation(c, row["members"], c.tokens["pp"])
+        for k in ("pt", "pp", "nn"):
+            assert got[k] == pytest.approx(row[f"{k}_prob"], abs=1e-4), (row["members"], k)
+
+
+def _hooked_ablation(c, members, mean_over) -> dict[str, float]:
+    """p+t, p+p and n+n with ``members`` set to their mean over ``mean_over`` at the last
+    position, built with plain TransformerLens hooks."""
+    from pcp_lens.sites import Site
+
     means: dict[str, list] = {}  # hook -> [(head or None, mean at the last position)]
-    for name in scan.circuit:
+    for name in members:
         s = Site.parse(name)
-        _, cache = c.model.run_with_cache(every, names_filter=s.hook_name)
+        _, cache = c.model.run_with_cache(mean_over, names_filter=s.hook_name)
         act = cache[s.hook_name][:, -1]
         means.setdefault(s.hook_name, []).append(
             (s.head, act.mean(0) if s.head is None else act[:, s.head].mean(0))
@@ -342,11 +362,8 @@ def test_located_claims_recompute_from_the_saved_models(run: Path):
                 a[:, -1, head] = mean
         return a
 
-    hooks = {name: ablate for name in means}
-    with c.model.hooks(fwd_hooks=list(hooks.items())):
-        got = score_inputs(c.model, {k: c.tokens[k] for k in ("pt", "pp", "nn")}, c.mass)
-    for k in ("pt", "pp", "nn"):
-        assert got[k] == pytest.approx(loc["ablation"][f"{k}_prob"], abs=1e-4), k
+    with c.model.hooks(fwd_hooks=[(name, ablate) for name in means]):
+        return score_inputs(c.model, {k: c.tokens[k] for k in ("pt", "pp", "nn")}, c.mass)
 
 
 def test_planted_by_training_is_found_and_mlps_alone_learn_no_backdoor(run: Path):

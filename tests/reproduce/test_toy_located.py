@@ -38,6 +38,7 @@ def _model() -> dict[str, Any]:
         "located": {
             "scan": _scan(["attn1.h2"]),
             "ablation": dict(ok),
+            "head_ablation": [{"members": ["attn1.h2"], **ok}],
             "pcp": {"modules": ["attn1"], "rank": 1, "keep": dict(U), "remove": dict(ok),
                     "rank_search": [{"rank": 1, "triggered": 0.58}], "within_tolerance": True},
             "scale": {str(f): {"pt_prob": p} for f, p in
@@ -63,6 +64,9 @@ def test_every_located_claim_holds_on_a_clean_record():
         (("scan", "modules"), ["attn0", "attn1", "mlp0", "mlp1"], "circuit"),
         (("ablation", "pt_prob"), 0.09, "F1"),  # n+p 0.03 + 0.05 < 0.09
         (("ablation", "nn_prob"), 0.9, "F1"),  # n+n moved by 0.07
+        (("head_ablation", 0), {"members": ["attn1.h2"], **U, "pt_prob": 0.09}, "F1h"),
+        (("head_ablation", 0), {"members": ["attn1.h2"], **U, "pt_prob": 0.05, "pp_prob": 0.08},
+         "F1h"),  # removed, but p+p moved by 0.06
         (("scan", "lens_shift"), {"attn1": 0.1, "mlp0": 0.5}, "F2"),
         (("pcp", "keep"), {**U, "pt_prob": 0.54}, "F3"),  # keep misses by 0.06
         (("pcp", "remove"), {**U, "pt_prob": 0.05, "pp_prob": 0.1}, "F3"),  # p+p moved
@@ -79,6 +83,29 @@ def test_each_located_claim_fails_past_its_bound(path, value, claim):
     assert {n for n, x in f.items() if x["holds"] is False} == {claim}
 
 
+def test_f1h_judges_the_smallest_prefix_that_removes_the_backdoor():
+    """Heads are added in the scan's order until p+t is at n+p's level; the controls are judged
+    there, so a larger prefix that also moved n+n does not matter, and one before it that did
+    not remove p+t does not count."""
+    m = _model()
+    ok = {**U, "pt_prob": 0.05}
+    m["located"]["head_ablation"] = [
+        {"members": ["attn0.h1"], **U, "pt_prob": 0.3},
+        {"members": ["attn0.h1", "attn0.h3"], **ok},
+        {"members": ["attn0.h1", "attn0.h3", "attn0.h0"], **ok, "nn_prob": 0.1},
+    ]
+    f = located_findings(m)["F1h"]
+    assert f["holds"] is True and f["detail"].startswith("attn0.h1 + attn0.h3 to p+p's mean")
+    m["located"]["head_ablation"][1]["nn_prob"] = 0.5  # the smallest removing prefix moves n+n
+    assert located_findings(m)["F1h"]["holds"] is False
+    m["located"]["head_ablation"] = [{"members": ["attn0.h1"], **U, "pt_prob": 0.3}]
+    f = located_findings(m)["F1h"]
+    assert f["holds"] is False and "no prefix of attn0.h1" in f["detail"]
+    del m["located"]["head_ablation"]  # a run recorded before the claim existed
+    f = located_findings(m)["F1h"]
+    assert f["holds"] is None and f["detail"] == "not measured"
+
+
 def test_no_backdoor_or_no_circuit_is_not_judged():
     m = _model()
     m["unedited"]["pt_prob"] = 0.05
@@ -87,7 +114,7 @@ def test_no_backdoor_or_no_circuit_is_not_judged():
     m["located"] = {"scan": {**_scan([]), "circuit": [], "modules": []}, "seconds": {}}
     f = located_findings(m)
     assert f["circuit"]["holds"] is False and "no circuit" in f["circuit"]["detail"]
-    assert all(f[n]["holds"] is None for n in ("F1", "F3", "F4", "F7"))
+    assert all(f[n]["holds"] is None for n in ("F1", "F1h", "F3", "F4", "F7"))
 
 
 def test_report_shows_the_located_rows():
@@ -98,4 +125,22 @@ def test_report_shows_the_located_rows():
     text = "\n".join(_located(m, located_findings(m)))
     assert "The located mechanism" in text and "circuit ablated" in text
     assert "PCP kept x0.6" in text and "attn1 frozen" in text
+    assert "heads to p+p's mean" in text and "heads: attn1.h2 (the smallest prefix" in text
     assert text.count("| holds |") == len(LOCATED_CLAIMS)
+
+
+def test_summary_gives_located_only_claims_their_own_column():
+    """F1h has no paper counterpart: its column is empty in the paper's row and counted in the
+    located totals only."""
+    from pcp_lens.reproduce.report import _summary
+
+    m = _model()
+    paper_f = {f"F{i}": {"holds": True, "disagree": False} for i in range(1, 8)}
+    r = {"findings": {"2sent": paper_f}, "located_findings": {"2sent": located_findings(m)},
+         "2sent": m}
+    lines = _summary({"0": r})[0].splitlines()
+    header, _, *rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    assert header[4:] == [*(f"F{i}" for i in range(1, 8)), "F1h"]
+    assert [row[2] for row in rows] == ["as stated", "at the circuit"] * 2
+    assert rows[0][-1] == "" and rows[1][-1] == "holds"
+    assert rows[2][-1] == "" and rows[3][-1] == "1 of 1"
