@@ -107,6 +107,13 @@ def interruptible() -> Iterator[None]:
 def deferred_signals() -> Iterator[None]:
     """Hold SIGINT and SIGTERM until the block ends, so a clean-up is not cut short.
 
+    A held signal is raised again when the block ends, to whatever handler was there before
+    (the default SIGTERM action ends the process then). Not a signal mask: a mask is per thread,
+    and a signal sent to the process goes to any thread that does not block it (a
+    ``multiprocessing.Pool`` runs three), after which Python runs the handler in the main thread
+    anyway — so the clean-up this guards was cut short exactly where it is used. Off the main
+    thread (where Python cannot install handlers) this does nothing.
+
     Examples:
         >>> with interruptible():
         ...     try:
@@ -118,11 +125,22 @@ def deferred_signals() -> Iterator[None]:
         clean-up done
         interrupted by SIGTERM
     """
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        held.append(signum)
+
+    old = {s: signal.signal(s, hold) for s in _SIGNALS}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(held):
+            signal.raise_signal(s)  # runs the restored handler now (raise() + check signals)
 
 
 def _exit_on_term(signum: int, frame: FrameType | None) -> None:
