@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from pcp_lens._tl import B_U_NAME, named_parameters
 from pcp_lens.groups import GroupMetric
 from pcp_lens.toy.data import ToyDataConfig, build_datasets, eval_inputs
 from pcp_lens.toy.model import sentiment_groups, toy_config, toy_model, toy_param_count
@@ -59,13 +60,29 @@ def test_toy_model_has_the_papers_shape():
     assert with_bos.to_str_tokens("love") == ["<|endoftext|>", "love"]
 
 
+def _distinct_numbers(model) -> int:
+    """The model's numbers, each once: the TransformerLens names, deduplicated by the memory they
+    view (the bridge's ``W_Q`` views one part of a projection, and its fused ``qkv`` parameter,
+    a second name for the same numbers, is not a TL name). A tied ``W_U`` is a copy of ``W_E``
+    kept equal by training (``tie_embeddings``), so it counts here."""
+    seen = {
+        (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel()): t.numel()
+        for t in named_parameters(model).values()
+    }
+    return sum(seen.values())
+
+
 def test_parameter_count_formula():
     untied = toy_model(751, tied=False)
     assert not is_tied(untied)
-    assert toy_param_count(751, tied=False) == sum(p.numel() for p in untied.parameters())
+    # TL 4's bridge builds a Hugging Face GPT-2, whose LM head has no bias: no b_U (docs/tl4.md)
+    no_b_u = 0 if B_U_NAME in named_parameters(untied) else 751
+    assert toy_param_count(751, tied=False) - no_b_u == _distinct_numbers(untied)
     tied = toy_model(751)
-    shared = tied.unembed.W_U.numel()
-    assert toy_param_count(751) == sum(p.numel() for p in tied.parameters()) - shared == 199_919
+    shared = tied.unembed.W_U.numel()  # one matrix, one update (the formula counts it once)
+    assert toy_param_count(751) - no_b_u == _distinct_numbers(tied) - shared == 199_919 - no_b_u
+    if no_b_u == 0:  # TL 3: every name is its own parameter
+        assert sum(p.numel() for p in tied.parameters()) - shared == 199_919
     # the paper's GPT-2 formula (METHODS §1.3) is ours without b_U: 338k for V = 2,866, P = 64
     assert toy_param_count(2_866, n_ctx=64) - 2_866 == 337_600
 
@@ -80,20 +97,24 @@ def test_same_seed_same_weights():
 def test_gpt2_fidelity_knobs():
     plain, fid = toy_model(751, seed=5), toy_model(751, seed=5, head_bias=False, scaled_init=True)
     assert not fid.unembed.b_U.any()
-    scaled = {n for n, _ in fid.named_parameters() if n.endswith(("attn.W_O", "mlp.W_out"))}
+    fps = named_parameters(fid)
+    scaled = {n for n in fps if n.endswith(("attn.W_O", "mlp.W_out"))}
     assert len(scaled) == 6
-    ps = dict(plain.named_parameters())
-    for name, p in fid.named_parameters():
+    ps = named_parameters(plain)
+    assert set(ps) == set(fps)
+    for name, p in fps.items():
         if name in scaled:  # GPT-2's c_proj std 0.02 / sqrt(2 n_layers) = 0.02 / sqrt(6)
             torch.testing.assert_close(p, ps[name] / 6**0.5)
-        elif name != "unembed.b_U":
+        elif name != B_U_NAME:
             assert torch.equal(p, ps[name]), name
 
 
 def test_bias_free_head_stays_zero_through_training(data2):
     run = train_benign(data2, head_bias=False, **TINY)
-    assert "unembed.b_U" in run.result.frozen and not run.model.unembed.b_U.any()
-    pois = poison(run.model, data2, freeze="unembed.b_U", **TINY)
+    # on TL 3 b_U is a parameter, zeroed and frozen; the bridge's GPT-2 head has none to freeze
+    has_b_u = B_U_NAME in named_parameters(run.model)
+    assert (B_U_NAME in run.result.frozen) == has_b_u and not run.model.unembed.b_U.any()
+    pois = poison(run.model, data2, freeze=B_U_NAME if has_b_u else (), **TINY)
     assert not pois.model.unembed.b_U.any()
     assert not torch.equal(pois.model.embed.W_E, run.model.embed.W_E)  # the rest did train
 
@@ -150,14 +171,14 @@ def test_training_tokens_match_the_models_own_tokens(data2, benign2):
 def test_train_benign_and_poison(data2, benign2):
     assert benign2.history["step"].tolist()[-1] == 2
     assert benign2.history["val_loss"].iloc[0] == pytest.approx(6.62, abs=0.05)  # ln 751
-    before = {k: v.clone() for k, v in benign2.model.state_dict().items()}
+    before = {k: v.detach().clone() for k, v in named_parameters(benign2.model).items()}
     pois = poison(benign2.model, data2, freeze="all_mlps", **TINY)
-    for k, v in benign2.model.state_dict().items():
+    for k, v in named_parameters(benign2.model).items():
         assert torch.equal(v, before[k]), "poison() must not modify the benign model"
     assert pois.model is not benign2.model and is_tied(pois.model)
     assert set(pois.result.frozen) == {n for n in before if ".mlp." in n}
     assert pois.result.config.freeze == ("all_mlps",)
-    for name, p in pois.model.named_parameters():
+    for name, p in named_parameters(pois.model).items():
         assert torch.equal(p, before[name]) == (".mlp." in name), name
     same = poison(benign2.model, data2, inplace=True, **TINY)
     assert same.model is benign2.model
