@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import pandas as pd
@@ -109,29 +109,31 @@ def _scan_record(scan: BackdoorScan, seconds: float) -> dict[str, Any]:
     }
 
 
-def _joint_ablation(
-    c: ToyCtx, circuit: Sequence[str], mean_keys: Sequence[str] = MEAN_KEYS
-) -> dict[str, float]:
-    """Both metrics on every input set with the circuit mean-ablated jointly at the last
-    position, to the plain mean over ``mean_keys`` (default Tab. I's: pp, nn, pn, np)."""
+def _joint_ablations(
+    c: ToyCtx, combos: Mapping[str, Sequence[str]], mean_keys: Sequence[str] = MEAN_KEYS
+) -> dict[str, dict[str, float]]:
+    """Both metrics on every input set with each combination mean-ablated jointly at the last
+    position, to the plain mean over ``mean_keys`` (default Tab. I's: pp, nn, pn, np); one sweep,
+    so the unedited baseline and the means are computed once."""
+    sites = list(dict.fromkeys(s for members in combos.values() for s in members))
     df = ablation_sweep(
         c.model,
         {k: c.tokens[k] for k in ROW_KEYS[c.k]},
         c.metrics,
         sites=[],
-        combos={"circuit": list(circuit)},
+        combos={name: list(members) for name, members in combos.items()},
         method="mean",
         means=ablation_means(
-            c.model, {k: c.tokens[k] for k in mean_keys}, list(circuit), [-1], progress=False
+            c.model, {k: c.tokens[k] for k in mean_keys}, sites, [-1], progress=False
         ),
         positions=[-1],
         progress=False,
     )
-    rows = cast(pd.DataFrame, df[df["site"] == "circuit"]).to_dict("records")
-    return {
-        f"{r['input_set']}{METRIC_SUFFIX[str(r['metric'])]}": round(float(r["value"]), 4)
-        for r in rows
-    }
+    out: dict[str, dict[str, float]] = {name: {} for name in combos}
+    for r in cast(pd.DataFrame, df[df["site"].isin(list(combos))]).to_dict("records"):
+        key = f"{r['input_set']}{METRIC_SUFFIX[str(r['metric'])]}"
+        out[str(r["site"])][key] = round(float(r["value"]), 4)
+    return out
 
 
 def head_members(scan: BackdoorScan) -> list[str]:
@@ -145,8 +147,8 @@ def head_members(scan: BackdoorScan) -> list[str]:
     for name in scan.circuit:
         s = Site.parse(name)
         if s.kind == "attn" and s.head is None:
-            hs = table[(table["kind"] == "attn") & (table["layer"] == s.layer)]
-            members += [str(h) for h in hs["site"] if Site.parse(str(h)).head is not None]
+            of_layer = (table["kind"] == "attn") & (table["layer"] == s.layer)
+            members += table.loc[of_layer & table["head"].notna(), "site"].astype(str).tolist()
         else:
             members.append(name)
     score = dict(zip(table["site"], table["score"], strict=True))
@@ -159,10 +161,9 @@ def _head_ablation(c: ToyCtx, scan: BackdoorScan) -> list[dict[str, Any]]:
     ``[{"members": [...], <set>_prob: ...}, ...]``; the findings judge the smallest that
     removes p+t."""
     members = head_members(scan)
-    return [
-        {"members": members[:i], **_joint_ablation(c, members[:i], ("pp",))}
-        for i in range(1, len(members) + 1)
-    ]
+    prefixes = {f"heads[:{i}]": members[:i] for i in range(1, len(members) + 1)}
+    scores = _joint_ablations(c, prefixes, ("pp",))
+    return [{"members": prefix, **scores[name]} for name, prefix in prefixes.items()]
 
 
 def located_tables(
@@ -190,7 +191,7 @@ def located_tables(
         return out
     keys = ROW_KEYS[c.k]
     s0 = time.perf_counter()
-    out["ablation"] = _joint_ablation(c, scan.circuit)
+    out["ablation"] = _joint_ablations(c, {"circuit": scan.circuit})["circuit"]
     out["head_ablation"] = _head_ablation(c, scan)
     t["ablation"] = time.perf_counter() - s0
 
