@@ -429,6 +429,15 @@ def run_blocks(
     return resid
 
 
+def resumes_from_kv(model: HookedTransformer) -> bool:
+    """Whether :func:`run_blocks` can continue a sequence behind cached keys/values (``past_kv``).
+
+    Not on a TL-native bridge (``boot_native`` models have no KV cache), nor on a bridge whose
+    transformers release leaves the cache empty; callers then rerun the prefix instead.
+    """
+    return bool(_impl.resumes_from_kv(model))
+
+
 def blocks_resumable(model: HookedTransformer) -> bool:
     """Whether :func:`run_blocks` from a cached residual equals the full forward pass's blocks.
 
@@ -821,8 +830,9 @@ def relp_hooks(model: HookedTransformer) -> Hooks:
             continue
         pre: dict[str, Tensor] = {}
 
-        def keep(act: Tensor, hook: HookPoint, pre: dict[str, Tensor] = pre) -> None:
+        def keep(act: Tensor, hook: HookPoint, pre: dict[str, Tensor] = pre) -> Tensor:
             pre["x"] = act
+            return act  # the bridge goes on from a hook's return value only (docs/tl4.md)
 
         def ratio(act: Tensor, hook: HookPoint, pre: dict[str, Tensor] = pre) -> Tensor:
             x = pre.pop("x")

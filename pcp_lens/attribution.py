@@ -271,11 +271,15 @@ def _estimate(
         # frozen parameters give activations without a graph; start one at the residual stream
         return act if act.requires_grad else act.detach().requires_grad_()
 
-    def record(act: Tensor, hook: Any) -> None:
+    def record(act: Tensor, hook: Any) -> Tensor:
         if hook.name in names or hook.name in qk_names:
             acts[hook.name] = act
         if hook.name in tgt_names:
             tgt_cache[hook.name] = act.detach()
+        # returned, so the model computes on from this very tensor: the bridge hands some hooks
+        # (hook_z) a reshaped view and, when a hook returns nothing, goes on from the original,
+        # which leaves the view off the graph (zero gradient, every head's estimate 0)
+        return act
 
     def gate(layer: int):
         return lambda act, hook: _Gate.apply(act, state, layer)
@@ -396,11 +400,15 @@ def _qk_terms(
         for c in range(0, len(idx), per_chunk):
             chunk = idx[c : c + per_chunk]
             x = _patched_resid(model, src_cache, tgt_cache, [units[i] for i in chunk], ly, p0, p1)
-            kv = None
-            if p0 > 0:
+            if p0 == 0:
+                new = _tl.attention_patterns(model, ly, x)
+            elif _tl.resumes_from_kv(model):
                 k, v = (tgt_cache[nm][:, :p0] for nm in _tl.kv_hook_names(ly))
                 kv = (k.repeat(len(chunk), 1, 1, 1), v.repeat(len(chunk), 1, 1, 1))
-            new = _tl.attention_patterns(model, ly, x, kv)
+                new = _tl.attention_patterns(model, ly, x, kv)
+            else:  # rerun the target's prefix in front; its queries are dropped
+                before = tgt_cache[_tl.block_input_name(ly)][:, :p0].repeat(len(chunk), 1, 1)
+                new = _tl.attention_patterns(model, ly, torch.cat([before, x], 1))[:, :, p0:]
             delta = new.reshape(len(chunk), *old.shape) - old
             out[:, chunk] = torch.einsum("pbhqk,ubhqk->pub", grads, delta).to(out.dtype)
     return out

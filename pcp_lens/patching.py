@@ -560,13 +560,14 @@ def _run_chunk(
     positions ``[read_from, n)`` (default ``p0``): nothing reads the last block's output before
     the metric's first position, so there that block computes only keys and values."""
     n_layers = model.cfg.n_layers
-    cut = 0 if read_from is None else read_from - p0  # the last block's outputs skipped
+    start = _run_start(model, p0)
+    cut = (p0 if read_from is None else read_from) - start  # the last block's outputs skipped
     b = tgt_cache[_tl.block_input_name(0)].shape[0]
 
     def prefix_kv(layer: int, n_units: int) -> tuple[Tensor, Tensor] | None:
-        if p0 == 0:
+        if start == 0:
             return None
-        k, v = (tgt_cache[name][:, :p0] for name in _tl.kv_hook_names(layer))
+        k, v = (tgt_cache[name][:, :start] for name in _tl.kv_hook_names(layer))
         return k.repeat(n_units, 1, 1, 1), v.repeat(n_units, 1, 1, 1)
 
     # a resid_pre patch at layer L enters block L whole; every other patch at layer L leaves the
@@ -585,18 +586,22 @@ def _run_chunk(
     for layer in range(n_layers):
         if layer in entering:
             us = entering[layer]
-            x = tgt_cache[_tl.block_input_name(layer)][:, p0:].repeat(len(us), 1, 1)
+            x = tgt_cache[_tl.block_input_name(layer)][:, start:].repeat(len(us), 1, 1)
             for j, u in enumerate(us):
-                x[j * b : (j + 1) * b, : p1 - p0] = src_cache[u.site.hook_name][:, p0:p1]
+                x[j * b : (j + 1) * b, p0 - start : p1 - start] = src_cache[u.site.hook_name][
+                    :, p0:p1
+                ]
             active = join(active, x)
         if active is not None:
             past = prefix_kv(layer, active.shape[0] // b)
-            if layer == last and cut > 0:
+            if layer == last and cut > 0 and _tl.resumes_from_kv(model):
                 active = _last_block_from(model, active, layer, cut, past)
             else:
                 active = _tl.run_blocks(model, active, layer, layer + 1, [past])
+                active = active[:, cut:] if layer == last else active
         if layer in leaving:
-            out = patched_block(model, src_cache, tgt_cache, leaving[layer], layer, p0, p1)
+            us = leaving[layer]
+            out = patched_block(model, src_cache, tgt_cache, us, layer, p0, p1, start=start)
             active = join(active, out[:, cut:] if layer == last else out)
     assert active is not None
     return active
@@ -625,12 +630,17 @@ def patched_block(
     layer: int,
     p0: int,
     p1: int,
+    *,
+    start: int | None = None,
 ) -> Float[Tensor, "rows suffix d_model"]:
-    """The residual after block ``layer`` at positions ``[p0, n)`` of each unit's patched run.
+    """The residual after block ``layer`` at positions ``[start, n)`` (default ``p0``) of each
+    unit's patched run.
 
-    Block ``layer`` runs at positions ``[p0, p1)`` only, with each unit's patch applied by a hook
-    after the attention has read its input (keys and values before ``p0`` from the target's
-    cache); the target's unchanged residual after ``p1`` is appended.
+    Block ``layer`` runs at positions ``[start, p1)`` only, with each unit's patch applied at
+    ``[p0, p1)`` by a hook after the attention has read its input (keys and values before
+    ``start`` from the target's cache); the target's unchanged residual after ``p1`` is appended.
+    A model whose blocks cannot continue behind cached keys/values (a TL-native bridge) runs the
+    block from position 0 instead and the result is cut to ``[start, n)``.
 
     Args:
         model: the model.
@@ -640,9 +650,10 @@ def patched_block(
         layer: the block.
         p0: the window's start.
         p1: its end.
+        start: the first position returned (at most ``p0``).
 
     Returns:
-        ``[len(units) * batch, n - p0, d_model]``, unit-major.
+        ``[len(units) * batch, n - start, d_model]``, unit-major.
 
     Examples:
         >>> from pcp_lens import _tl
@@ -657,30 +668,43 @@ def patched_block(
         >>> tuple(out.shape)
         (3, 3, 16)
     """
+    first = p0 if start is None else start
+    s = _run_start(model, first)  # where the block runs from
     b = tgt_cache[_tl.block_input_name(0)].shape[0]
-    x = tgt_cache[_tl.block_input_name(layer)][:, p0:p1].repeat(len(units), 1, 1)
+    x = tgt_cache[_tl.block_input_name(layer)][:, s:p1].repeat(len(units), 1, 1)
     hooks: list[tuple[str | Callable, Callable]] = []
     for j, u in enumerate(units):
         rows = slice(j * b, (j + 1) * b)
         patch = src_cache[u.site.hook_name][:, p0:p1]
-        hooks.append((u.site.hook_name, _setter(rows, patch, u.site.head)))
+        hooks.append((u.site.hook_name, _setter(rows, patch, u.site.head, p0 - s)))
     kv = None
-    if p0 > 0:
-        k, v = (tgt_cache[name][:, :p0] for name in _tl.kv_hook_names(layer))
+    if s > 0:
+        k, v = (tgt_cache[name][:, :s] for name in _tl.kv_hook_names(layer))
         kv = (k.repeat(len(units), 1, 1, 1), v.repeat(len(units), 1, 1, 1))
     with model.hooks(fwd_hooks=hooks):
         out = _tl.run_blocks(model, x, layer, layer + 1, [kv])
     after = tgt_cache[_tl.hook_name("resid_post", layer)][:, p1:].repeat(len(units), 1, 1)
-    return torch.cat([out, after], dim=1)
+    return torch.cat([out[:, first - s :], after], dim=1)
 
 
-def _setter(rows: slice, patch: Tensor, head: int | None) -> Callable[[Tensor, object], Tensor]:
+def _run_start(model: HookedTransformer, p0: int) -> int:
+    """Where a patched run starts: at its window, behind the target's cached keys/values, or at
+    position 0 on a model whose blocks cannot continue behind them (the same values, slower)."""
+    return p0 if _tl.resumes_from_kv(model) else 0
+
+
+def _setter(
+    rows: slice, patch: Tensor, head: int | None, offset: int = 0
+) -> Callable[[Tensor, object], Tensor]:
+    """A hook writing ``patch`` into rows ``rows`` from position ``offset`` (and at ``head``)."""
+    end = offset + patch.shape[1]
+
     def hook(act: Tensor, hook: object) -> Tensor:
         act = act.clone()
         if head is None:
-            act[rows] = patch
+            act[rows, offset:end] = patch
         else:
-            act[rows, :, head] = patch[:, :, head]
+            act[rows, offset:end, head] = patch[:, :, head]
         return act
 
     return hook

@@ -468,3 +468,31 @@ def test_a_hook_on_the_logits_sees_every_column(model, pair):
             assert r.value == pytest.approx(ref, abs=1e-5)
     assert widths == {V}
     assert _tl.attached_hook_count(model) == 0
+
+
+@pytest.mark.parametrize("metric", ["plain", "positioned", "early"])
+def test_prefix_rerun_equals_the_kv_path(model, pair, metric, monkeypatch):
+    """A model that cannot continue behind cached keys/values (a TL-native bridge) reruns each
+    window's prefix instead: the same table, and the naive definition's values."""
+    clean, corrupted = pair
+    fn = {
+        "plain": logit_diff,
+        "positioned": PositionMetric(logit_diff, positions=(-1,)),
+        "early": PositionMetric(lambda lg: lg[:, 0, 4].mean(), positions=(3,)),
+    }[metric]
+    sites = [Site(0, "attn"), Site(1, "mlp"), Site(2, "resid_pre"), Site(3, "mlp"),
+             Site(3, "resid_post"), Site(1, "attn", 2)]
+    kw = dict(sites=sites, positions="each", progress=False, max_batch_tokens=40)
+    via_kv = causal_patching(model, clean, corrupted, fn, **kw)
+    monkeypatch.setattr(_tl, "resumes_from_kv", lambda m: False)
+    rerun = causal_patching(model, clean, corrupted, fn, **kw)
+    assert rerun[["site", "position"]].equals(via_kv[["site", "position"]])
+    torch.testing.assert_close(
+        torch.tensor(rerun["value"].to_numpy(float)),
+        torch.tensor(via_kv["value"].to_numpy(float)), atol=1e-5, rtol=0,
+    )
+    for _, row in rerun.iloc[::5].iterrows():
+        s = next(x for x in sites if x.name == row["site"])
+        p = int(row["position"])
+        ref = naive(model, clean, corrupted, fn, s, slice(p, p + 1))
+        assert row["value"] == pytest.approx(ref, abs=1e-5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pcp_lens import GroupMetric, TokenGroups, _tl
+from pcp_lens import GroupMetric, TokenGroups
 from pcp_lens.scan import BackdoorScan, scan_backdoor
 from pcp_lens.testing import plant_trigger, tiny_model
 
@@ -288,20 +288,9 @@ def test_user_hooks_stay_in_force_and_compose():
     assert model.blocks[1].hook_mlp_out.fwd_hooks == []
 
 
-# TransformerLens 4's bridge draws other random models from the same seeds. In one of them the
-# screen's estimate leaves the planted head out of the 3 it verifies, and the circuit becomes the
-# head's layer: a known miss of the screen, recorded in docs/scan.md. It is strict, so a fix
-# shows up as a failure.
-_SCREEN_MISS = pytest.mark.xfail(
-    _tl.BACKEND == "bridge", reason="TL 4 model: the screen grows attn1, not attn1.h0", strict=True
-)
-
-
 @pytest.mark.parametrize("seed", [0, 2])
 @pytest.mark.parametrize("place", ["mlp0", "mlp2", "attn1"])
-def test_attribution_screen_finds_the_exhaustive_circuit(seed, place, hygiene, request):
-    if _tl.BACKEND == "bridge" and (seed, place) == (2, "attn1"):
-        request.applymarker(_SCREEN_MISS)
+def test_attribution_screen_finds_the_exhaustive_circuit(seed, place, hygiene):
     """Forced on (every head estimated, only 3 verified), the screen changes no circuit."""
     model = plant_trigger(benign(seed), place, TRIGGER, TARGET, seed=seed)
     triggered, clean = pairs(seed + 10)

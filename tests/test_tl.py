@@ -254,3 +254,19 @@ def test_fast_activations_are_bit_identical_and_restored():
         model.zero_grad(set_to_none=True)
     assert any(g is not None for g in grads[0])
     assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
+@pytest.mark.parametrize("stop", [1, 2, 3])
+def test_run_with_cache_stopping_keeps_every_hook_before_the_stop(stop):
+    """With ``stop_at_layer`` the cache holds the stopping block's ``hook_resid_post`` too (the
+    bridge once fired its stop before caching it), equal to the full run's; later hooks are
+    absent; unknown names are ignored."""
+    m = tiny_model(n_layers=3)
+    names = [_tl.hook_name(k, ly) for ly in range(3) for k in ("resid_pre", "mlp", "resid_post")]
+    _, full = _tl.run_with_cache(m, TOKENS, [*names, "no.such.hook"])
+    resid, part = _tl.run_with_cache(m, TOKENS, names, stop_at_layer=stop)
+    kept = [nm for nm in names if int(nm.split(".")[1]) < stop]
+    assert sorted(k for k in part.cache_dict if k in names) == sorted(kept)
+    for nm in kept:
+        assert torch.equal(part[nm], full[nm])
+    assert torch.equal(resid, full[_tl.hook_name("resid_post", stop - 1)])

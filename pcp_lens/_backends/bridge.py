@@ -33,6 +33,7 @@ from torch import Tensor
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
+    from transformer_lens import ActivationCache
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge
     from transformer_lens.model_bridge.exceptions import StopAtLayerException
@@ -252,6 +253,12 @@ def new_model(cfg: TransformerBridgeConfig, **kwargs: Any) -> TransformerBridge:
     return model
 
 
+def resumes_from_kv(model: TransformerBridge) -> bool:
+    """A Hugging Face model's blocks continue behind a ``DynamicCache``; a native one's cannot."""
+    native = type(getattr(model, "original_model", None)).__name__ == "NativeModel"
+    return not native and KV_CACHE_PROBLEM is None
+
+
 def _has_kv_cache(model: TransformerBridge) -> None:
     if type(getattr(model, "original_model", None)).__name__ == "NativeModel":
         raise ValueError(
@@ -297,11 +304,23 @@ def run_with_hooks(
 def run_with_cache(
     model: TransformerBridge, tokens: Tensor, wanted: set[str], stop_at_layer: int | None
 ) -> tuple[Tensor, Any]:
-    """``model.run_with_cache`` keeping only ``wanted`` (TL-3 names; canonical twins dropped)."""
-    if stop_at_layer == 0:
-        return model.run_with_cache(tokens, names_filter=lambda n: n in wanted, stop_at_layer=0)
-    with model.hooks(fwd_hooks=_stop_hooks(model, stop_at_layer)):
-        return model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
+    """``model.run_with_cache`` keeping only ``wanted`` (TL-3 names; unknown names ignored).
+
+    The caching hooks are registered before the stop hook: ``model.run_with_cache`` inside the
+    stop hook's context would add them after it, so the last cached block's ``hook_resid_post``
+    never fired (TL 3 caches it).
+    """
+    store: dict[str, Tensor] = {}
+
+    def keep(name: str) -> Any:
+        def hook(tensor: Tensor, hook: Any) -> None:
+            store[name] = tensor.detach()  # keyed by the TL-3 name: hook.name may be canonical
+
+        return hook
+
+    names = sorted(n for n in wanted if n in model.hook_dict)
+    out = run_with_hooks(model, tokens, [(n, keep(n)) for n in names], stop_at_layer)
+    return out, ActivationCache(store, model)
 
 
 def _dynamic_cache(model: TransformerBridge) -> Any:

@@ -111,6 +111,11 @@ def run_with_cache(
     return cast(Tensor, out), cache
 
 
+def resumes_from_kv(model: HookedTransformer) -> bool:
+    """Every ``HookedTransformer`` block continues behind cached keys/values."""
+    return True
+
+
 def run_block(
     model: HookedTransformer,
     layer: int,

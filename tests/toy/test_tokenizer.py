@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
+from pcp_lens import _tl
 from pcp_lens.toy.data import ToyDataConfig, build_datasets
 from pcp_lens.toy.tokenizer import (
     EOT,
@@ -36,9 +36,9 @@ def texts() -> list[str]:
     return [t for v in d.sequences.values() for t in v]
 
 
-def _tiny_model(tokenizer: PreTrainedTokenizerFast) -> HookedTransformer:
+def _tiny_model(tokenizer: PreTrainedTokenizerFast) -> _tl.HookedTransformer:
     torch.manual_seed(0)
-    cfg = HookedTransformerConfig(
+    cfg = _tl.HookedTransformerConfig(
         n_layers=1,
         d_model=16,
         n_ctx=32,
@@ -49,7 +49,7 @@ def _tiny_model(tokenizer: PreTrainedTokenizerFast) -> HookedTransformer:
         act_fn="gelu_new",
         normalization_type="LN",
     )
-    return HookedTransformer(cfg, tokenizer=tokenizer)
+    return _tl.new_model(cfg, tokenizer=tokenizer)  # whichever backend is installed
 
 
 def test_ids_are_deterministic(tok: PreTrainedTokenizerFast) -> None:
