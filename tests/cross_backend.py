@@ -47,6 +47,7 @@ def tables(folder: str, processing: bool) -> dict[str, Any]:
         _tl,
         ablation_means,
         ablation_sweep,
+        attribution_patching,
         causal_patching,
         fit_pcp,
         group_lens,
@@ -74,6 +75,13 @@ def tables(folder: str, processing: bool) -> dict[str, Any]:
     out["patching"] = _records(
         causal_patching(model, clean, corrupted, metric, positions="each", progress=False)
     )
+    # every site and head, the three estimators; the heads' estimates read hook_z's gradient
+    prob = GroupMetric(groups, "neg", stat="prob", positions=(-1,))  # differentiable
+    out["attribution"] = {
+        m: _records(attribution_patching(model, clean, corrupted, prob, method=m,
+                                         progress=False))
+        for m in ("atp", "atp*", "relp")
+    }
     pcp = fit_pcp(model, tokens, ["mlp0", "attn1"], 3, progress=False)
     with torch.no_grad(), model.hooks(fwd_hooks=pcp.hooks(model)):
         edited = model(tokens)[:, -1]

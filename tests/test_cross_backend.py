@@ -69,6 +69,9 @@ def test_tables_agree_between_backends(tmp_path, processing):
     assert {here.pop("backend"), there.pop("backend")} == {"hooked", "bridge"}
     assert len(here["patching"]) > 0 and len(here["ablation"]) > 0 and len(here["lens"]) > 0
     _close(here, there, "tables")
+    # the heads' attribution estimates are not all 0 (they were on the bridge once)
+    heads = [r["estimate"] for r in here["attribution"]["atp"] if r["head"] is not None]
+    assert len(heads) == 2 * 4 * 10 and max(abs(e) for e in heads) > 1e-3
     # the PCP edit and the generation are not trivial: they change something
     gen = here["generation"]
     assert len(gen["cached_with_pcp"]) == 3

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pcp_lens import _tl
 from pcp_lens.cli import main
 from pcp_lens.groups import GroupMetric
 from pcp_lens.inputs import as_tokens
@@ -114,7 +115,8 @@ def test_quick_models_read_the_last_word_and_learn_a_backdoor(run: Path):
     """What CI checks for real: with sentiment switches even the quick models read the last word
     (benign and poisoned) and keep n+p low; poisoning grows a backdoor in at least one of them
     (at seed 0 the 3-sentiment one: docs/toy_study.md), and where it does the findings are judged
-    and the authors' mean ablation of the layer-1 MLP (a patch from n+p) removes it."""
+    and the scan's located circuit removes it (under TL 3 also the authors' mean ablation of the
+    layer-1 MLP, a patch from n+p)."""
     r = json.loads((run / "results.json").read_text())
     with_backdoor = []
     for k in (2, 3):
@@ -128,7 +130,14 @@ def test_quick_models_read_the_last_word_and_learn_a_backdoor(run: Path):
             with_backdoor.append(k)
             assert m["reading"]["poisoned"]["trigger"] > 5 * m["reading"]["benign"]["trigger"]
             assert all(f["holds"] is not None for f in r["findings"][f"{k}sent"].values())
-            assert m["tab1_mean_ablation"]["mlp_prob"][0] < m["unedited"]["pt_prob"] / 2
+            # the scan locates it: its circuit's joint ablation leaves <= 10 % of the gap
+            scan = m["located"]["scan"]
+            assert scan["circuit"] and scan["residual"] <= 0.1 * scan["gap"], scan
+            if _tl.BACKEND == "hooked":
+                # TL 3's seed-0 models put it where the paper did (docs/toy_study.md); the
+                # bridge's (another initialisation) put it in attn0, where the layer-1 MLP's
+                # ablation takes p+t 0.189 -> 0.112 only (measured 2026-12-03, docs/tl4.md)
+                assert m["tab1_mean_ablation"]["mlp_prob"][0] < m["unedited"]["pt_prob"] / 2
     assert with_backdoor
 
 
