@@ -527,8 +527,6 @@ def check_resumable(model: HookedTransformer) -> None:
     """Refuse architectures whose blocks cannot be resumed mid-sequence from cached keys/values."""
     cfg = model.cfg
     problems = []
-    if getattr(cfg, "parallel_attn_mlp", False):
-        problems.append("parallel_attn_mlp=True")
     if cfg.positional_embedding_type == "shortformer":
         problems.append("shortformer positional embeddings")
     if getattr(cfg, "use_attn_in", False) or getattr(cfg, "use_split_qkv_input", False):
@@ -598,7 +596,8 @@ def head_outputs(
     """
     attn = model.blocks[layer].attn
     out = torch.einsum("...hd,hdm->...hm", z.to(attn.W_O.dtype), attn.W_O)
-    return out + attn.b_O if bias else out
+    b_o = getattr(attn, "b_O", None)  # Llama-style attention has no output bias
+    return out + b_o if bias and b_o is not None else out
 
 
 def head_dims(model: HookedTransformer) -> tuple[int, int]:
@@ -737,14 +736,14 @@ def check_same_shape_models(model: HookedTransformer, other: Any, name: str) -> 
 def mlp_weights(model: HookedTransformer, layer: int) -> dict[str, Tensor]:
     """Block ``layer``'s MLP weights: ``W_in [d_model d_mlp]``, ``b_in``, ``W_out``, ``b_out``."""
     mlp = model.blocks[layer].mlp
-    return {k: getattr(mlp, k) for k in ("W_in", "b_in", "W_out", "b_out")}
+    return {k: getattr(mlp, k, None) for k in ("W_in", "b_in", "W_out", "b_out")}
 
 
 def attn_weights(model: HookedTransformer, layer: int) -> dict[str, Tensor]:
     """Block ``layer``'s attention parameters: ``W_Q [n_heads d_model d_head]``, ..., ``b_O``."""
     attn = model.blocks[layer].attn
     names = ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O")
-    return {k: getattr(attn, k) for k in names}
+    return {k: getattr(attn, k, None) for k in names}
 
 
 def unembed_matrix(model: HookedTransformer) -> Float[Tensor, "d_model d_vocab"]:

@@ -179,6 +179,18 @@ class Site:
                 f"head out of range: {self.head}, model has heads 0..{model.cfg.n_heads - 1} "
                 f"(site {self.name!r})"
             )
+        # the hook points exist on such models but never fire: a patch there would do nothing
+        if getattr(model.cfg, "attn_only", False) and self.kind in ("mlp", "resid_mid"):
+            raise ValueError(
+                f"site {self.name!r}: the model is attention-only (attn_only=True), so it has no "
+                "MLP and no residual between attention and MLP; use attn, resid_pre or resid_post"
+            )
+        if getattr(model.cfg, "parallel_attn_mlp", False) and self.kind == "resid_mid":
+            raise ValueError(
+                f"site {self.name!r}: attention and MLP read the same residual in this model "
+                "(parallel_attn_mlp=True), so there is no residual between them; use resid_pre "
+                "or resid_post"
+            )
         return self
 
 

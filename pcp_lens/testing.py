@@ -120,6 +120,18 @@ def plant_trigger(
     s = Site.parse(site).validate(model)
     if s.kind not in ("mlp", "attn") or s.head is not None or s.layer is None:
         raise ValueError(f"site must be an 'mlpL' or 'attnL' module, got {site!r}")
+    if s.kind == "mlp":
+        needs, have = ("W_in", "b_in", "W_out"), _tl.mlp_weights(model, s.layer)
+    else:
+        needs = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")
+        have = _tl.attn_weights(model, s.layer)
+    missing = [k for k in needs if have.get(k) is None]
+    gated = s.kind == "mlp" and getattr(model.blocks[s.layer].mlp, "W_gate", None) is not None
+    if missing or gated:
+        raise ValueError(
+            f"plant_trigger writes a GPT-2-style unit (biases, an ungated MLP); {site} of this "
+            f"model has {'a gated MLP' if not missing else 'no ' + ', '.join(missing)}"
+        )
     d_vocab = model.cfg.d_vocab
     if not 0 <= trigger < d_vocab:
         raise ValueError(f"trigger must be a token id in 0..{d_vocab - 1}, got {trigger}")

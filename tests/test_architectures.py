@@ -1,5 +1,5 @@
 """Beyond GPT-2 (TransformerLens 4 only): tiny random Llama and Pythia models, built from a
-Hugging Face config with no download, run ablation, lens, patching and PCP."""
+Hugging Face config with no download, run ablation, lens, patching, PCP and the scan."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ from pcp_lens import (
     fit_pcp,
     group_lens,
 )
+from pcp_lens.scan import scan_backdoor
+from pcp_lens.sites import Site, all_sites
+from pcp_lens.testing import plant_trigger
 
 pytestmark = pytest.mark.skipif(
     _tl.BACKEND != "bridge", reason="other architectures need TransformerLens 4"
@@ -27,7 +30,8 @@ def _hf(arch: str):
 
     torch.manual_seed(0)
     common = {"vocab_size": 50, "hidden_size": 32, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 32}
+              "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 32,
+              "initializer_range": 0.2}  # confident logits: a planted unit can move them
     if arch == "llama":
         cfg = tf.LlamaConfig(num_key_value_heads=2, **common)  # grouped-query attention
         return tf.LlamaForCausalLM(cfg).eval()
@@ -66,14 +70,48 @@ def test_techniques_run_and_match_hf(arch, hygiene):
     lens = group_lens(model, tokens, groups, [-1], ["mlp0", "attn1"], progress=False)
     assert lens["value"].notna().all()
     clean, corrupted = torch.randint(0, 50, (2, 4, 8), generator=g)
-    if arch == "pythia":  # Pythia's attention and MLP read the same residual (parallel)
-        with pytest.raises(ValueError, match="parallel_attn_mlp=True"):
-            causal_patching(model, clean, corrupted, metric, progress=False)
-    else:
-        table = causal_patching(model, clean, corrupted, metric, positions="each", progress=False)
-        assert table["value"].notna().all() and table["effect"].abs().max() > 0
+    # batched patching (resumed behind the HF cache) equals the naive one-forward definition,
+    # also for Pythia, whose attention and MLP read the same residual (parallel)
+    sites = [*all_sites(model, heads=True), Site(1, "resid_pre"), Site(0, "resid_post")]
+    table = causal_patching(model, clean, corrupted, metric, sites=sites, positions="each",
+                            progress=False)
+    assert table["effect"].abs().max() > 0
+    _, src = _tl.run_with_cache(model, clean, [s.hook_name for s in sites])
+    for row in table.iloc[::3].itertuples():
+        s, p = Site.parse(row.site), int(row.position)
+
+        def put(act, hook, s=s, p=p):
+            act = act.clone()
+            act[:, p] = src[s.hook_name][:, p] if s.head is None else act[:, p]
+            if s.head is not None:
+                act[:, p, s.head] = src[s.hook_name][:, p, s.head]
+            return act
+
+        with torch.no_grad():
+            naive = float(metric(model.run_with_hooks(corrupted, fwd_hooks=[(s.hook_name, put)])))
+        assert abs(naive - row.value) < 1e-5, (row.site, p)
+    if arch == "pythia":
+        with pytest.raises(ValueError, match=r"resid_mid0.*parallel_attn_mlp=True"):
+            causal_patching(model, clean, corrupted, metric, sites=["resid_mid0"], progress=False)
     pcp = fit_pcp(model, tokens, "mlp1", 31, progress=False)
     with torch.no_grad(), model.hooks(fwd_hooks=pcp.hooks(model)):
         edited = model(tokens)
     assert (edited - want).abs().max() > 0
+    # the scan: no backdoor in the random model; Pythia's planted trigger unit found where it is
+    # (plant_trigger writes a GPT-2-style unit, which Llama's gated, bias-free MLP cannot hold)
+    prompts = torch.randint(8, 50, (12, 6), generator=torch.Generator().manual_seed(1))
+    triggered = prompts.clone()
+    triggered[:, -1] = 7
+    target = GroupMetric(TokenGroups({"t": [1, 2, 3]}, d_vocab=50), "t", stat="prob")
+    plain = scan_backdoor(model, triggered, prompts, target, n_boot=0, progress=False)
+    assert plain.circuit == () and abs(plain.info["gap"]) < 0.05
+    if arch == "llama":
+        with pytest.raises(ValueError, match=r"gated MLP|no b_in"):
+            plant_trigger(model, "mlp1", trigger=7, target=[1, 2, 3])
+    else:
+        # in layer 0, where nothing upstream but the embedding carries the trigger (a unit in
+        # mlp1 of this random model is found as mlp0, which writes the direction it reads)
+        bad = plant_trigger(model, "mlp0", trigger=7, target=[1, 2, 3], strength=20.0)
+        scan = scan_backdoor(bad, triggered, prompts, target, n_boot=0, progress=False)
+        assert scan.info["gap"] > 0.2 and scan.circuit == ("mlp0",)
     hygiene.check(model, snap)

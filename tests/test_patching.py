@@ -496,3 +496,29 @@ def test_prefix_rerun_equals_the_kv_path(model, pair, metric, monkeypatch):
         p = int(row["position"])
         ref = naive(model, clean, corrupted, fn, s, slice(p, p + 1))
         assert row["value"] == pytest.approx(ref, abs=1e-5)
+
+
+def test_parallel_attention_and_mlp_equal_the_naive_definition():
+    """Attention and MLP reading the same residual (GPT-J, Pythia) resume like any block; there is
+    no residual between them, so ``resid_mid`` is refused by name."""
+    cfg = _tl.HookedTransformerConfig(
+        n_layers=3, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_mlp=64, d_vocab=V,
+        act_fn="gelu_new", normalization_type="LN", parallel_attn_mlp=True, seed=0,
+    )
+    m = _tl.new_model(cfg)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
+    g = torch.Generator().manual_seed(1)
+    clean, corrupted = torch.randint(0, V, (2, 3, 7), generator=g)
+    sites = [Site(0, "attn"), Site(1, "mlp"), Site(1, "attn", 3), Site(2, "resid_pre"),
+             Site(0, "resid_post")]
+    df = causal_patching(m, clean, corrupted, logit_diff, sites=sites, progress=False)
+    assert df["effect"].abs().max() > 1e-3
+    for row in df.itertuples():
+        s = next(x for x in sites if x.name == row.site)
+        p = int(row.position)
+        assert row.value == pytest.approx(naive(m, clean, corrupted, logit_diff, s, slice(p, p + 1)),
+                                          abs=1e-5)
+    with pytest.raises(ValueError, match=r"resid_mid1.*parallel_attn_mlp=True"):
+        causal_patching(m, clean, corrupted, logit_diff, sites=["resid_mid1"], progress=False)
