@@ -736,14 +736,16 @@ def check_same_shape_models(model: HookedTransformer, other: Any, name: str) -> 
 def mlp_weights(model: HookedTransformer, layer: int) -> dict[str, Tensor]:
     """Block ``layer``'s MLP weights: ``W_in [d_model d_mlp]``, ``b_in``, ``W_out``, ``b_out``."""
     mlp = model.blocks[layer].mlp
-    return {k: getattr(mlp, k, None) for k in ("W_in", "b_in", "W_out", "b_out")}
+    got = {k: getattr(mlp, k, None) for k in ("W_in", "b_in", "W_out", "b_out")}
+    return {k: v for k, v in got.items() if v is not None}  # a bias-free model has no b_in
 
 
 def attn_weights(model: HookedTransformer, layer: int) -> dict[str, Tensor]:
     """Block ``layer``'s attention parameters: ``W_Q [n_heads d_model d_head]``, ..., ``b_O``."""
     attn = model.blocks[layer].attn
     names = ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O")
-    return {k: getattr(attn, k, None) for k in names}
+    got = {k: getattr(attn, k, None) for k in names}
+    return {k: v for k, v in got.items() if v is not None}
 
 
 def unembed_matrix(model: HookedTransformer) -> Float[Tensor, "d_model d_vocab"]:

@@ -518,7 +518,7 @@ def test_parallel_attention_and_mlp_equal_the_naive_definition():
     for row in df.itertuples():
         s = next(x for x in sites if x.name == row.site)
         p = int(row.position)
-        assert row.value == pytest.approx(naive(m, clean, corrupted, logit_diff, s, slice(p, p + 1)),
-                                          abs=1e-5)
+        ref = naive(m, clean, corrupted, logit_diff, s, slice(p, p + 1))
+        assert row.value == pytest.approx(ref, abs=1e-5)
     with pytest.raises(ValueError, match=r"resid_mid1.*parallel_attn_mlp=True"):
         causal_patching(m, clean, corrupted, logit_diff, sites=["resid_mid1"], progress=False)
