@@ -450,14 +450,8 @@ def read_positions(
                     read.append(p)
                 probe[:, p] = logits[:, p]
             rest = [p for p in range(logits.shape[1]) if p not in read]
-            if not rest:
-                return read
-            # other finite logits: each row's own, shifted by one row and negated
-            other = -logits.roll(1, dims=0) + 1.0
-            for fill in (torch.full_like(logits[:, rest], float("nan")), other[:, rest]):
-                probe[:, rest] = fill
-                if not torch.equal(value(probe), ref):
-                    return None
+            if rest and not _unread(value, logits, (slice(None), rest)):
+                return None
     except Exception:  # any failure of the probe means: read everything
         return None
     return read
@@ -500,18 +494,27 @@ def read_columns(
         if 2 * len(cols) >= logits.shape[-1]:
             return None
         with torch.no_grad():
-            ref = torch.as_tensor(score(logits))
             rest = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
             rest[cols] = False
-            other = -logits.roll(1, dims=0) + 1.0
-            for fill in (torch.full_like(logits, float("nan")), other):
-                probe = logits.clone()
-                probe[..., rest] = fill[..., rest]
-                if not torch.equal(torch.as_tensor(score(probe)), ref):
-                    return None
+            if not _unread(lambda x: torch.as_tensor(score(x)), logits, (..., rest)):
+                return None
     except Exception:  # any failure of the probe means: read every column
         return None
     return cols
+
+
+def _unread(value: Callable[[Tensor], Tensor], logits: Tensor, rest: tuple[Any, ...]) -> bool:
+    """Whether ``value`` stays bit-identical with ``logits[rest]`` replaced at once, by NaN and by
+    other finite logits (each row's own, shifted by one row and negated): the confirmation
+    :func:`read_positions` and :func:`read_columns` share."""
+    ref = value(logits)
+    other = -logits.roll(1, dims=0) + 1.0
+    for fill in (torch.full_like(logits, float("nan")), other):
+        probe = logits.clone()
+        probe[rest] = fill[rest]
+        if not torch.equal(value(probe), ref):
+            return False
+    return True
 
 
 def _with_last_resid(
@@ -676,7 +679,7 @@ def patched_block(
     for j, u in enumerate(units):
         rows = slice(j * b, (j + 1) * b)
         patch = src_cache[u.site.hook_name][:, p0:p1]
-        hooks.append((u.site.hook_name, _setter(rows, patch, u.site.head, p0 - s)))
+        hooks.append((u.site.hook_name, patch_hook(rows, patch, u.site.head, p0 - s)))
     kv = None
     if s > 0:
         k, v = (tgt_cache[name][:, :s] for name in _tl.kv_hook_names(layer))
@@ -693,18 +696,29 @@ def _run_start(model: HookedTransformer, p0: int) -> int:
     return p0 if _tl.resumes_from_kv(model) else 0
 
 
-def _setter(
-    rows: slice, patch: Tensor, head: int | None, offset: int = 0
+def patch_hook(
+    rows: slice, patch: Tensor, head: int | None = None, offset: int = 0
 ) -> Callable[[Tensor, object], Tensor]:
-    """A hook writing ``patch`` into rows ``rows`` from position ``offset`` (and at ``head``)."""
+    """A forward hook writing ``patch`` into an activation's ``rows`` from position ``offset``.
+
+    ``patch`` is ``[len(rows), k, ...]``, written at positions ``[offset, offset + k)``; with
+    ``head`` only that head's slice (``hook_z``-shaped activations). The activation is copied
+    first, so the tensor a user's earlier hook returned is left as it was.
+
+    Examples:
+        >>> act = torch.zeros(2, 4, 3)
+        >>> out = patch_hook(slice(1, 2), torch.ones(1, 2, 3), offset=1)(act, None)
+        >>> out[:, :, 0].tolist()
+        [[0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0]]
+    """
     end = offset + patch.shape[1]
 
     def hook(act: Tensor, hook: object) -> Tensor:
         act = act.clone()
         if head is None:
-            act[rows, offset:end] = patch
+            act[rows, offset:end] = patch.to(act.dtype)
         else:
-            act[rows, offset:end, head] = patch[:, :, head]
+            act[rows, offset:end, head] = patch[:, :, head].to(act.dtype)
         return act
 
     return hook

@@ -85,7 +85,7 @@ from pcp_lens.ablation import ablation_means, ablation_sweep
 from pcp_lens.attribution import attribution_patching
 from pcp_lens.inputs import Inputs, as_tokens, check_same_shape
 from pcp_lens.lens import group_lens
-from pcp_lens.patching import PatchUnit, causal_patching, patched_metrics
+from pcp_lens.patching import PatchUnit, causal_patching, patch_hook, patched_metrics
 from pcp_lens.scoring import (
     MetricLike,
     call_metric,
@@ -991,22 +991,13 @@ def _joint_patched(
     out = []
     for i in range(0, len(target), batch_size):
         rows = slice(i, i + batch_size)
-        hooks = [(_hook(s), _put(source[_hook(s)][rows], p0, s.head)) for s in sites]
+        every = slice(None)
+        hooks = [
+            (_hook(s), patch_hook(every, source[_hook(s)][rows][:, p0:], s.head, p0)) for s in sites
+        ]
         logits = _tl.run_with_hooks(model, target[rows], hooks)
         out.append(call_metric(metric, logits).double())
     return torch.cat(out)
-
-
-def _put(src: Tensor, p0: int, head: int | None) -> Callable[[Tensor, object], Tensor]:
-    def hook(act: Tensor, hook: object) -> Tensor:
-        act = act.clone()
-        if head is None:
-            act[:, p0:] = src[:, p0:].to(act.dtype)
-        else:
-            act[:, p0:, head] = src[:, p0:, head].to(act.dtype)
-        return act
-
-    return hook
 
 
 def _patch_site(s: Site) -> Site:
