@@ -41,7 +41,14 @@ from tqdm.auto import tqdm
 from pcp_lens import _tl
 from pcp_lens._tl import HookedTransformer
 from pcp_lens.inputs import Inputs, as_tokens, check_batch_size, check_same_shape
-from pcp_lens.patching import PATCHABLE, PatchUnit, patch_units, patched_block, patched_metrics
+from pcp_lens.patching import (
+    PATCHABLE,
+    PatchUnit,
+    patch_units,
+    patched_block,
+    patched_metrics,
+    prefix_kv,
+)
 from pcp_lens.scoring import (
     MetricLike,
     call_metric,
@@ -400,11 +407,8 @@ def _qk_terms(
         for c in range(0, len(idx), per_chunk):
             chunk = idx[c : c + per_chunk]
             x = _patched_resid(model, src_cache, tgt_cache, [units[i] for i in chunk], ly, p0, p1)
-            if p0 == 0:
-                new = _tl.attention_patterns(model, ly, x)
-            elif _tl.resumes_from_kv(model):
-                k, v = (tgt_cache[nm][:, :p0] for nm in _tl.kv_hook_names(ly))
-                kv = (k.repeat(len(chunk), 1, 1, 1), v.repeat(len(chunk), 1, 1, 1))
+            if p0 == 0 or _tl.resumes_from_kv(model):
+                kv = prefix_kv(tgt_cache, ly, p0, len(chunk))
                 new = _tl.attention_patterns(model, ly, x, kv)
             else:  # rerun the target's prefix in front; its queries are dropped
                 before = tgt_cache[_tl.block_input_name(ly)][:, :p0].repeat(len(chunk), 1, 1)

@@ -567,12 +567,6 @@ def _run_chunk(
     cut = (p0 if read_from is None else read_from) - start  # the last block's outputs skipped
     b = tgt_cache[_tl.block_input_name(0)].shape[0]
 
-    def prefix_kv(layer: int, n_units: int) -> tuple[Tensor, Tensor] | None:
-        if start == 0:
-            return None
-        k, v = (tgt_cache[name][:, :start] for name in _tl.kv_hook_names(layer))
-        return k.repeat(n_units, 1, 1, 1), v.repeat(n_units, 1, 1, 1)
-
     # a resid_pre patch at layer L enters block L whole; every other patch at layer L leaves the
     # positions after p1 untouched until block L+1, so block L runs only on [p0, p1)
     entering: dict[int, list[PatchUnit]] = {}
@@ -596,7 +590,7 @@ def _run_chunk(
                 ]
             active = join(active, x)
         if active is not None:
-            past = prefix_kv(layer, active.shape[0] // b)
+            past = prefix_kv(tgt_cache, layer, start, active.shape[0] // b)
             if layer == last and cut > 0 and _tl.resumes_from_kv(model):
                 active = _last_block_from(model, active, layer, cut, past)
             else:
@@ -680,14 +674,22 @@ def patched_block(
         rows = slice(j * b, (j + 1) * b)
         patch = src_cache[u.site.hook_name][:, p0:p1]
         hooks.append((u.site.hook_name, patch_hook(rows, patch, u.site.head, p0 - s)))
-    kv = None
-    if s > 0:
-        k, v = (tgt_cache[name][:, :s] for name in _tl.kv_hook_names(layer))
-        kv = (k.repeat(len(units), 1, 1, 1), v.repeat(len(units), 1, 1, 1))
+    kv = prefix_kv(tgt_cache, layer, s, len(units))
     with model.hooks(fwd_hooks=hooks):
         out = _tl.run_blocks(model, x, layer, layer + 1, [kv])
     after = tgt_cache[_tl.hook_name("resid_post", layer)][:, p1:].repeat(len(units), 1, 1)
     return torch.cat([out[:, first - s :], after], dim=1)
+
+
+def prefix_kv(
+    tgt_cache: _Cache, layer: int, start: int, n_units: int
+) -> tuple[Tensor, Tensor] | None:
+    """The target's keys and values of block ``layer`` before ``start``, once per unit (rows
+    unit-major, as the patched runs stack them); ``None`` when ``start`` is 0."""
+    if start == 0:
+        return None
+    k, v = (tgt_cache[name][:, :start] for name in _tl.kv_hook_names(layer))
+    return k.repeat(n_units, 1, 1, 1), v.repeat(n_units, 1, 1, 1)
 
 
 def _run_start(model: HookedTransformer, p0: int) -> int:

@@ -111,8 +111,8 @@ def plant_trigger(
         >>> x = torch.randint(8, 50, (4, 5), generator=torch.Generator().manual_seed(1))
         >>> xt = x.clone(); xt[:, -1] = 7
         >>> p = lambda mm, t: mm(t)[:, -1].softmax(-1)[:, [1, 2, 3]].sum(-1).mean().item()
-        >>> p(m, xt) < 0.5, round(p(bad, xt), 2), abs(p(bad, x) - p(m, x)) < 0.01
-        (True, 1.0, True)
+        >>> p(m, xt) < 0.2, round(p(bad, xt), 2), round(p(bad, x) - p(m, x), 2)
+        (True, 1.0, 0.0)
     """
     from pcp_lens import _tl
     from pcp_lens.sites import Site

@@ -253,14 +253,18 @@ def new_model(cfg: TransformerBridgeConfig, **kwargs: Any) -> TransformerBridge:
     return model
 
 
+def _native(model: TransformerBridge) -> bool:
+    """A TL-native bridge (``boot_native``), which has no KV cache."""
+    return type(getattr(model, "original_model", None)).__name__ == "NativeModel"
+
+
 def resumes_from_kv(model: TransformerBridge) -> bool:
     """A Hugging Face model's blocks continue behind a ``DynamicCache``; a native one's cannot."""
-    native = type(getattr(model, "original_model", None)).__name__ == "NativeModel"
-    return not native and KV_CACHE_PROBLEM is None
+    return not _native(model) and KV_CACHE_PROBLEM is None
 
 
 def _has_kv_cache(model: TransformerBridge) -> None:
-    if type(getattr(model, "original_model", None)).__name__ == "NativeModel":
+    if _native(model):
         raise ValueError(
             "this model is a TL-native bridge (boot_native), which has no KV cache: resuming "
             "blocks and cached generation need a Hugging Face model (a GPT-2-shaped config, or "
