@@ -16,7 +16,8 @@ Workflow:
   scikit-learn for small sets), with explained variance.
 * :func:`fit_pcp` — directions (``"principal"``, the paper's; or ``"reference_code"``, the authors'
   inverse-transform variant of ``METHODS.md`` §8.3) and scales (least squares by default) →
-  an immutable :class:`PCPReplacement`.
+  an immutable :class:`PCPReplacement`; ``form="regression"`` (ours, not the paper's) fits
+  each component's own read vector instead, M = Σ_l b_l û_lᵀ.
 * :meth:`PCPReplacement.hooks` — TransformerLens hooks for ``model.hooks``, ``run_with_hooks``,
   ``run_with_cache`` and ``generate``.
 * :meth:`PCPReplacement.scale`, :meth:`PCPReplacement.flip` — edits that return new values.
@@ -34,7 +35,7 @@ Tuning with Optuna and factor sweeps live in :mod:`pcp_lens.tuning`.
 """
 
 from pcp_lens._tl import HookFn as HookFn  # re-exported: its former home
-from pcp_lens.pcp.fit import fit_pcp, least_squares_scales
+from pcp_lens.pcp.fit import PCPForm, fit_pcp, least_squares_scales
 from pcp_lens.pcp.hooks import FactoredMap, site_hooks
 from pcp_lens.pcp.maths import (
     as_f64,
@@ -68,6 +69,7 @@ __all__ = [
     "HookFn",
     "PCAFit",
     "PCAMethod",
+    "PCPForm",
     "PCPReplacement",
     "SitePCP",
     "as_f64",

@@ -22,10 +22,11 @@ __all__ = ["FactoredMap", "site_hooks"]
 
 
 class FactoredMap:
-    """û ``[r, d]``, α ``[r]`` and b ``[d]`` of one site in one dtype, cached per device.
+    """û ``[r, d]``, α ``[r]``, b ``[d]`` and the read vectors ``[r, d]`` of one site in one dtype,
+    cached per device.
 
-    ``x·M (+ b)`` is computed as ``((x·Ûᵀ)·diag(α))·Û (+ b)``: 4·d·r flops per position instead of
-    the d² of a dense M.
+    ``x·M (+ b)`` is computed as ``((x·Bᵀ)·diag(α))·Û (+ b)``: 4·d·r flops per position instead of
+    the d² of a dense M. The read vectors B are Û itself for the paper's symmetric M.
 
     Examples:
         >>> fac = FactoredMap(torch.eye(3)[:1], torch.tensor([2.0]), None, torch.float32)
@@ -39,16 +40,18 @@ class FactoredMap:
         scales: Float[Tensor, " r"],
         bias: Float[Tensor, " d_model"] | None,
         dtype: torch.dtype,
+        reads: Float[Tensor, "r d_model"] | None = None,
     ) -> None:
         self.dtype = dtype
         self._cpu = (
             directions.to(dtype),
             scales.to(dtype),
             None if bias is None else bias.to(dtype),
+            (directions if reads is None else reads).to(dtype),
         )
-        self._on: dict[torch.device, tuple[Tensor, Tensor, Tensor | None]] = {}
+        self._on: dict[torch.device, tuple[Tensor, Tensor, Tensor | None, Tensor]] = {}
 
-    def on(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
+    def on(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
         if device not in self._on:
             self._on[device] = tuple(  # type: ignore[assignment]
                 None if t is None else t.to(device) for t in self._cpu
@@ -56,14 +59,14 @@ class FactoredMap:
         return self._on[device]
 
     def finish(self, z: Float[Tensor, "... r"]) -> Float[Tensor, "... d_model"]:
-        """From coordinates ``z = x·Ûᵀ`` to ``x·M (+ b)``."""
-        u, alpha, b = self.on(z.device)
+        """From coordinates ``z = x·Bᵀ`` to ``x·M (+ b)``."""
+        u, alpha, b, _ = self.on(z.device)
         y = (z * alpha) @ u
         return y if b is None else y + b
 
     def __call__(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
-        u = self.on(x.device)[0]
-        return self.finish(x.to(self.dtype) @ u.T)
+        reads = self.on(x.device)[3]
+        return self.finish(x.to(self.dtype) @ reads.T)
 
 
 def site_hooks(model: HookedTransformer, site: Site, fac: FactoredMap) -> Hooks:
@@ -91,12 +94,13 @@ def site_hooks(model: HookedTransformer, site: Site, fac: FactoredMap) -> Hooks:
             )
         # The module input x = module_input(n) is an affine map of the normalised vector n
         # (n ⊙ w + b for LayerNorm): fold it into the r directions instead of materialising x,
-        # x·ûᵀ = n·(module_input(û) − module_input(0))ᵀ + module_input(0)·ûᵀ. It is re-read on
-        # every call, so hooks follow LayerNorm weights that change while they are attached.
-        u = fac.on(normalized.device)[0]
+        # x·bᵀ = n·(module_input(b) − module_input(0))ᵀ + module_input(0)·bᵀ for each read
+        # vector b. It is re-read on every call, so hooks follow LayerNorm weights that change
+        # while they are attached.
+        reads = fac.on(normalized.device)[3]
         x0 = _tl.module_input(model, kind, layer, normalized.new_zeros(normalized.shape[-1]))
-        u_in = (_tl.module_input(model, kind, layer, u) - x0).to(fac.dtype)
-        z = normalized.to(fac.dtype) @ u_in.T + x0.to(fac.dtype) @ u.T
+        r_in = (_tl.module_input(model, kind, layer, reads) - x0).to(fac.dtype)
+        z = normalized.to(fac.dtype) @ r_in.T + x0.to(fac.dtype) @ reads.T
         return fac.finish(z).to(act.dtype)
 
     return [(site.input_hook_name, pcp_capture), (site.hook_name, pcp_replace)]

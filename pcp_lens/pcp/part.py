@@ -1,4 +1,5 @@
-"""One site's PCP replacement value, :class:`SitePCP`: ``y = x·M (+ b)``, ``M = Σ_l α_l û_l û_lᵀ``.
+"""One site's PCP replacement value, :class:`SitePCP`: ``y = x·M (+ b)``, ``M = Σ_l α_l û_l û_lᵀ``
+(the paper's symmetric form) or ``M = Σ_l α_l b_l û_lᵀ`` (read vectors b_l fitted by regression).
 
 :class:`~pcp_lens.pcp.PCPReplacement` bundles several of these with the model's fingerprint.
 """
@@ -37,6 +38,11 @@ def _vector(value: Any, what: str, site: Site, length: int, named: str) -> Tenso
 class SitePCP:
     """One site's replacement ``y = x·M (+ b)`` with ``M = Σ_l α_l û_l û_lᵀ``; float64, CPU.
 
+    With ``reads`` the map is ``M = Σ_l α_l b_l û_lᵀ``: the output still lies in the span of the
+    directions û_l, but each coordinate is read from the input along its own vector b_l
+    (``form == "regression"``, fitted by :func:`~pcp_lens.pcp.fit_pcp`); without, b_l = û_l and
+    M is the paper's symmetric matrix (``form == "symmetric"``).
+
     Args:
         site: an attention or MLP site.
         directions: unit rows û_l ``[rank, d_model]`` (orthonormal for ``"principal"``).
@@ -47,6 +53,7 @@ class SitePCP:
         explained_variance: optional ``[rank]`` variance of the module output along each
             principal component (for reporting).
         explained_variance_ratio: optional ``[rank]`` share of the total output variance.
+        reads: optional ``[rank, d_model]`` read vectors b_l (rows); ``None``: the directions.
 
     Tensors are copied to float64 on construction; treat them as read-only (every edit method
     returns a new value).
@@ -64,6 +71,7 @@ class SitePCP:
     kind: DirectionKind = "custom"
     explained_variance: Float[Tensor, " rank"] | None = None
     explained_variance_ratio: Float[Tensor, " rank"] | None = None
+    reads: Float[Tensor, "rank d_model"] | None = None
 
     def __post_init__(self) -> None:
         site = pcp_site(self.site, arg="site")
@@ -88,6 +96,15 @@ class SitePCP:
         object.__setattr__(self, "scales", _vector(self.scales, "scales", site, r, "the rank"))
         if self.bias is not None:
             object.__setattr__(self, "bias", _vector(self.bias, "bias", site, d, "d_model"))
+        if self.reads is not None:
+            b = as_f64(self.reads, f"reads of site {site.name!r}")
+            if tuple(b.shape) != (r, d):
+                raise ValueError(
+                    f"reads of site {site.name!r} must have the directions' shape [{r}, {d}], "
+                    f"got {list(b.shape)}"
+                )
+            check_finite_values(b, f"reads of site {site.name!r}")
+            object.__setattr__(self, "reads", b)
         if self.kind not in DIRECTION_KINDS:
             raise ValueError(
                 f"kind must be one of {', '.join(map(repr, DIRECTION_KINDS))}, got {self.kind!r}"
@@ -113,6 +130,11 @@ class SitePCP:
         return self.directions.shape[1]
 
     @property
+    def form(self) -> str:
+        """``"symmetric"`` (the paper's M = Σ α û ûᵀ) or ``"regression"`` (own read vectors)."""
+        return "symmetric" if self.reads is None else "regression"
+
+    @property
     def signs(self) -> Float[Tensor, " rank"]:
         """s_l = ±1 in α_l = s_l·f_l² (zero scales count as +1)."""
         return factors_from_scales(self.scales)[0]
@@ -123,12 +145,13 @@ class SitePCP:
         return factors_from_scales(self.scales)[1]
 
     def matrix(self) -> Float[Tensor, "d_model d_model"]:
-        """M = Σ_l α_l û_l û_lᵀ = Ûᵀ diag(α) Û (float64)."""
+        """M = Σ_l α_l b_l û_lᵀ = Bᵀ diag(α) Û (float64), with B = Û for the symmetric form."""
         u = self.directions
-        return (u.T * self.scales) @ u
+        b = u if self.reads is None else self.reads
+        return (b.T * self.scales) @ u
 
     def apply(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
-        """``x·M (+ b)`` position-wise, computed as ``((x·Ûᵀ)·diag(α))·Û`` in ``x``'s dtype.
+        """``x·M (+ b)`` position-wise, computed as ``((x·Bᵀ)·diag(α))·Û`` in ``x``'s dtype.
 
         Examples:
             >>> SitePCP("mlp0", torch.eye(3)[:1], [2.0]).apply(torch.tensor([[1.0, 1.0, 1.0]]))
@@ -138,7 +161,7 @@ class SitePCP:
 
     def factored(self, dtype: torch.dtype) -> FactoredMap:
         """This map in factored form in ``dtype`` (what the hooks apply)."""
-        return FactoredMap(self.directions, self.scales, self.bias, dtype)
+        return FactoredMap(self.directions, self.scales, self.bias, dtype, self.reads)
 
     def tensors(self) -> dict[str, Tensor]:
         """``{field: tensor}`` of the :data:`~pcp_lens.pcp.storage.TENSOR_FIELDS` present.

@@ -225,6 +225,7 @@ class PCPReplacement:
                         "sign": float(p.signs[c]),
                         "factor": float(p.factors[c]),
                         "directions": p.kind,
+                        "form": p.form,
                         "explained_variance": None if ev is None else float(ev[c]),
                         "explained_variance_ratio": None if evr is None else float(evr[c]),
                     }
@@ -235,6 +236,7 @@ class PCPReplacement:
         inner = ", ".join(
             f"{p.site.name}: rank {p.rank} {p.kind}, α={[round(v, 4) for v in p.scales.tolist()]}"
             + (", bias" if p.bias is not None else "")
+            + (", regression" if p.reads is not None else "")
             for p in self.parts
         )
         return f"PCPReplacement({inner})"
@@ -399,7 +401,8 @@ class PCPReplacement:
         """Write a ``.safetensors`` file (tensors + JSON metadata), atomically; return its path.
 
         The file holds, per site, ``<site>.directions`` / ``.scales`` (and ``.bias``,
-        ``.explained_variance``, ``.explained_variance_ratio`` where present) in float64, plus a
+        ``.explained_variance``, ``.explained_variance_ratio``, ``.reads`` where present) in
+        float64, plus a
         JSON header entry ``"pcp_lens"`` with the format version, sites, ranks, direction kinds
         and the model fingerprint (:mod:`pcp_lens.pcp.storage`). It is written to a temporary file
         in the same folder and renamed over ``path``, so a crash never leaves a half-written file.

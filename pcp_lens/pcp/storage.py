@@ -44,7 +44,10 @@ TENSOR_FIELDS = (
     "bias",
     "explained_variance",
     "explained_variance_ratio",
+    "reads",
 )
+#: optional fields a file of an earlier release may lack the flag of (absent = not stored)
+_LATER_FIELDS = ("reads",)
 #: one site as stored: the site, its direction kind and its tensors (``directions``, ``scales``
 #: and any of the optional :data:`TENSOR_FIELDS`)
 Entry = tuple[Site, str, dict[str, Tensor]]
@@ -177,8 +180,9 @@ def _from_saved(
             ("bias", (d_model,)),
             ("explained_variance", (r,)),
             ("explained_variance_ratio", (r,)),
+            ("reads", (r, d_model)),
         ):
-            flag = e.get(name)
+            flag = e.get(name, False if name in _LATER_FIELDS else None)
             if not isinstance(flag, bool):
                 raise bad(
                     f"metadata {name!r} of site {site.name!r} must be true/false, got {flag!r}"

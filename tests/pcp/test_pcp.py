@@ -420,6 +420,52 @@ def test_least_squares_matches_explicit_lstsq(model, tokens, directions):
     assert torch.allclose(pcp.part("mlp0").scales, want, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_regression_form_matches_explicit_lstsq_per_component(model, tokens, bias):
+    pcp = fit_pcp(
+        model, tokens, "attn1", 3, positions=[2, -1], form="regression", bias=bias, progress=False
+    )
+    p = pcp.part("attn1")
+    x = module_inputs(model, tokens, 1, "attn")[:, [2, -1]].reshape(-1, D).double().detach()
+    _, cache = model.run_with_cache(tokens, names_filter="blocks.1.hook_attn_out")
+    y = cache["blocks.1.hook_attn_out"][:, [2, -1]].reshape(-1, D).double().detach()
+    design = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1) if bias else x
+    # one regression per column. x lies on a hyperplane (LayerNorm centring) up to float32
+    # rounding: with the ones column the design is singular, so drop that rounding direction
+    coef = torch.linalg.pinv(design, rtol=1e-6) @ (y @ p.directions.T)
+    assert p.form == "regression" and p.scales.tolist() == [1.0, 1.0, 1.0]
+    # and compare fitted values, not vectors (many read vectors give the same values on x)
+    fitted = x @ p.reads.T + (0 if p.bias is None else p.bias @ p.directions.T)
+    assert torch.allclose(fitted, design @ coef, atol=1e-6)
+    # the symmetric form is the same map only where every read vector is its direction
+    sym = fit_pcp(model, tokens, "attn1", 3, positions=[2, -1], progress=False).part("attn1")
+    err = {f: float(((x @ q.matrix() - y) ** 2).mean()) for f, q in [("reg", p), ("sym", sym)]}
+    assert err["reg"] < err["sym"]
+
+
+def test_regression_hooks_apply_the_asymmetric_map_and_refit_a_planted_one(model, tokens, hygiene):
+    snap = hygiene.snapshot(model)
+    u, reads = orthonormal(2, D, 5), torch.randn(2, D, generator=torch.Generator().manual_seed(6))
+    planted = PCPReplacement.from_parts(
+        model, [SitePCP("mlp1", u, [1.5, -0.5], reads=reads.double())]
+    )
+    m = planted.matrix("mlp1")
+    assert not torch.allclose(m, m.T)  # read one direction, write another
+    with model.hooks(fwd_hooks=planted.hooks(model)):
+        _, cache = model.run_with_cache(tokens, names_filter="blocks.1.hook_mlp_out")
+        got = fit_pcp(model, tokens, "mlp1", 2, form="regression", progress=False).part("mlp1")
+        refit = least_squares_scales(
+            model, PCPReplacement.from_parts(model, [got]), tokens, progress=False
+        )
+    x = module_inputs(model, tokens, 1).double()
+    assert torch.allclose(cache["blocks.1.hook_mlp_out"].double(), x @ m, atol=1e-5)
+    # the refit finds the planted map (its directions up to sign), with alpha = 1
+    assert torch.allclose(x @ got.matrix(), x @ m, atol=1e-4)
+    # least squares on the fitted read vectors keeps alpha at the optimum, 1
+    assert refit.part("mlp1").scales.tolist() == pytest.approx([1.0, 1.0], abs=1e-6)
+    hygiene.check(model, snap)
+
+
 # ------------------------------------------------------------------------------------------------
 # bad input: clear ValueErrors, and the model is left exactly as it was
 # ------------------------------------------------------------------------------------------------
@@ -441,6 +487,7 @@ BAD_FITS = [
     (dict(scales="random"), "scales must be 'least_squares' or 'ones'"),
     (dict(scales="ones", bias=True), "bias=True is fitted by least squares"),
     (dict(method="svd"), "method must be 'streaming' or 'sklearn'"),
+    (dict(form="asymmetric"), "form must be 'symmetric' .* or 'regression'"),
     (dict(positions=[9]), "position out of range: 9"),
 ]
 
@@ -501,6 +548,10 @@ def test_applying_to_an_incompatible_model_is_refused(pcp, model_lnpre, hygiene)
         (lambda p: SitePCP("mlp0", torch.ones(2, 16), [1, 1]), "must be unit vectors"),
         (lambda p: SitePCP("mlp0", torch.eye(16)[:2], [1, 1], kind="x"), "kind must be one of"),
         (lambda p: SitePCP("mlp0", torch.eye(16)[:2], [1]), "must have length 2"),
+        (
+            lambda p: SitePCP("mlp0", torch.eye(16)[:2], [1, 1], reads=torch.ones(3, 16)),
+            "reads of site 'mlp0' must have the directions' shape \\[2, 16\\], got \\[3, 16\\]",
+        ),
         (lambda p: PCPReplacement((), p.fingerprint), "at least one site"),
         (
             lambda p: PCPReplacement(p.parts, dict(p.fingerprint) | {"d_model": 8}),

@@ -85,3 +85,21 @@ def test_load_rejects_foreign_files(tmp_path):
         PCPReplacement.load(other)
     with pytest.raises(FileNotFoundError):
         PCPReplacement.load(tmp_path / "missing.safetensors")
+
+
+def test_regression_form_round_trips_and_older_files_still_load(model, tmp_path):
+    tokens = torch.randint(0, 50, (24, 6), generator=torch.Generator().manual_seed(3))
+    rep = fit_pcp(model, tokens, ["attn1", "mlp0"], 2, form="regression", progress=False)
+    path = rep.save(tmp_path / "reg.safetensors")
+    back = PCPReplacement.load(path)
+    assert back.equal(rep) and back.part("attn1").form == "regression"
+    assert torch.equal(back.part("attn1").reads, rep.part("attn1").reads)
+    # a file written before read vectors existed has no 'reads' flag: it loads as symmetric
+    src, old = tmp_path / "sym.safetensors", tmp_path / "old.safetensors"
+    fit_pcp(model, tokens, "mlp0", 2, progress=False).save(src)
+    _tamper(src, old, lambda m: [e.pop("reads") for e in m["sites"]])
+    assert PCPReplacement.load(old).part("mlp0").form == "symmetric"
+    # a flag that says reads are stored when they are not is refused
+    _tamper(src, old, lambda m: m["sites"][0].update(reads=True))
+    with pytest.raises(ValueError, match=r"missing \['mlp0.reads'\]"):
+        PCPReplacement.load(old)
