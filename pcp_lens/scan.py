@@ -71,7 +71,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 import pandas as pd
 import torch
@@ -96,6 +96,9 @@ from pcp_lens.scoring import (
 )
 from pcp_lens.sites import Site, SiteLike, all_sites, as_sites
 from pcp_lens.tuning import score_inputs
+
+if TYPE_CHECKING:
+    from pcp_lens.pcp import PCPForm
 
 __all__ = ["BackdoorScan", "ScanEdit", "circuit_modules", "scan_backdoor"]
 
@@ -334,6 +337,7 @@ class BackdoorScan:
         max_rank: int = 16,
         n_trials: int = 60,
         seed: int = 0,
+        form: PCPForm = "symmetric",
         progress: bool = True,
     ) -> ScanEdit:
         """Fit a PCP of the circuit's modules; tune it to keep and to remove the backdoor.
@@ -350,6 +354,12 @@ class BackdoorScan:
             max_rank: the largest rank tried.
             n_trials: Optuna trials of each of the two tunings.
             seed: seed of the tunings.
+            form: ``"symmetric"`` (the paper's M = Σ α û ûᵀ) or ``"regression"`` (each
+                principal output coordinate regressed on the module input; see
+                :func:`~pcp_lens.pcp.fit_pcp`). The symmetric M passes on only the part of a
+                module's input that already lies along its output's principal directions, which
+                loses an attention layer that reads one direction and writes another
+                (docs/pcp.md#the-regression-form).
             progress: show progress bars.
         """
         from pcp_lens.pcp import fit_pcp
@@ -392,7 +402,7 @@ class BackdoorScan:
         search = []
         chosen: Any = None
         for r in [rank] if rank is not None else range(1, max_rank + 1):
-            rep = fit_pcp(model, fit_inputs, modules, r, positions=pos, progress=False)
+            rep = fit_pcp(model, fit_inputs, modules, r, positions=pos, form=form, progress=False)
             got = score_inputs(model, sets, metric, rep)
             search.append({"rank": r, **got})
             chosen = (r, rep)

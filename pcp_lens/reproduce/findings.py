@@ -192,6 +192,9 @@ LOCATED_CLAIMS = {
     "smallest, tuned, it keeps p+t within 0.05 and, tuned down, sends it to <= n+p + 0.05 (p+p "
     "and n+n within 0.05 in both)",
     "F4": "scaling the circuit's PCP by 0.6x ... 1.1x tunes p+t monotonically",
+    "F3r": "F3 with the regression form of the PCP (not the paper's: each principal output "
+    "coordinate regressed on the module input, M = sum_l a_l b_l u_l^T)",
+    "F4r": "F4 with the regression form of the PCP",
     "F7": "freezing the circuit's modules during poisoning lowers p+t at the same steps",
 }
 #: Bound of the located claims, in the probability of a negative next word.
@@ -269,8 +272,8 @@ def _lf2(m: Mapping[str, Any]) -> tuple[bool, str]:
     )
 
 
-def _lf3(m: Mapping[str, Any]) -> tuple[bool, str]:
-    p, u = m["located"]["pcp"], m["unedited"]
+def _lf3(m: Mapping[str, Any], key: str = "pcp") -> tuple[bool, str]:
+    p, u = m["located"][key], m["unedited"]
     keep_pt = p["keep"]["pt_prob"]
     stay, moves = _stay(u, p["keep"])
     kept = abs(keep_pt - u["pt_prob"]) <= LOCATED_TOL and stay
@@ -291,8 +294,8 @@ def _lf3(m: Mapping[str, Any]) -> tuple[bool, str]:
     )
 
 
-def _lf4(m: Mapping[str, Any]) -> tuple[bool, str]:
-    pts = [m["located"]["scale"][str(f)]["pt_prob"] for f in paper.TAB5_FACTORS]
+def _lf4(m: Mapping[str, Any], key: str = "scale") -> tuple[bool, str]:
+    pts = [m["located"][key][str(f)]["pt_prob"] for f in paper.TAB5_FACTORS]
     mono = all(a <= b for a, b in itertools.pairwise(pts)) and pts[-1] > pts[0]
     return mono, f"p+t at factors {paper.TAB5_FACTORS}: {pts}"
 
@@ -323,10 +326,20 @@ LOCATED_CHECKS: dict[str, Callable[[Mapping[str, Any]], tuple[bool, str]]] = {
     "F2": _lf2,
     "F3": _lf3,
     "F4": _lf4,
+    "F3r": lambda m: _lf3(m, "pcp_regression"),
+    "F4r": lambda m: _lf4(m, "scale_regression"),
     "F7": _lf7,
 }
 #: what each located check reads from ``m["located"]``
-_NEEDS = {"F1": "ablation", "F1h": "head_ablation", "F3": "pcp", "F4": "scale", "F7": "freezing"}
+_NEEDS = {
+    "F1": "ablation",
+    "F1h": "head_ablation",
+    "F3": "pcp",
+    "F4": "scale",
+    "F3r": "pcp_regression",
+    "F4r": "scale_regression",
+    "F7": "freezing",
+}
 
 
 def located_findings(m: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -336,7 +349,8 @@ def located_findings(m: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     circuit to judge the claim at.
 
     Returns:
-        ``{name: {"claim", "holds", "detail"}}`` for ``circuit``, F1, F1h, F2, F3, F4, F7.
+        ``{name: {"claim", "holds", "detail"}}`` for ``circuit``, F1, F1h, F2, F3, F4, F3r, F4r,
+        F7.
     """
     out: dict[str, dict[str, Any]] = {}
     base = m["unedited"]["pt_prob"]

@@ -94,10 +94,11 @@ def _located(m: Mapping[str, Any], found: Mapping[str, Mapping[str, Any]] | None
             i = head_prefix(heads, m["unedited"])
             chosen = heads[len(heads) - 1 if i is None else i]
             cols["heads to p+p's mean"] = chosen
-        if "pcp" in loc:
-            cols["PCP kept"] = loc["pcp"]["keep"]
-            cols["PCP removed"] = loc["pcp"]["remove"]
-        cols.update({f"PCP kept x{f}": v for f, v in loc.get("scale", {}).items()})
+        for key, name in (("", "PCP"), ("_regression", "regression PCP")):
+            if f"pcp{key}" in loc:
+                cols[f"{name} kept"] = loc[f"pcp{key}"]["keep"]
+                cols[f"{name} removed"] = loc[f"pcp{key}"]["remove"]
+            cols.update({f"{name} kept x{f}": v for f, v in loc.get(f"scale{key}", {}).items()})
         if "freezing" in loc:
             cols[f"poisoned, {'+'.join(loc['freezing']['frozen'])} frozen"] = loc["freezing"][
                 "scores"
@@ -116,6 +117,12 @@ def _located(m: Mapping[str, Any], found: Mapping[str, Mapping[str, Any]] | None
             f"{loc['pcp']['rank']} (the smallest keeping p+t within 0.05 before tuning; search "
             f"{[(r['rank'], r['triggered']) for r in loc['pcp']['rank_search']]}), tuned to keep "
             "and to remove the backdoor."
+            + (
+                f" Regression PCP (F3r): rank {loc['pcp_regression']['rank']} (search "
+                f"{[(r['rank'], r['triggered']) for r in loc['pcp_regression']['rank_search']]})."
+                if "pcp_regression" in loc
+                else ""
+            )
             if "pcp" in loc
             else ""
         )
@@ -308,7 +315,7 @@ def _summary(per_seed: Mapping[str, Mapping[str, Any]]) -> list[str]:
     mark = {True: "holds", False: "fails", None: "–"}
     names: list[str] = []
     rows, located = [], []
-    # located-only claims (F1h) get their own columns, after the paper's
+    # located-only claims (F1h, F3r, F4r) get their own columns, after the paper's
     extra = list(dict.fromkeys(
         n
         for r in per_seed.values()

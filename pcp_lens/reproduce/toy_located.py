@@ -13,8 +13,10 @@ measured at the located circuit:
    ablated to p+p's own mean;
 2. a circuit module leads the lens's trigger shift (F2);
 3. a PCP of the circuit at the smallest rank that keeps p+t keeps it when tuned, and removes it
-   when tuned down (F3);
-4. scaling that PCP tunes p+t monotonically (F4);
+   when tuned down (F3; F3r with the regression form of the PCP, whose read vectors are fitted,
+   since the paper's symmetric M cannot pass on what an attention layer reads in one direction
+   and writes in another);
+4. scaling that PCP tunes p+t monotonically (F4; F4r);
 5. freezing the circuit's modules during a second poisoning from the same benign model (same
    batches, same steps) lowers p+t, and a scan of that model says where the backdoor went (F7).
 
@@ -32,6 +34,7 @@ import pandas as pd
 
 from pcp_lens.ablation import ablation_sweep
 from pcp_lens.means import ablation_means
+from pcp_lens.pcp import PCPForm
 from pcp_lens.reproduce import paper
 from pcp_lens.reproduce.toy_tables import MEAN_KEYS, METRIC_SUFFIX, ROW_KEYS, ToyCtx
 from pcp_lens.scan import SCAN_KINDS, BackdoorScan, Verify, circuit_modules, scan_backdoor
@@ -166,6 +169,42 @@ def _head_ablation(c: ToyCtx, scan: BackdoorScan) -> list[dict[str, Any]]:
     return [{"members": prefix, **scores[name]} for name, prefix in prefixes.items()]
 
 
+#: the PCP forms the located F3 / F4 are measured with, and their keys' suffixes: the paper's
+#: symmetric M, and the regression form (F3r / F4r)
+FORMS: dict[PCPForm, str] = {"symmetric": "", "regression": "_regression"}
+
+
+def _pcp_claims(
+    c: ToyCtx, scan: BackdoorScan, trials: int, form: PCPForm, progress: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Claims 3 and 4 with one PCP form: the edit (rank search, keep and remove tunings) and
+    the kept PCP scaled by Tab. V's factors."""
+    keys = ROW_KEYS[c.k]
+    # the sets without the trigger, held at their unedited scores (s+t carries the trigger too)
+    others = {k: c.tokens[k] for k in keys if k != "pp" and "t" not in k}
+    edit = scan.edit(inputs=others, n_trials=trials, seed=c.seed, form=form, progress=progress)
+    keep, remove = edit.keep.replacement, edit.remove.replacement
+    pcp = {
+        "form": form,
+        "modules": circuit_modules(scan.circuit, embed=True),
+        "rank": edit.rank,
+        "within_tolerance": edit.within_tolerance,
+        "rank_search": [
+            {k: round(float(v), 4) for k, v in r.items()}
+            for r in edit.rank_search.to_dict("records")
+        ],
+        "keep": c.scores(keys, keep),
+        "remove": c.scores(keys, remove),
+    }
+    scale = {}
+    for f in paper.TAB5_FACTORS:
+        rep = keep
+        for site in keep.scales():
+            rep = rep.scale(site, f)
+        scale[str(f)] = c.scores(["pt", "pp", "nn", "np"], rep)
+    return pcp, scale
+
+
 def located_tables(
     c: ToyCtx, *, trials: int, progress: bool = False, freeze: bool = True
 ) -> dict[str, Any]:
@@ -178,8 +217,9 @@ def located_tables(
         freeze: run claim 5 (a second poisoning with the circuit frozen, and its scan).
 
     Returns:
-        ``{"scan", "ablation", "head_ablation", "pcp", "scale", "freezing", "seconds"}``
-        (JSON-ready); without a circuit only ``"scan"`` and ``"seconds"``.
+        ``{"scan", "ablation", "head_ablation", "pcp", "scale", "pcp_regression",
+        "scale_regression", "freezing", "seconds"}`` (JSON-ready); without a circuit only
+        ``"scan"`` and ``"seconds"``.
     """
     t: dict[str, float] = {}
     s0 = time.perf_counter()
@@ -195,32 +235,10 @@ def located_tables(
     out["head_ablation"] = _head_ablation(c, scan)
     t["ablation"] = time.perf_counter() - s0
 
-    s0 = time.perf_counter()
-    # the sets without the trigger, held at their unedited scores (s+t carries the trigger too)
-    others = {k: c.tokens[k] for k in keys if k != "pp" and "t" not in k}
-    edit = scan.edit(inputs=others, n_trials=trials, seed=c.seed, progress=progress)
-    keep, remove = edit.keep.replacement, edit.remove.replacement
-    out["pcp"] = {
-        "modules": circuit_modules(scan.circuit, embed=True),
-        "rank": edit.rank,
-        "within_tolerance": edit.within_tolerance,
-        "rank_search": [
-            {k: round(float(v), 4) for k, v in r.items()}
-            for r in edit.rank_search.to_dict("records")
-        ],
-        "keep": c.scores(keys, keep),
-        "remove": c.scores(keys, remove),
-    }
-    t["pcp"] = time.perf_counter() - s0
-
-    s0 = time.perf_counter()
-    out["scale"] = {}
-    for f in paper.TAB5_FACTORS:
-        rep = keep
-        for site in keep.scales():
-            rep = rep.scale(site, f)
-        out["scale"][str(f)] = c.scores(["pt", "pp", "nn", "np"], rep)
-    t["scale"] = time.perf_counter() - s0
+    for form, suffix in FORMS.items():
+        s0 = time.perf_counter()
+        out[f"pcp{suffix}"], out[f"scale{suffix}"] = _pcp_claims(c, scan, trials, form, progress)
+        t[f"pcp{suffix}"] = time.perf_counter() - s0
 
     if freeze:
         s0 = time.perf_counter()

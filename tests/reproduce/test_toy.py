@@ -346,6 +346,21 @@ def test_located_claims_recompute_from_the_saved_models(run: Path):
         got = _hooked_ablation(c, row["members"], c.tokens["pp"])
         for k in ("pt", "pp", "nn"):
             assert got[k] == pytest.approx(row[f"{k}_prob"], abs=1e-4), (row["members"], k)
+    # F3r: the regression PCP at the rank the search stopped at, refitted on the same inputs
+    from pcp_lens.pcp import fit_pcp
+    from pcp_lens.reproduce.toy_tables import ROW_KEYS
+    from pcp_lens.scan import circuit_modules
+
+    reg = loc["pcp_regression"]
+    differ = (c.tokens["pt"] != c.tokens["pp"]).any(1)
+    sets = {"triggered": c.tokens["pt"][differ], "clean": c.tokens["pp"][differ]}
+    sets |= {k: c.tokens[k] for k in ROW_KEYS[2] if k != "pp" and "t" not in k}
+    rep = fit_pcp(c.model, torch.cat(list(sets.values())), circuit_modules(scan.circuit),
+                  reg["rank"], positions=scan.info["positions"], form="regression",
+                  progress=False)
+    assert all(p.form == "regression" for p in rep)
+    got = score_inputs(c.model, {"triggered": sets["triggered"]}, c.mass, rep)["triggered"]
+    assert got == pytest.approx(reg["rank_search"][-1]["triggered"], abs=1e-4)
 
 
 def _hooked_ablation(c, members, mean_over) -> dict[str, float]:

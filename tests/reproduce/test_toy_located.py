@@ -43,6 +43,13 @@ def _model() -> dict[str, Any]:
                     "rank_search": [{"rank": 1, "triggered": 0.58}], "within_tolerance": True},
             "scale": {str(f): {"pt_prob": p} for f, p in
                       zip([0.6, 0.75, 0.8, 1.0, 1.1], [0.1, 0.3, 0.4, 0.6, 0.65], strict=True)},
+            "pcp_regression": {"form": "regression", "modules": ["attn1"], "rank": 2,
+                               "keep": dict(U), "remove": dict(ok), "within_tolerance": True,
+                               "rank_search": [{"rank": 1, "triggered": 0.1},
+                                               {"rank": 2, "triggered": 0.57}]},
+            "scale_regression": {str(f): {"pt_prob": p} for f, p in
+                                 zip([0.6, 0.75, 0.8, 1.0, 1.1], [0.2, 0.3, 0.5, 0.6, 0.62],
+                                     strict=True)},
             "freezing": {"frozen": ["attn1"], "steps": 10, "scores": {**U, "pt_prob": 0.2},
                          "rescan": _scan(["mlp0"], verified=False)},
             "seconds": {},
@@ -72,6 +79,9 @@ def test_every_located_claim_holds_on_a_clean_record():
         (("pcp", "remove"), {**U, "pt_prob": 0.05, "pp_prob": 0.1}, "F3"),  # p+p moved
         (("pcp", "within_tolerance"), False, "F3"),  # no rank tried kept p+t untuned
         (("scale", "0.8"), {"pt_prob": 0.2}, "F4"),  # not monotone
+        (("pcp_regression", "within_tolerance"), False, "F3r"),
+        (("pcp_regression", "keep"), {**U, "nn_prob": 0.9}, "F3r"),  # n+n moved by 0.07
+        (("scale_regression", "1.1"), {"pt_prob": 0.55}, "F4r"),  # falls at the end
         (("freezing", "scores"), {**U, "pt_prob": 0.6}, "F7"),  # not lower
     ],
 )
@@ -114,7 +124,7 @@ def test_no_backdoor_or_no_circuit_is_not_judged():
     m["located"] = {"scan": {**_scan([]), "circuit": [], "modules": []}, "seconds": {}}
     f = located_findings(m)
     assert f["circuit"]["holds"] is False and "no circuit" in f["circuit"]["detail"]
-    assert all(f[n]["holds"] is None for n in ("F1", "F1h", "F3", "F4", "F7"))
+    assert all(f[n]["holds"] is None for n in ("F1", "F1h", "F3", "F4", "F3r", "F4r", "F7"))
 
 
 def test_report_shows_the_located_rows():
@@ -125,13 +135,14 @@ def test_report_shows_the_located_rows():
     text = "\n".join(_located(m, located_findings(m)))
     assert "The located mechanism" in text and "circuit ablated" in text
     assert "PCP kept x0.6" in text and "attn1 frozen" in text
+    assert "regression PCP kept x1.1" in text and "Regression PCP (F3r): rank 2" in text
     assert "heads to p+p's mean" in text and "heads: attn1.h2 (the smallest prefix" in text
     assert text.count("| holds |") == len(LOCATED_CLAIMS)
 
 
 def test_summary_gives_located_only_claims_their_own_column():
-    """F1h has no paper counterpart: its column is empty in the paper's row and counted in the
-    located totals only."""
+    """F1h, F3r and F4r have no paper counterpart: each column is empty in the paper's row and
+    counted in the located totals only."""
     from pcp_lens.reproduce.report import _summary
 
     m = _model()
@@ -140,7 +151,7 @@ def test_summary_gives_located_only_claims_their_own_column():
          "2sent": m}
     lines = _summary({"0": r})[0].splitlines()
     header, _, *rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
-    assert header[4:] == [*(f"F{i}" for i in range(1, 8)), "F1h"]
+    assert header[4:] == [*(f"F{i}" for i in range(1, 8)), "F1h", "F3r", "F4r"]
     assert [row[2] for row in rows] == ["as stated", "at the circuit"] * 2
-    assert rows[0][-1] == "" and rows[1][-1] == "holds"
-    assert rows[2][-1] == "" and rows[3][-1] == "1 of 1"
+    assert rows[0][-3:] == [""] * 3 and rows[1][-3:] == ["holds"] * 3
+    assert rows[2][-3:] == [""] * 3 and rows[3][-3:] == ["1 of 1"] * 3
