@@ -119,11 +119,13 @@ _ACT = {
     "resid_post": "resid_post",
     "z": "z",
     "pattern": "pattern",
+    "post": "post",
 }
 
 
 def hook_name(kind: str, layer: int | None) -> str:
-    """Return the TransformerLens hook name of a module output, e.g. ``blocks.1.hook_mlp_out``."""
+    """Return the TransformerLens hook name of a module output, e.g. ``blocks.1.hook_mlp_out``
+    (``"z"``: the heads' values mixed by the pattern; ``"post"``: the MLP's neurons)."""
     if kind in ("embed", "pos_embed"):
         return _ACT[kind]
     return get_act_name(_ACT[kind], layer)

@@ -187,6 +187,9 @@ LOCATED_CLAIMS = {
     "F1h": "ablating the circuit's heads to p+p's mean (attention layers split into their heads, "
     "in the scan's score order; the smallest prefix that sends p+t to <= n+p + 0.05) keeps p+p "
     "and n+n within 0.05",
+    "F1n": "ablating the circuit's units to p+p's mean (heads and MLP neurons, ranked by "
+    "attribution patching; the smallest of 1, 2, 4, ... units that sends p+t to <= n+p + 0.05) "
+    "keeps p+p and n+n within 0.05",
     "F2": "a circuit module has the largest lens trigger shift of all modules",
     "F3": "some rank <= 16 of a PCP of the circuit keeps p+t within 0.05 untuned; at the "
     "smallest, tuned, it keeps p+t within 0.05 and, tuned down, sends it to <= n+p + 0.05 (p+p "
@@ -236,8 +239,8 @@ def _lf1(m: Mapping[str, Any]) -> tuple[bool, str]:
 
 
 def head_prefix(rows: Sequence[Mapping[str, Any]], u: Mapping[str, float]) -> int | None:
-    """Index of the smallest prefix in ``rows`` (``located_tables``'s ``head_ablation``) whose
-    ablation sends p+t to <= n+p + 0.05, or None.
+    """Index of the smallest prefix in ``rows`` (``located_tables``'s ``head_ablation`` or
+    ``unit_ablation``) whose ablation sends p+t to <= n+p + 0.05, or None.
 
     Examples:
         >>> rows = [{"members": ["attn0.h1"], "pt_prob": 0.2}, {"members": [...], "pt_prob": 0.04}]
@@ -259,6 +262,23 @@ def _lf1h(m: Mapping[str, Any]) -> tuple[bool, str]:
         )
     ok, detail = _removed(u, rows[i])
     return ok, f"{' + '.join(rows[i]['members'])} to p+p's mean: {detail}"
+
+
+def _lf1n(m: Mapping[str, Any]) -> tuple[bool, str]:
+    rows, u = m["located"]["unit_ablation"], m["unedited"]
+    i = head_prefix(rows, u)
+    if i is None:
+        last = rows[-1]
+        return False, (
+            f"not even all {last['size']} units to p+p's mean remove it (pt {last['pt_prob']:.3f},"
+            f" n+p {u['np_prob']:.3f})"
+        )
+    row = rows[i]
+    ok, detail = _removed(u, row)
+    units = ", ".join(f"{n} of {k}" for k, n in row["units"].items())
+    first = ", ".join(row["first"][:4]) + (", ..." if row["size"] > 4 else "")
+    n = row["size"]
+    return ok, f"{n} unit{'s' * (n != 1)} ({units}: {first}) to p+p's mean: {detail}"
 
 
 def _lf2(m: Mapping[str, Any]) -> tuple[bool, str]:
@@ -323,6 +343,7 @@ LOCATED_CHECKS: dict[str, Callable[[Mapping[str, Any]], tuple[bool, str]]] = {
     "circuit": _lf_circuit,
     "F1": _lf1,
     "F1h": _lf1h,
+    "F1n": _lf1n,
     "F2": _lf2,
     "F3": _lf3,
     "F4": _lf4,
@@ -334,6 +355,7 @@ LOCATED_CHECKS: dict[str, Callable[[Mapping[str, Any]], tuple[bool, str]]] = {
 _NEEDS = {
     "F1": "ablation",
     "F1h": "head_ablation",
+    "F1n": "unit_ablation",
     "F3": "pcp",
     "F4": "scale",
     "F3r": "pcp_regression",
@@ -349,8 +371,8 @@ def located_findings(m: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     circuit to judge the claim at.
 
     Returns:
-        ``{name: {"claim", "holds", "detail"}}`` for ``circuit``, F1, F1h, F2, F3, F4, F3r, F4r,
-        F7.
+        ``{name: {"claim", "holds", "detail"}}`` for ``circuit``, F1, F1h, F1n, F2, F3, F4, F3r,
+        F4r, F7.
     """
     out: dict[str, dict[str, Any]] = {}
     base = m["unedited"]["pt_prob"]

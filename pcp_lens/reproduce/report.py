@@ -94,6 +94,11 @@ def _located(m: Mapping[str, Any], found: Mapping[str, Mapping[str, Any]] | None
             i = head_prefix(heads, m["unedited"])
             chosen = heads[len(heads) - 1 if i is None else i]
             cols["heads to p+p's mean"] = chosen
+        units = loc.get("unit_ablation")
+        if units:
+            i = head_prefix(units, m["unedited"])
+            row = units[len(units) - 1 if i is None else i]
+            cols[f"{row['size']} units to p+p's mean"] = row
         for key, name in (("", "PCP"), ("_regression", "regression PCP")):
             if f"pcp{key}" in loc:
                 cols[f"{name} kept"] = loc[f"pcp{key}"]["keep"]
@@ -315,7 +320,7 @@ def _summary(per_seed: Mapping[str, Mapping[str, Any]]) -> list[str]:
     mark = {True: "holds", False: "fails", None: "–"}
     names: list[str] = []
     rows, located = [], []
-    # located-only claims (F1h, F3r, F4r) get their own columns, after the paper's
+    # located-only claims (F1h, F1n, F3r, F4r) get their own columns, after the paper's
     extra = list(dict.fromkeys(
         n
         for r in per_seed.values()

@@ -10,7 +10,8 @@ measured at the located circuit:
 1. ablating the circuit jointly sends p+t to n+p's level while p+p and n+n stay put (F1), and
    the same at head granularity to the clean side's mean (F1h): the circuit's attention layers
    split into their heads, in the scan's score order, the smallest prefix that removes p+t
-   ablated to p+p's own mean;
+   ablated to p+p's own mean; and at unit granularity (F1n): heads and MLP neurons, ranked by
+   attribution patching, prefixes of 1, 2, 4, ... units to p+p's mean;
 2. a circuit module leads the lens's trigger shift (F2);
 3. a PCP of the circuit at the smallest rank that keeps p+t keeps it when tuned, and removes it
    when tuned down (F3; F3r with the regression form of the PCP, whose read vectors are fitted,
@@ -31,7 +32,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import pandas as pd
+import torch
+from torch import Tensor
 
+from pcp_lens import _tl
 from pcp_lens.ablation import ablation_sweep
 from pcp_lens.means import ablation_means
 from pcp_lens.pcp import PCPForm
@@ -205,6 +209,81 @@ def _pcp_claims(
     return pcp, scale
 
 
+def _ladder(n: int) -> list[int]:
+    """F1n's prefix sizes: 1, 2, 4, ... units, and all ``n`` of them."""
+    sizes = [1 << i for i in range(n.bit_length()) if 1 << i < n]
+    return [*sizes, n]
+
+
+def unit_members(c: ToyCtx, scan: BackdoorScan) -> tuple[list[str], dict[str, Tensor]]:
+    """The circuit split into units — each attention layer into its heads, each MLP into its
+    neurons (``mlp0.n17``) — in the order of attribution patching's estimate of how far setting
+    each unit to its p+p mean at the last position lowers p+t's metric (most first); and those
+    means, per hook.
+
+    One backward pass of the triggered pairs gives every unit's estimate
+    ``Σ (mean − act)·∂metric/∂act`` (a head sums its ``d_head`` values), averaged over pairs.
+    ``torch.autograd.grad`` leaves no gradient on the weights.
+    """
+    model = c.model
+    hooks: dict[str, tuple[str, str, int]] = {}  # hook -> (module, unit prefix, layer)
+    for name in circuit_modules(scan.circuit):
+        s = Site.parse(name)
+        assert s.layer is not None
+        kind = "z" if s.kind == "attn" else "post"
+        hooks[_tl.hook_name(kind, s.layer)] = (name, "h" if s.kind == "attn" else "n", s.layer)
+    _, cache = model.run_with_cache(c.tokens["pp"], names_filter=list(hooks))
+    means = {h: cache[h][:, -1].mean(0).detach() for h in hooks}
+    differ = (c.tokens["pt"] != c.tokens["pp"]).any(1)
+    acts: dict[str, Tensor] = {}
+
+    def keep(act: Tensor, hook: Any) -> Tensor:
+        acts[hook.name] = act
+        return act
+
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(h, keep) for h in hooks]):
+        value = c.mass(model(c.tokens["pt"][differ]))
+        grads = torch.autograd.grad(value, [acts[h] for h in hooks])
+    names: list[str] = []
+    estimates: list[Tensor] = []
+    for (h, (module, prefix, _)), g in zip(hooks.items(), grads, strict=True):
+        est = ((means[h] - acts[h][:, -1].detach()) * g[:, -1]).mean(0)
+        if prefix == "h":
+            est = est.sum(-1)  # a head: all its d_head values
+        names += [f"{module}.{prefix}{i}" for i in range(est.shape[0])]
+        estimates.append(est)
+    order = torch.argsort(torch.cat(estimates), stable=True).tolist()
+    return [names[i] for i in order], means
+
+
+def _unit_ablation(c: ToyCtx, scan: BackdoorScan) -> list[dict[str, Any]]:
+    """Prefixes of :func:`unit_members` (1, 2, 4, ... units) set to p+p's mean at the last
+    position: ``[{"size", "units": {module: count}, "first": [...], <set>_prob: ...}, ...]``."""
+    units, means = unit_members(c, scan)
+    hook_of = {
+        m: _tl.hook_name("z" if s.kind == "attn" else "post", s.layer)
+        for m, s in ((m, Site.parse(m)) for m in circuit_modules(scan.circuit))
+    }
+    rows = []
+    for size in _ladder(len(units)):
+        chosen: dict[str, list[int]] = {}
+        for u in units[:size]:
+            module, index = u.rsplit(".", 1)
+            chosen.setdefault(hook_of[module], []).append(int(index[1:]))
+
+        def put(act: Tensor, hook: Any, chosen: dict[str, list[int]] = chosen) -> Tensor:
+            idx = chosen[hook.name]
+            act = act.clone()
+            act[:, -1, idx] = means[hook.name][idx].to(act.dtype)
+            return act
+
+        with c.model.hooks(fwd_hooks=[(h, put) for h in chosen]):
+            scores = c.scores(["pt", "pp", "nn", "np"], val_loss=False)
+        counts = {m: sum(u.startswith(f"{m}.") for u in units[:size]) for m in hook_of}
+        rows.append({"size": size, "units": counts, "first": units[: min(size, 8)], **scores})
+    return rows
+
+
 def located_tables(
     c: ToyCtx, *, trials: int, progress: bool = False, freeze: bool = True
 ) -> dict[str, Any]:
@@ -217,7 +296,7 @@ def located_tables(
         freeze: run claim 5 (a second poisoning with the circuit frozen, and its scan).
 
     Returns:
-        ``{"scan", "ablation", "head_ablation", "pcp", "scale", "pcp_regression",
+        ``{"scan", "ablation", "head_ablation", "unit_ablation", "pcp", "scale", "pcp_regression",
         "scale_regression", "freezing", "seconds"}`` (JSON-ready); without a circuit only
         ``"scan"`` and ``"seconds"``.
     """
@@ -233,6 +312,7 @@ def located_tables(
     s0 = time.perf_counter()
     out["ablation"] = _joint_ablations(c, {"circuit": scan.circuit})["circuit"]
     out["head_ablation"] = _head_ablation(c, scan)
+    out["unit_ablation"] = _unit_ablation(c, scan)
     t["ablation"] = time.perf_counter() - s0
 
     for form, suffix in FORMS.items():

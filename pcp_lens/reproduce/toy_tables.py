@@ -59,13 +59,20 @@ class ToyCtx:
         """``{"top10": ..., "prob": ...}``: the two metrics every table reports."""
         return {"top10": self.neg, "prob": self.mass}
 
-    def scores(self, keys: Sequence[str], replacement: PCPReplacement | None = None) -> dict:
+    def scores(
+        self,
+        keys: Sequence[str],
+        replacement: PCPReplacement | None = None,
+        *,
+        val_loss: bool = True,
+    ) -> dict:
         """Both metrics per input set (``pt``, ``pt_prob``, ...) and the validation loss."""
         s = score_inputs(self.model, {k: self.tokens[k] for k in keys}, self.metrics, replacement)
         out: dict[str, float] = {}
         for (key, metric), v in s.items():
             out[f"{key}{METRIC_SUFFIX[str(metric)]}"] = round(float(v), 4)
-        out["val_loss"] = round(validation_loss(self.model, self.val, replacement), 4)
+        if val_loss:
+            out["val_loss"] = round(validation_loss(self.model, self.val, replacement), 4)
         return out
 
 

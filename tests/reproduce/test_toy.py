@@ -346,6 +346,13 @@ def test_located_claims_recompute_from_the_saved_models(run: Path):
         got = _hooked_ablation(c, row["members"], c.tokens["pp"])
         for k in ("pt", "pp", "nn"):
             assert got[k] == pytest.approx(row[f"{k}_prob"], abs=1e-4), (row["members"], k)
+    # F1n: the first prefixes of heads and neurons (their names are recorded up to 8)
+    for row in loc["unit_ablation"]:
+        if row["size"] <= len(row["first"]):
+            got = _hooked_ablation(c, row["first"], c.tokens["pp"])
+            for k in ("pt", "pp", "nn"):
+                assert got[k] == pytest.approx(row[f"{k}_prob"], abs=1e-4), (row["first"], k)
+    assert sum(loc["unit_ablation"][-1]["units"].values()) == loc["unit_ablation"][-1]["size"]
     # F3r: the regression PCP at the rank the search stopped at, refitted on the same inputs
     from pcp_lens.pcp import fit_pcp
     from pcp_lens.reproduce.toy_tables import ROW_KEYS
@@ -370,11 +377,16 @@ def _hooked_ablation(c, members, mean_over) -> dict[str, float]:
 
     means: dict[str, list] = {}  # hook -> [(head or None, mean at the last position)]
     for name in members:
-        s = Site.parse(name)
-        _, cache = c.model.run_with_cache(mean_over, names_filter=s.hook_name)
-        act = cache[s.hook_name][:, -1]
-        means.setdefault(s.hook_name, []).append(
-            (s.head, act.mean(0) if s.head is None else act[:, s.head].mean(0))
+        module, _, neuron = name.partition(".n")
+        if neuron:  # an MLP neuron, "mlp0.n17"
+            hook, index = f"blocks.{Site.parse(module).layer}.mlp.hook_post", int(neuron)
+        else:
+            s = Site.parse(name)
+            hook, index = s.hook_name, s.head
+        _, cache = c.model.run_with_cache(mean_over, names_filter=hook)
+        act = cache[hook][:, -1]
+        means.setdefault(hook, []).append(
+            (index, act.mean(0) if index is None else act[:, index].mean(0))
         )
 
     def ablate(a, hook):

@@ -39,6 +39,10 @@ def _model() -> dict[str, Any]:
             "scan": _scan(["attn1.h2"]),
             "ablation": dict(ok),
             "head_ablation": [{"members": ["attn1.h2"], **ok}],
+            "unit_ablation": [
+                {"size": 1, "units": {"attn1": 1}, "first": ["attn1.h0"], **U, "pt_prob": 0.3},
+                {"size": 2, "units": {"attn1": 2}, "first": ["attn1.h0", "attn1.h2"], **ok},
+            ],
             "pcp": {"modules": ["attn1"], "rank": 1, "keep": dict(U), "remove": dict(ok),
                     "rank_search": [{"rank": 1, "triggered": 0.58}], "within_tolerance": True},
             "scale": {str(f): {"pt_prob": p} for f, p in
@@ -74,6 +78,10 @@ def test_every_located_claim_holds_on_a_clean_record():
         (("head_ablation", 0), {"members": ["attn1.h2"], **U, "pt_prob": 0.09}, "F1h"),
         (("head_ablation", 0), {"members": ["attn1.h2"], **U, "pt_prob": 0.05, "pp_prob": 0.08},
          "F1h"),  # removed, but p+p moved by 0.06
+        (("unit_ablation", 1), {"size": 2, "units": {"attn1": 2}, "first": [], **U,
+                                "pt_prob": 0.05, "nn_prob": 0.9}, "F1n"),  # n+n moved by 0.07
+        (("unit_ablation", 1), {"size": 2, "units": {"attn1": 2}, "first": [], **U,
+                                "pt_prob": 0.1}, "F1n"),  # no prefix removes p+t
         (("scan", "lens_shift"), {"attn1": 0.1, "mlp0": 0.5}, "F2"),
         (("pcp", "keep"), {**U, "pt_prob": 0.54}, "F3"),  # keep misses by 0.06
         (("pcp", "remove"), {**U, "pt_prob": 0.05, "pp_prob": 0.1}, "F3"),  # p+p moved
@@ -124,7 +132,9 @@ def test_no_backdoor_or_no_circuit_is_not_judged():
     m["located"] = {"scan": {**_scan([]), "circuit": [], "modules": []}, "seconds": {}}
     f = located_findings(m)
     assert f["circuit"]["holds"] is False and "no circuit" in f["circuit"]["detail"]
-    assert all(f[n]["holds"] is None for n in ("F1", "F1h", "F3", "F4", "F3r", "F4r", "F7"))
+    assert all(
+        f[n]["holds"] is None for n in ("F1", "F1h", "F1n", "F3", "F4", "F3r", "F4r", "F7")
+    )
 
 
 def test_report_shows_the_located_rows():
@@ -137,11 +147,12 @@ def test_report_shows_the_located_rows():
     assert "PCP kept x0.6" in text and "attn1 frozen" in text
     assert "regression PCP kept x1.1" in text and "Regression PCP (F3r): rank 2" in text
     assert "heads to p+p's mean" in text and "heads: attn1.h2 (the smallest prefix" in text
+    assert "2 units to p+p's mean" in text
     assert text.count("| holds |") == len(LOCATED_CLAIMS)
 
 
 def test_summary_gives_located_only_claims_their_own_column():
-    """F1h, F3r and F4r have no paper counterpart: each column is empty in the paper's row and
+    """F1h, F1n, F3r and F4r have no paper counterpart: each column is empty in the paper's row and
     counted in the located totals only."""
     from pcp_lens.reproduce.report import _summary
 
@@ -151,7 +162,16 @@ def test_summary_gives_located_only_claims_their_own_column():
          "2sent": m}
     lines = _summary({"0": r})[0].splitlines()
     header, _, *rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
-    assert header[4:] == [*(f"F{i}" for i in range(1, 8)), "F1h", "F3r", "F4r"]
+    assert header[4:] == [*(f"F{i}" for i in range(1, 8)), "F1h", "F1n", "F3r", "F4r"]
     assert [row[2] for row in rows] == ["as stated", "at the circuit"] * 2
-    assert rows[0][-3:] == [""] * 3 and rows[1][-3:] == ["holds"] * 3
-    assert rows[2][-3:] == [""] * 3 and rows[3][-3:] == ["1 of 1"] * 3
+    assert rows[0][-4:] == [""] * 4 and rows[1][-4:] == ["holds"] * 4
+    assert rows[2][-4:] == [""] * 4 and rows[3][-4:] == ["1 of 1"] * 4
+
+
+def test_f1n_ladder_and_detail():
+    from pcp_lens.reproduce.toy_located import _ladder
+
+    assert _ladder(1) == [1] and _ladder(4) == [1, 2, 4] and _ladder(5) == [1, 2, 4, 5]
+    assert _ladder(256) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    f = located_findings(_model())["F1n"]
+    assert f["detail"].startswith("2 units (2 of attn1: attn1.h0, attn1.h2) to p+p's mean")
