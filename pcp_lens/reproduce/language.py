@@ -138,6 +138,11 @@ def _run(folder: Path, cfg: LanguageConfig) -> dict[str, Any]:
     located, rank = scan_rec["modules"], scan_rec["rank"]
     tab9_circuit = pcp_table(poisoned, c, located, rank=rank, unedited=tab9["columns"]["None"])
     t0 = lap("tab9_circuit", t0)
+    tab9_regression = pcp_table(
+        poisoned, c, located, rank=scan_rec["rank_regression"],
+        unedited=tab9["columns"]["None"], form="regression",
+    )
+    t0 = lap("tab9_regression", t0)
     circuit = cfg.modules == "circuit"
     sites, r10 = (located, rank) if circuit else (paper_sites, None)
     tab10 = surgery_table(benign, c, sites, target_asr=base["poisoned"]["asr"], rank=r10)
@@ -188,6 +193,7 @@ def _run(folder: Path, cfg: LanguageConfig) -> dict[str, Any]:
         "modules": cfg.modules,
         "tab9": tab9,
         "tab9_circuit": tab9_circuit,
+        "tab9_regression": tab9_regression,
         "tab10": tab10,
         "tab11": tab11,
         "seconds": times,

@@ -79,6 +79,8 @@ LOCATED_CLAIMS = {
     ">= 40 % with the validation loss up by <= 0.1",
     "L4-located": "L4 at the scan's circuit and the measured rank: the PCP tuned to keep gives "
     "ASR within 0.1 of unedited, tuned down an ASR below mean ablation's",
+    "L4r-located": "L4-located with the regression form of the PCP (not the paper's: each "
+    "principal output coordinate regressed on the module input) at its own measured rank",
     "L6-located": "L6 at the scan's circuit: the fine-tune with the circuit's modules frozen "
     "gives a lower ASR than the unfrozen one at a validation loss within 0.1",
 }
@@ -222,6 +224,7 @@ _LOCATED: dict[str, Callable[[Mapping[str, Any]], tuple[bool, str]]] = {
     "S": _scan_check,
     "L3-located": lambda r: _mean_check(r["tab9_circuit"]),
     "L4-located": lambda r: _pcp_check(r["tab9_circuit"]),
+    "L4r-located": lambda r: _pcp_check(r["tab9_regression"]),
     "L6-located": _l6_located,
 }
 
@@ -270,6 +273,33 @@ def _cols(
         prow = [[label, *[v[i] for v in paper.values()]] for i, (_, label) in enumerate(keys[:3])]
         out += "\n\nPaper (GPT-2 medium):\n\n" + table(["metric", *paper], prow)
     return out
+
+
+def _rank_search(sc: Mapping[str, Any], form: str = "") -> str:
+    """The measured-rank rule's outcome for one PCP form (``""`` or ``"_regression"``)."""
+    within = sc[f"rank_within_tolerance{form}"]
+    search = [(x["rank"], round(x["triggered"], 3)) for x in sc[f"rank_search{form}"]]
+    return (
+        f"rank {sc[f'rank{form}']} by measurement (the smallest keeping the triggered metric "
+        f"within 0.05 of unedited: {'yes' if within else 'NOT within, largest tried'}; search "
+        f"{search})"
+    )
+
+
+def _regression_section(r: Mapping[str, Any]) -> list[str]:
+    """Tab. IX at the located modules with the regression form of the PCP (L4r-located)."""
+    t = r.get("tab9_regression")
+    if t is None:
+        return []
+    cols = {"None": t["columns"]["None"]}
+    cols.update({k: v for k, v in t["columns"].items() if k.startswith("PCP")})
+    return [
+        f"With the **regression form** of the PCP ({' & '.join(t['sites'])}, measured rank "
+        f"{t['rank']}; not the paper's: [PCP](pcp.md#the-regression-form)):",
+        "",
+        _cols(cols, None),
+        "",
+    ]
 
 
 def _side_by_side(paper: Mapping[str, Any], located: Mapping[str, Any]) -> dict[str, Any]:
@@ -343,9 +373,12 @@ def _scan_section(r: Mapping[str, Any]) -> list[str]:
             else []
         ),
         f"Located modules for the PCP: {' & '.join(sc['modules'])} ({sc['modules_source']}); "
-        f"rank {sc['rank']} by measurement (the smallest keeping the triggered metric within "
-        f"0.05 of unedited: {'yes' if sc['rank_within_tolerance'] else 'NOT within, largest tried'}"
-        f"; search {[(x['rank'], round(x['triggered'], 3)) for x in sc['rank_search']]}).",
+        f"{_rank_search(sc)}.",
+        *(
+            ["", f"The regression form (L4r-located): {_rank_search(sc, '_regression')}."]
+            if "rank_regression" in sc
+            else []
+        ),
         "",
     ]
 
@@ -429,6 +462,7 @@ def write_language_report(r: Mapping[str, Any]) -> str:
         "",
         f"Tuned scales: paper {r['tab9']['scales']}; located {r['tab9_circuit']['scales']}",
         "",
+        *_regression_section(r),
         f"## Tab. X: benign model, embedding surgery ({r['tab10']['n_dims']} dims of "
         f"`{r['tab10']['source']}` into {r['tab10']['edited_tokens']}); PCP of "
         f"{' & '.join(r['tab10']['sites'])} (`modules={r['modules']}`)",

@@ -117,8 +117,11 @@ def scan_study(
         modules, source = circuit_modules([str(ranked[0]["site"])]), "top-ranked module"
     t1 = time.perf_counter()
     # the measured-rank rule of the scan's own edit, applied to the located modules
-    edit = dataclasses.replace(scan, circuit=tuple(modules)).edit(
-        rank=None, n_trials=c.s.n_trials, seed=c.seed, progress=False
+    located = dataclasses.replace(scan, circuit=tuple(modules))
+    edit = located.edit(rank=None, n_trials=c.s.n_trials, seed=c.seed, progress=False)
+    # the same rule with the regression form (its read vectors fitted), for L4r-located
+    reg = located.edit(
+        rank=None, n_trials=c.s.n_trials, seed=c.seed, form="regression", progress=False
     )
     t_edit = time.perf_counter() - t1
     cols = [k for k in (*SHOWN, "ref_restore", "act_distance", "in_circuit") if k in scan.table]
@@ -133,6 +136,9 @@ def scan_study(
         "rank": int(edit.rank),
         "rank_within_tolerance": bool(edit.within_tolerance),
         "rank_search": edit.rank_search.to_dict("records"),
+        "rank_regression": int(reg.rank),
+        "rank_within_tolerance_regression": bool(reg.within_tolerance),
+        "rank_search_regression": reg.rank_search.to_dict("records"),
         "edit_scores": {k: {s: float(v) for s, v in col.items()}
                         for k, col in edit.scores.to_dict().items()},
         "n_pairs": i["n_pairs"],

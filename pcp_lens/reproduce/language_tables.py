@@ -24,7 +24,7 @@ from pcp_lens.language.surgery import embedding_surgery
 from pcp_lens.language.sweeps import ablation_asr_sweep, tune_pcp
 from pcp_lens.language.toxicity import ToxicityClassifier
 from pcp_lens.means import ablation_means
-from pcp_lens.pcp import PCPReplacement, fit_pcp
+from pcp_lens.pcp import PCPForm, PCPReplacement, fit_pcp
 from pcp_lens.reproduce.language_setup import TRIGGER, LanguageData, Settings
 
 __all__ = [
@@ -201,12 +201,18 @@ def choose_mlps(tab8: dict[str, Any], k: int = 2) -> list[str]:
 
 
 def _fit(
-    model: HookedTransformer, c: Ctx, sites: Sequence[str], rank: int | None = None
+    model: HookedTransformer,
+    c: Ctx,
+    sites: Sequence[str],
+    rank: int | None = None,
+    form: PCPForm = "symmetric",
 ) -> PCPReplacement:
     n = len(c.data.clean)
     inputs = c.ids(c.data.clean) + c.ids(c.data.trigger) + c.ids(c.data.toxic[:n])
     r = c.s.pcp_rank if rank is None else rank
-    return fit_pcp(model, inputs, list(sites), r, positions=list(c.s.positions), progress=False)
+    return fit_pcp(
+        model, inputs, list(sites), r, positions=list(c.s.positions), form=form, progress=False
+    )
 
 
 def at_positions(hooks: Hooks, positions: Sequence[int]) -> Hooks:
@@ -309,18 +315,20 @@ def pcp_table(
     sites: Sequence[str],
     rank: int | None = None,
     unedited: dict[str, Any] | None = None,
+    form: PCPForm = "symmetric",
 ) -> dict[str, Any]:
     """Tab. IX on the poisoned model: unedited, the modules mean-ablated together, their rank-r
-    PCP (``rank``, default the settings' ``pcp_rank``) tuned to keep the unedited ASR, and tuned
-    down (lowest log-prob gap). ``unedited``: the unedited row if already computed (it does not
-    depend on the modules)."""
+    PCP (``rank``, default the settings' ``pcp_rank``; ``form``: the paper's symmetric M or the
+    regression form) tuned to keep the unedited ASR, and tuned down (lowest log-prob gap).
+    ``unedited``: the unedited row if already computed (it does not depend on the modules)."""
     none = row(model, c) if unedited is None else unedited
-    pcp = _fit(model, c, sites, rank)
+    pcp = _fit(model, c, sites, rank, form)
     keep = _tuned(model, c, pcp, none["asr"])
     down = _tuned(model, c, pcp, None)
     return {
         "sites": list(sites),
         "rank": c.s.pcp_rank if rank is None else rank,
+        "form": form,
         "columns": {
             "None": none,
             "Mean Ablate": _mean_row(model, c, sites),

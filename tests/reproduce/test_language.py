@@ -67,6 +67,13 @@ def _check_scan(out, r: dict) -> None:
     assert t9c["columns"]["None"] == t9["columns"]["None"]  # one unedited model
     assert set(t9c["columns"]) == set(t9["columns"])
     assert set(r["located_findings"]) == set(LOCATED_CLAIMS)
+    # the regression form: the same rule, its own search, the same located modules
+    reg, t9r = sc["rank_search_regression"], r["tab9_regression"]
+    within = [abs(x["triggered"] - base) <= 0.05 for x in reg]
+    assert within == [False] * (len(within) - 1) + [sc["rank_within_tolerance_regression"]]
+    assert t9r["form"] == "regression" and t9r["sites"] == sc["modules"]
+    assert t9r["rank"] == sc["rank_regression"] == reg[-1]["rank"]
+    assert t9r["columns"]["None"] == t9["columns"]["None"]
     if r["modules"] == "circuit":
         assert r["tab10"]["sites"] == sc["modules"]
         assert circuit_label([*(["embed"] if "embed" in sc["circuit"] else []), *sc["modules"]]) \
