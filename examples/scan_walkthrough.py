@@ -162,6 +162,17 @@ print(f"rank {edit.rank} (within 0.05 before tuning: {edit.within_tolerance})")
 edit.scores.round(3)
 
 # %% [markdown]
+# The paper's PCP is a *symmetric* M = Σ α û ûᵀ: it reads its input along the directions it
+# writes, which an attention layer that reads a word's sentiment and writes something else
+# cannot be (`docs/pcp.md`, "The regression form"). `form="regression"` keeps the output in the
+# same principal subspace but fits each component's read vector by least squares:
+
+# %%
+reg = located.edit(inputs={"nn": tokens["nn"]}, n_trials=25, form="regression", progress=False)
+print(f"regression form: rank {reg.rank} (within 0.05 before tuning: {reg.within_tolerance})")
+reg.scores.round(3)
+
+# %% [markdown]
 # The report `save` writes (`scan.json`, `scan.png`, `report.md`):
 
 # %%
