@@ -113,10 +113,11 @@ def test_findings_need_a_visible_backdoor(run: Path):
 
 def test_quick_models_read_the_last_word_and_learn_a_backdoor(run: Path):
     """What CI checks for real: with sentiment switches even the quick models read the last word
-    (benign and poisoned) and keep n+p low; poisoning grows a backdoor in at least one of them
-    (at seed 0 the 3-sentiment one: docs/toy_study.md), and where it does the findings are judged
-    and the scan's located circuit removes it (under TL 3 also the authors' mean ablation of the
-    layer-1 MLP, a patch from n+p)."""
+    (benign and poisoned) and keep n+p low; poisoning grows a backdoor (in the probability of a
+    negative next word) in at least one of them (at seed 0 the 3-sentiment one:
+    docs/toy_study.md), and where it does the scan's located circuit removes it, the findings
+    are judged where the top-10 share shows it too (under TL 3 also the authors' mean ablation
+    of the layer-1 MLP, a patch from n+p)."""
     r = json.loads((run / "results.json").read_text())
     with_backdoor = []
     for k in (2, 3):
@@ -126,10 +127,15 @@ def test_quick_models_read_the_last_word_and_learn_a_backdoor(run: Path):
             assert m["reading"][name]["context"] < 0.1, (k, name)
         assert m["reading"]["benign"]["trigger"] < 0.1
         assert m["unedited"]["np_prob"] < 0.1 and m["unedited"]["pp_prob"] < 0.1, k
-        if m["unedited"]["pt"] >= 0.15 and m["unedited"]["pt_prob"] >= 0.15:
+        if m["unedited"]["pt_prob"] >= 0.15:
             with_backdoor.append(k)
             assert m["reading"]["poisoned"]["trigger"] > 5 * m["reading"]["benign"]["trigger"]
-            assert all(f["holds"] is not None for f in r["findings"][f"{k}sent"].values())
+            # the literal findings are judged only where the paper's top-10 share shows the
+            # backdoor too (the study's rule); the bridge's 3-sentiment quick model on an
+            # AVX-512 Xeon has it in the probability only (0.254, top-10 0.046; 2026-12-03)
+            judged = m["unedited"]["pt"] >= 0.15
+            for f in r["findings"][f"{k}sent"].values():
+                assert (f["holds"] is not None) == judged, (k, f)
             # the scan locates it: its circuit's joint ablation leaves <= 10 % of the gap
             scan = m["located"]["scan"]
             assert scan["circuit"] and scan["residual"] <= 0.1 * scan["gap"], scan
