@@ -293,18 +293,12 @@ def fit_pcp(
         for fit in fits.values()
     ]
     rep = PCPReplacement.from_parts(model, parts)
-    if form == "regression":
-        return _fit_reads(
-            model,
-            rep,
-            inputs,
-            positions=positions,
-            bias=bias,
-            batch_size=batch_size,
-            progress=progress,
-        )
-    if scales == "least_squares":
-        rep = least_squares_scales(
+    # the regression form fits its read vectors (α = 1); the symmetric one its α, or keeps 1
+    fitter = _fit_reads if form == "regression" else None
+    if form == "symmetric" and scales == "least_squares":
+        fitter = least_squares_scales
+    if fitter is not None:
+        rep = fitter(
             model,
             rep,
             inputs,

@@ -251,34 +251,43 @@ def head_prefix(rows: Sequence[Mapping[str, Any]], u: Mapping[str, float]) -> in
     return next((i for i, r in enumerate(rows) if r["pt_prob"] <= bound), None)
 
 
-def _lf1h(m: Mapping[str, Any]) -> tuple[bool, str]:
-    rows, u = m["located"]["head_ablation"], m["unedited"]
+def _smallest_removing(
+    rows: Sequence[Mapping[str, Any]],
+    u: Mapping[str, float],
+    name: Callable[[Mapping[str, Any]], str],
+    everything: str,
+) -> tuple[bool, str]:
+    """F1h / F1n: the controls judged at the smallest prefix that removes p+t."""
     i = head_prefix(rows, u)
     if i is None:
         last = rows[-1]
         return False, (
-            f"no prefix of {' + '.join(last['members'])} to p+p's mean removes it (all: pt "
+            f"{everything.format(name(last))} to p+p's mean does not remove it (pt "
             f"{last['pt_prob']:.3f}, n+p {u['np_prob']:.3f})"
         )
     ok, detail = _removed(u, rows[i])
-    return ok, f"{' + '.join(rows[i]['members'])} to p+p's mean: {detail}"
+    return ok, f"{name(rows[i])} to p+p's mean: {detail}"
+
+
+def _heads(row: Mapping[str, Any]) -> str:
+    return " + ".join(row["members"])
+
+
+def _units(row: Mapping[str, Any]) -> str:
+    n = row["size"]
+    units = ", ".join(f"{k} of {module}" for module, k in row["units"].items())
+    first = ", ".join(row["first"][:4]) + (", ..." if n > 4 else "")
+    return f"{n} unit{'s' * (n != 1)} ({units}: {first})"
+
+
+def _lf1h(m: Mapping[str, Any]) -> tuple[bool, str]:
+    rows = m["located"]["head_ablation"]
+    return _smallest_removing(rows, m["unedited"], _heads, "no prefix: all of {}")
 
 
 def _lf1n(m: Mapping[str, Any]) -> tuple[bool, str]:
-    rows, u = m["located"]["unit_ablation"], m["unedited"]
-    i = head_prefix(rows, u)
-    if i is None:
-        last = rows[-1]
-        return False, (
-            f"not even all {last['size']} units to p+p's mean remove it (pt {last['pt_prob']:.3f},"
-            f" n+p {u['np_prob']:.3f})"
-        )
-    row = rows[i]
-    ok, detail = _removed(u, row)
-    units = ", ".join(f"{n} of {k}" for k, n in row["units"].items())
-    first = ", ".join(row["first"][:4]) + (", ..." if row["size"] > 4 else "")
-    n = row["size"]
-    return ok, f"{n} unit{'s' * (n != 1)} ({units}: {first}) to p+p's mean: {detail}"
+    rows = m["located"]["unit_ablation"]
+    return _smallest_removing(rows, m["unedited"], _units, "no prefix: all {}")
 
 
 def _lf2(m: Mapping[str, Any]) -> tuple[bool, str]:

@@ -118,7 +118,7 @@ def test_f1h_judges_the_smallest_prefix_that_removes_the_backdoor():
     assert located_findings(m)["F1h"]["holds"] is False
     m["located"]["head_ablation"] = [{"members": ["attn0.h1"], **U, "pt_prob": 0.3}]
     f = located_findings(m)["F1h"]
-    assert f["holds"] is False and "no prefix of attn0.h1" in f["detail"]
+    assert f["holds"] is False and "no prefix: all of attn0.h1 to p+p" in f["detail"]
     del m["located"]["head_ablation"]  # a run recorded before the claim existed
     f = located_findings(m)["F1h"]
     assert f["holds"] is None and f["detail"] == "not measured"
