@@ -99,7 +99,8 @@ def _fit_reads(
             acc[p.site.name] = RunningMoments(p.d_model + p.rank, device=x.device)
             ymean[p.site.name] = RunningMoments(p.d_model, cov=False, device=x.device)
         acc[p.site.name].update(torch.cat([x, y @ u.T], -1))
-        ymean[p.site.name].update(y)
+        if bias:
+            ymean[p.site.name].update(y)
     new = replacement
     for p in parts:
         a, d = acc[p.site.name], p.d_model

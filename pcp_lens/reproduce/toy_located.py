@@ -215,6 +215,16 @@ def _ladder(n: int) -> list[int]:
     return [*sizes, n]
 
 
+def _unit_hooks(scan: BackdoorScan) -> dict[str, str]:
+    """``{module: hook}`` of the circuit's units: an attention layer's heads (``hook_z``), an
+    MLP's neurons (``hook_post``)."""
+    out = {}
+    for name in circuit_modules(scan.circuit):
+        s = Site.parse(name)
+        out[name] = _tl.hook_name("z" if s.kind == "attn" else "post", s.layer)
+    return out
+
+
 def unit_members(c: ToyCtx, scan: BackdoorScan) -> tuple[list[str], dict[str, Tensor]]:
     """The circuit split into units — each attention layer into its heads, each MLP into its
     neurons (``mlp0.n17``) — in the order of attribution patching's estimate of how far setting
@@ -226,12 +236,7 @@ def unit_members(c: ToyCtx, scan: BackdoorScan) -> tuple[list[str], dict[str, Te
     ``torch.autograd.grad`` leaves no gradient on the weights.
     """
     model = c.model
-    hooks: dict[str, tuple[str, str, int]] = {}  # hook -> (module, unit prefix, layer)
-    for name in circuit_modules(scan.circuit):
-        s = Site.parse(name)
-        assert s.layer is not None
-        kind = "z" if s.kind == "attn" else "post"
-        hooks[_tl.hook_name(kind, s.layer)] = (name, "h" if s.kind == "attn" else "n", s.layer)
+    hooks = {h: m for m, h in _unit_hooks(scan).items()}  # hook -> module
     _, cache = model.run_with_cache(c.tokens["pp"], names_filter=list(hooks))
     means = {h: cache[h][:, -1].mean(0).detach() for h in hooks}
     differ = (c.tokens["pt"] != c.tokens["pp"]).any(1)
@@ -246,8 +251,9 @@ def unit_members(c: ToyCtx, scan: BackdoorScan) -> tuple[list[str], dict[str, Te
         grads = torch.autograd.grad(value, [acts[h] for h in hooks])
     names: list[str] = []
     estimates: list[Tensor] = []
-    for (h, (module, prefix, _)), g in zip(hooks.items(), grads, strict=True):
+    for (h, module), g in zip(hooks.items(), grads, strict=True):
         est = ((means[h] - acts[h][:, -1].detach()) * g[:, -1]).mean(0)
+        prefix = "h" if module.startswith("attn") else "n"
         if prefix == "h":
             est = est.sum(-1)  # a head: all its d_head values
         names += [f"{module}.{prefix}{i}" for i in range(est.shape[0])]
@@ -260,10 +266,7 @@ def _unit_ablation(c: ToyCtx, scan: BackdoorScan) -> list[dict[str, Any]]:
     """Prefixes of :func:`unit_members` (1, 2, 4, ... units) set to p+p's mean at the last
     position: ``[{"size", "units": {module: count}, "first": [...], <set>_prob: ...}, ...]``."""
     units, means = unit_members(c, scan)
-    hook_of = {
-        m: _tl.hook_name("z" if s.kind == "attn" else "post", s.layer)
-        for m, s in ((m, Site.parse(m)) for m in circuit_modules(scan.circuit))
-    }
+    hook_of = _unit_hooks(scan)
     rows = []
     for size in _ladder(len(units)):
         chosen: dict[str, list[int]] = {}
